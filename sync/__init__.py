@@ -1,0 +1,1 @@
+"""stepsync: multi-step workflows for Supabase agent tasks."""

@@ -1,0 +1,3 @@
+from sync.cli import app
+
+app(prog_name="stepsync")

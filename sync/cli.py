@@ -1,0 +1,15 @@
+"""The ``stepsync`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from sync.commands import db, demo
+
+app = typer.Typer(
+    help="stepsync: multi-step workflows for Supabase agent tasks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(db.app, name="db")
+app.command(name="demo")(demo.demo)

@@ -1,0 +1,1 @@
+"""The ``stepsync`` subcommands, one module per group."""

@@ -1,0 +1,56 @@
+"""What every command shares: settings, the database it talks to, one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+
+from sync.database import resolve_database_url
+from sync.devdb import ProvisionError
+from sync.migrations import MigrationError
+from sync.settings import Settings
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+DatabaseUrlOption = typer.Option(
+    None,
+    "--database-url",
+    envvar="STEPSYNC_DATABASE_URL",
+    help="PostgreSQL URL; unset uses the embedded database in STEPSYNC_DATA_DIR.",
+    show_default=False,
+)
+
+
+def settings_for(database_url: str | None) -> Settings:
+    settings = Settings()
+    if database_url:
+        settings = settings.model_copy(update={"database_url": database_url})
+    return settings
+
+
+def fail(message: str, hint: str | None = None) -> typer.Exit:
+    """Print one clear error line (and a hint) and return the exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    if hint:
+        err_console.print(f"[dim]hint:[/] {hint}", highlight=False)
+    return typer.Exit(code=1)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one line instead of a traceback."""
+    try:
+        yield
+    except (MigrationError, ProvisionError) as exc:
+        raise fail(str(exc)) from None
+
+
+def database_url(option: str | None, *, migrate: bool = False) -> str:
+    settings = settings_for(option)
+    if not settings.database_url:
+        err_console.print(f"[dim]using the embedded database in {settings.data_dir}/[/]")
+    return resolve_database_url(settings, migrate=migrate)
