@@ -1,0 +1,1 @@
+"""Executors run one step attempt: in-process callables, HTTP, Supabase Edge Functions."""

@@ -1,0 +1,1 @@
+"""Wake-up sources: they only tell the service to look; the database decides the work."""
