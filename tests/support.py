@@ -55,3 +55,35 @@ def make_task(
         " values (%s, %s, %s, %s, %s) returning id",
         [agent_id, user_id, name, instructions, status],
     ).fetchone()[0]
+
+
+def replace_steps(
+    conn: psycopg.Connection, task_id: uuid.UUID, steps: list[dict]
+) -> list[uuid.UUID]:
+    """Make ``steps`` the task's live steps, in order (as superuser; test set-up only).
+
+    Earlier live steps (a task created through the legacy path may already have step 1)
+    are soft-deleted first. Each dict holds task_steps columns; step_order, step_name and
+    instructions default from the position. Returns the new step ids in order.
+    """
+    conn.execute(
+        "update public.task_steps set deleted_at = now() where task_id = %s and deleted_at is null",
+        [task_id],
+    )
+    ids = []
+    for position, step in enumerate(steps, start=1):
+        row = {
+            "step_order": position,
+            "step_name": f"Step {position}",
+            "instructions": f"Do part {position}",
+            **step,
+            "task_id": task_id,
+        }
+        columns = ", ".join(row)
+        values = ", ".join(f"%({name})s" for name in row)
+        ids.append(
+            conn.execute(
+                f"insert into public.task_steps ({columns}) values ({values}) returning id", row
+            ).fetchone()[0]
+        )
+    return ids
