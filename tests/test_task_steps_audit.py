@@ -107,15 +107,21 @@ def test_api_roles_cannot_write_the_audit_log(
 ) -> None:
     w = build_world(conn)
     before = conn.execute("select count(*), max(id) from public.audit_log").fetchone()
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        with acting_as(conn, role, w.owner if role == "authenticated" else None) as c:
-            c.execute(statement)
+    with (
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+        acting_as(conn, role, w.owner if role == "authenticated" else None) as c,
+    ):
+        c.execute(statement)
     assert conn.execute("select count(*), max(id) from public.audit_log").fetchone() == before
 
 
 @pytest.mark.parametrize(
     "statement",
-    ["update public.audit_log set tag = 'x'", "delete from public.audit_log", "truncate public.audit_log"],
+    [
+        "update public.audit_log set tag = 'x'",
+        "delete from public.audit_log",
+        "truncate public.audit_log",
+    ],
 )
 def test_not_even_the_table_owner_can_rewrite_history(
     conn: psycopg.Connection, statement: str

@@ -131,27 +131,86 @@ def test_upgrade_keeps_every_row_and_value(blank_db_url: str, tmp_path: Path) ->
     ids = before["ids"]
     utc = "+00"
     assert rows == [
-        (f"{multi}:1", ids[f"{multi}:1"], "Fetch", "Fetch the inbox", False, {"folder": "in"},
-         "completed",
-         {"text": "12 mails", "legacy_execution": {
-             "started_at": "2025-08-01T10:00:00+00:00",
-             "completed_at": "2025-08-01T10:00:02+00:00",
-             "duration_ms": 2000}},
-         f"2025-07-01 09:00:00{utc}", f"2025-08-01 10:00:02{utc}", None),
-        (f"{multi}:2", ids[f"{multi}:2"], "Summarise", "Summarise them", True, {}, "failed",
-         {"legacy_execution": {
-             "started_at": "2025-08-01T10:00:02+00:00",
-             "completed_at": "2025-08-01T10:00:09+00:00",
-             "duration_ms": 7000, "error_message": "model timeout", "retry_count": 2}},
-         f"2025-07-01 09:00:00{utc}", f"2025-08-01 10:00:09{utc}", None),
-        (f"{multi}:3", ids[f"{multi}:3"], "Send", "Send the summary", False, {}, "pending", {},
-         f"2025-07-01 09:00:00{utc}", f"2025-07-01 09:00:00{utc}", None),
-        (f"{single}:1", ids[f"{single}:1"], "Task Step 1", "Summarise the inbox", False, {},
-         "skipped", {"value": "plain text result"},
-         f"2025-07-02 09:00:00{utc}", f"2025-07-02 09:00:00{utc}", None),
-        (f"{single}:3", ids[f"{single}:3"], "Gap after", "Second step at 3", False,
-         {"value": [1, 2]}, "pending", {},
-         f"2025-07-03 09:00:00{utc}", f"2025-07-03 09:00:00{utc}", None),
+        (
+            f"{multi}:1",
+            ids[f"{multi}:1"],
+            "Fetch",
+            "Fetch the inbox",
+            False,
+            {"folder": "in"},
+            "completed",
+            {
+                "text": "12 mails",
+                "legacy_execution": {
+                    "started_at": "2025-08-01T10:00:00+00:00",
+                    "completed_at": "2025-08-01T10:00:02+00:00",
+                    "duration_ms": 2000,
+                },
+            },
+            f"2025-07-01 09:00:00{utc}",
+            f"2025-08-01 10:00:02{utc}",
+            None,
+        ),
+        (
+            f"{multi}:2",
+            ids[f"{multi}:2"],
+            "Summarise",
+            "Summarise them",
+            True,
+            {},
+            "failed",
+            {
+                "legacy_execution": {
+                    "started_at": "2025-08-01T10:00:02+00:00",
+                    "completed_at": "2025-08-01T10:00:09+00:00",
+                    "duration_ms": 7000,
+                    "error_message": "model timeout",
+                    "retry_count": 2,
+                }
+            },
+            f"2025-07-01 09:00:00{utc}",
+            f"2025-08-01 10:00:09{utc}",
+            None,
+        ),
+        (
+            f"{multi}:3",
+            ids[f"{multi}:3"],
+            "Send",
+            "Send the summary",
+            False,
+            {},
+            "pending",
+            {},
+            f"2025-07-01 09:00:00{utc}",
+            f"2025-07-01 09:00:00{utc}",
+            None,
+        ),
+        (
+            f"{single}:1",
+            ids[f"{single}:1"],
+            "Task Step 1",
+            "Summarise the inbox",
+            False,
+            {},
+            "skipped",
+            {"value": "plain text result"},
+            f"2025-07-02 09:00:00{utc}",
+            f"2025-07-02 09:00:00{utc}",
+            None,
+        ),
+        (
+            f"{single}:3",
+            ids[f"{single}:3"],
+            "Gap after",
+            "Second step at 3",
+            False,
+            {"value": [1, 2]},
+            "pending",
+            {},
+            f"2025-07-03 09:00:00{utc}",
+            f"2025-07-03 09:00:00{utc}",
+            None,
+        ),
     ]
 
 
@@ -189,7 +248,7 @@ def test_rows_the_new_rules_cannot_hold_stop_the_upgrade_cleanly(
             " values (%s, 51, 'Far', 'away')",
             [before["single"]],
         )
-    with pytest.raises(migrations.MigrationError, match="step_order 51 is outside 1..50"):
+    with pytest.raises(migrations.MigrationError, match=r"step_order 51 is outside 1\.\.50"):
         migrations.push(blank_db_url)
     with psycopg.connect(blank_db_url) as conn:
         still_there = conn.execute(
