@@ -100,7 +100,8 @@ select triggers_are(
     'public',
     'task_steps',
     array[
-        'task_steps_check', 'task_steps_soft_delete', 'task_steps_close_gaps_after_delete',
+        'task_steps_check_insert', 'task_steps_check_update', 'task_steps_soft_delete',
+        'task_steps_close_gaps_after_delete',
         'task_steps_close_gaps_after_soft_delete', 'task_steps_audit_insert',
         'task_steps_audit_update', 'task_steps_audit_delete'
     ],
