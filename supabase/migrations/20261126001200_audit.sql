@@ -36,6 +36,9 @@ create index if not exists audit_log_record_idx on public.audit_log (table_name,
 
 comment on table public.audit_log is
 'Append-only history of changes to the workflow tables, written only by audit triggers.';
+comment on column public.audit_log.id is 'Position in the history (increasing).';
+comment on constraint audit_log_operation_check on public.audit_log is
+'The three audited operations.';
 comment on column public.audit_log.occurred_at is 'Start time of the writing transaction.';
 comment on column public.audit_log.table_schema is 'Schema of the changed table.';
 comment on column public.audit_log.table_name is 'Name of the changed table.';
