@@ -406,3 +406,14 @@ def test_validate_a_task_that_is_not_yours(conn: psycopg.Connection) -> None:
     w = build_world(conn)
     with pytest.raises(psycopg.errors.NoDataFound, match="not found"):
         problems(conn, w.other, w.task)
+
+
+def test_rest_insert_without_a_position_appends(conn: psycopg.Connection) -> None:
+    w = build_world(conn)
+    with acting_as(conn, "authenticated", w.owner) as c:
+        added = c.execute(
+            "insert into public.task_steps (task_id, step_name, instructions)"
+            " values (%s, 'Fourth', 'x'), (%s, 'Fifth', 'y') returning step_name, step_order",
+            [w.task, w.task],
+        ).fetchall()
+    assert added == [("Fourth", 4), ("Fifth", 5)]
