@@ -417,3 +417,28 @@ def test_rest_insert_without_a_position_appends(conn: psycopg.Connection) -> Non
             [w.task, w.task],
         ).fetchall()
     assert added == [("Fourth", 4), ("Fifth", 5)]
+
+
+def test_concurrent_edits_of_one_task_take_turns(conn: psycopg.Connection, db_url: str) -> None:
+    """save_task_steps locks the task row: a second editor waits instead of interleaving."""
+    w = build_world(conn)
+    with (
+        psycopg.connect(db_url, autocommit=True) as second,
+        acting_as(conn, "authenticated", w.owner) as c,
+    ):
+        c.execute(
+            "select public.save_task_steps(%s, %s)",
+            [w.task, Jsonb([{"id": str(w.steps[0])}, {"instructions": "from the first"}])],
+        )
+        with (
+            pytest.raises(psycopg.errors.LockNotAvailable),
+            acting_as(second, "authenticated", w.owner) as c2,
+        ):
+            c2.execute("set local lock_timeout = '50ms'")
+            c2.execute("select public.reorder_task_steps(%s, %s)", [w.task, list(w.steps[::-1])])
+    rows = conn.execute(
+        "select instructions from public.task_steps"
+        " where task_id = %s and deleted_at is null order by step_order",
+        [w.task],
+    ).fetchall()
+    assert rows == [("Do part 1",), ("from the first",)]
