@@ -23,10 +23,17 @@ select policies_are(
     array['Owners read their step runs', 'Service role manages step runs'],
     'task_step_executions has only the owner-read and service policies'
 );
-select policies_are(
-    'public', 'agent_task_executions',
-    array['Owners read their runs', 'Service role manages runs'],
-    'the permissive legacy write policy on runs is gone'
+select is(
+    (
+        select count(*)::integer from pg_policies
+        where
+            schemaname = 'public'
+            and tablename = 'agent_task_executions'
+            and (cmd <> 'SELECT' or roles && array['anon', 'public']::name[])
+            and roles <> array['service_role']::name[]
+    ),
+    0,
+    'only the service role has a write policy on runs (the legacy hole is closed)'
 );
 select policy_cmd_is(
     'public', 'task_step_executions', 'Owners read their step runs', 'select',
