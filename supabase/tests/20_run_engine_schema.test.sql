@@ -42,8 +42,8 @@ select policy_cmd_is(
 select ok(
     not has_table_privilege('authenticated', 'public.task_step_executions', 'insert')
     and not has_table_privilege('authenticated', 'public.task_step_executions', 'update')
-    and not has_table_privilege('authenticated', 'public.agent_task_executions', 'update'),
-    'API users cannot write run rows'
+    and not has_table_privilege('anon', 'public.agent_task_executions', 'select'),
+    'API users cannot write step rows; anon cannot read runs'
 );
 
 select function_privs_are(
