@@ -153,9 +153,18 @@ begin
 
     -- The definition keeps the latest run's final status and result for the UI (live
     -- progress is on task_step_executions); an older run still finishing does not
-    -- overwrite a newer one's. Final statuses only: each write also audits the step.
+    -- overwrite a newer one's. Final statuses only, and no UPDATE statement at all when
+    -- there is nothing to write: every statement on task_steps is audited.
     if new.step_id is not null
-        and new.status in ('completed', 'failed', 'skipped', 'cancelled') then
+        and new.status in ('completed', 'failed', 'skipped', 'cancelled')
+        and not exists (
+            select from public.agent_task_executions as newer
+            where newer.task_id = new.task_id
+                and newer.created_at > (
+                    select r.created_at from public.agent_task_executions as r
+                    where r.id = new.run_id
+                )
+        ) then
         update public.task_steps as d
         set
             status = new.status,
@@ -170,15 +179,7 @@ begin
                 'completed_at', new.completed_at,
                 'duration_ms', new.duration_ms
             )
-        where d.id = new.step_id
-            and not exists (
-                select from public.agent_task_executions as newer
-                where newer.task_id = new.task_id
-                    and newer.created_at > (
-                        select r.created_at from public.agent_task_executions as r
-                        where r.id = new.run_id
-                    )
-            );
+        where d.id = new.step_id;
     end if;
     return null;
 end
