@@ -193,6 +193,8 @@ revoke insert, update, delete, truncate on public.task_step_executions from auth
 comment on table public.task_step_executions is
 'One row per step of a run: the step definition as it was at run start, and the '
 'execution state (status, attempts, lease, input context, result, timings).';
+comment on column public.task_step_executions.id is
+'Step execution id (claims, leases, notifications).';
 comment on column public.task_step_executions.run_id is 'The run (agent_task_executions).';
 comment on column public.task_step_executions.task_id is
 'The task the run belongs to (copied from the run).';
@@ -260,6 +262,9 @@ comment on column public.task_step_executions.idempotency_key is
 'Same for every attempt of this step of this run: executors pass it on.';
 comment on column public.task_step_executions.created_at is 'When the run snapshotted the step.';
 comment on column public.task_step_executions.updated_at is 'When the row last changed.';
+comment on index public.task_step_executions_pkey is 'Step execution by id.';
+comment on index public.task_step_executions_run_order_unique is
+'Steps of a run in order; serves the cascade from runs.';
 comment on constraint task_step_executions_run_order_unique
 on public.task_step_executions is 'A run has one row per position.';
 comment on constraint task_step_executions_queued_has_run_after
