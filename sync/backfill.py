@@ -163,7 +163,7 @@ class VerifyReport:
     tasks_checksum: int = 0
     steps_checksum: int = 0
     exception_count: int = 0
-    exceptions: list[dict[str, str]] = field(default_factory=list)
+    exceptions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -389,7 +389,8 @@ def verify(
         report.exception_count += row["eligible"] - row["verified"]
         room = max_exceptions - len(report.exceptions)
         report.exceptions.extend(
-            {"task_id": e["task_id"], "problem": e["problem"]} for e in row["exceptions"][:room]
+            {"task_id": uuid.UUID(e["task_id"]), "problem": e["problem"]}
+            for e in row["exceptions"][:room]
         )
         progress.done += row["tasks_scanned"]
         progress.total = max(progress.total, progress.done)

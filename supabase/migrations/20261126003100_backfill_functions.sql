@@ -287,7 +287,7 @@ as $$
 
     select
         (select count(*)::integer from batch),
-        (select max(b.id) from batch as b),
+        (select b.id from batch as b order by b.id desc limit 1),
         coalesce(
             (select jsonb_object_agg(n.tag, n.total) from numbered as n where n.n = 1),
             '{}'::jsonb
@@ -371,7 +371,7 @@ as $$
 
     select
         (select count(*)::integer from batch),
-        (select max(b.id) from batch as b),
+        (select b.id from batch as b order by b.id desc limit 1),
         (select count(*)::integer from judged),
         (select count(*)::integer from judged as j where j.problem is null),
         coalesce(
