@@ -434,6 +434,6 @@ def rollback(
         on_progress(progress)
         if row["done"]:
             return report
-        after = row["last_step_id"]
+        after = row["last_task_id"]
         if settings.pause_seconds:
             time.sleep(settings.pause_seconds)

@@ -36,15 +36,15 @@ create table if not exists stepsync.backfill_runs (
 );
 
 create table if not exists stepsync.backfill_step_origin (
-    step_id uuid primary key,
     -- Not a foreign key: a per-row check would slow the bulk insert of every batch, and
     -- runs are never deleted (no role has delete on backfill_runs).
     backfill_run_id uuid not null,
-    task_id uuid not null
+    task_id uuid not null,
+    step_id uuid not null,
+    -- A run gives a task at most one step. Keyed by task so a batch (which walks tasks in
+    -- id order) appends to the index instead of scattering random step ids over it.
+    primary key (backfill_run_id, task_id)
 );
-
-create index if not exists backfill_step_origin_run_idx
-on stepsync.backfill_step_origin (backfill_run_id, step_id);
 
 create table if not exists stepsync.backfill_exceptions (
     backfill_run_id uuid not null references stepsync.backfill_runs (id),
@@ -119,9 +119,8 @@ comment on table stepsync.backfill_step_origin is
 'Which backfill run created which step: rollback removes exactly these rows'' steps.';
 comment on column stepsync.backfill_step_origin.step_id is 'A task_steps.id the run created.';
 comment on column stepsync.backfill_step_origin.backfill_run_id is 'The run that created it.';
-comment on column stepsync.backfill_step_origin.task_id is 'The step''s task.';
-comment on index stepsync.backfill_step_origin_run_idx is
-'Serves rollback: a run''s steps in keyset order.';
+comment on column stepsync.backfill_step_origin.task_id is
+'The step''s task; rollback walks a run''s rows in task order.';
 
 comment on table stepsync.backfill_exceptions is
 'Tasks a backfill run could not give a step, with the reason; listed by the CLI.';

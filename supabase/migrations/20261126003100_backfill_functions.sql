@@ -145,8 +145,9 @@ begin
     ),
 
     origin as (
-        insert into stepsync.backfill_step_origin (step_id, backfill_run_id, task_id)
-        select i.id, p_run_id, i.task_id from inserted as i
+        insert into stepsync.backfill_step_origin (backfill_run_id, task_id, step_id)
+        select p_run_id, i.task_id, i.id from inserted as i
+        order by i.task_id
     ),
 
     exceptions as (
@@ -418,7 +419,7 @@ create or replace function stepsync.backfill_rollback_batch(
     p_run_id uuid, p_after uuid, p_batch_size integer
 )
 returns table (
-    steps_seen integer, steps_removed integer, steps_kept integer, last_step_id uuid,
+    steps_seen integer, steps_removed integer, steps_kept integer, last_task_id uuid,
     done boolean
 )
 language plpgsql
@@ -429,8 +430,9 @@ declare
     run stepsync.backfill_runs;
     step_ids uuid[];
     task_ids uuid[];
+    seen integer;
     removed integer;
-    kept integer;
+    forgotten integer;
 begin
     select * into run from stepsync.backfill_runs as r where r.id = p_run_id
     for update nowait;
@@ -444,15 +446,16 @@ begin
     perform set_config('stepsync.audit_tag', p_run_id::text, true);
     perform set_config('stepsync.compat_sync', 'off', true);
 
-    select array_agg(o.step_id order by o.step_id), array_agg(distinct o.task_id)
+    select array_agg(o.step_id order by o.task_id), array_agg(o.task_id order by o.task_id)
     into step_ids, task_ids
     from (
         select o.step_id, o.task_id
         from stepsync.backfill_step_origin as o
-        where o.backfill_run_id = p_run_id and (p_after is null or o.step_id > p_after)
-        order by o.step_id
+        where o.backfill_run_id = p_run_id and (p_after is null or o.task_id > p_after)
+        order by o.task_id
         limit p_batch_size
     ) as o;
+    seen := coalesce(cardinality(step_ids), 0);
 
     -- Hold the tasks so no one adds a step beside the one about to go.
     perform from public.agent_tasks as t where t.id = any(task_ids) for share;
@@ -481,10 +484,11 @@ begin
         returning s.id
     ),
 
-    forgotten as (
+    cleared as (
         -- Origin rows of removed steps, and of steps already gone some other way.
         delete from stepsync.backfill_step_origin as o
-        where o.step_id = any(step_ids)
+        where o.backfill_run_id = p_run_id
+            and o.task_id = any(task_ids)
             and (
                 o.step_id in (select d.id from deleted as d)
                 or not exists (select from public.task_steps as s where s.id = o.step_id)
@@ -492,38 +496,32 @@ begin
         returning o.step_id
     )
 
-    select (select count(*) from deleted), (select count(*) from forgotten)
-    into removed, kept;
-    kept := coalesce(cardinality(step_ids), 0) - kept;
+    select (select count(*) from deleted), (select count(*) from cleared)
+    into removed, forgotten;
 
     update stepsync.backfill_runs as r
     set
         rolled_back_steps = r.rolled_back_steps + removed,
         rollback_kept_steps = case
-            when p_after is null then kept else r.rollback_kept_steps + kept
+            when p_after is null then seen - forgotten
+            else r.rollback_kept_steps + seen - forgotten
         end,
-        status = case
-            when coalesce(cardinality(step_ids), 0) < p_batch_size then 'rolled_back'
-            else r.status
-        end,
-        rolled_back_at = case
-            when coalesce(cardinality(step_ids), 0) < p_batch_size then now()
-            else r.rolled_back_at
-        end,
+        status = case when seen < p_batch_size then 'rolled_back' else r.status end,
+        rolled_back_at = case when seen < p_batch_size then now() else r.rolled_back_at end,
         updated_at = now()
     where r.id = p_run_id;
 
     return query select
-        coalesce(cardinality(step_ids), 0),
+        seen,
         removed,
-        kept,
-        coalesce(step_ids[cardinality(step_ids)], p_after),
-        coalesce(cardinality(step_ids), 0) < p_batch_size;
+        seen - forgotten,
+        coalesce(task_ids[seen], p_after),
+        seen < p_batch_size;
 end
 $$;
 
 comment on function stepsync.backfill_rollback_batch(uuid, uuid, integer) is
-'One batch of a rollback: removes the steps run p_run_id created (after step id p_after), '
+'One batch of a rollback: removes the steps run p_run_id created (tasks after p_after), '
 'except those whose task has other live steps now (kept and counted). Steps created by '
 'users or the compatibility triggers are never touched: only backfill_step_origin rows '
 'of this run are considered.';

@@ -155,10 +155,14 @@ def do_backfill(
     print_run(result)
     listed = backfill.exceptions(conn, target)
     if listed:
-        table = Table("task_id", "category", "why no step", title="Tasks left without a step")
+        table = Table(title="Tasks left without a step")
+        table.add_column("task_id", no_wrap=True, min_width=36)
+        table.add_column("category", no_wrap=True)
         for row in listed:
-            table.add_row(str(row["task_id"]), row["category"], row["detail"])
+            table.add_row(str(row["task_id"]), row["category"])
         console.print(table)
+        for category, detail in sorted({(r["category"], r["detail"]) for r in listed}):
+            console.print(f"{category}: {detail}", highlight=False)
         missing = result.counts["blank_instructions"] + result.counts["marker_without_steps"]
         if missing > len(listed):
             console.print(
@@ -173,11 +177,12 @@ def do_backfill(
 def do_plan(conn: psycopg.Connection, settings: backfill.Settings, samples: int) -> bool:
     with progress_reporter("dry run", "tasks") as report:
         result = backfill.plan(conn, settings, samples=samples, on_progress=report)
-    table = Table("category", "tasks", "sample task ids", title="Dry run: nothing was written")
+    table = Table("category", "tasks", title="Dry run: nothing was written")
+    table.add_column("sample task ids", no_wrap=True, min_width=36)
     table.add_row("tasks examined", str(result.tasks_scanned), "")
     for key, (label, _) in backfill.CATEGORIES.items():
         label = "step 1 to create" if key == "steps_created" else label
-        ids = ", ".join(str(i) for i in result.samples.get(key, []))
+        ids = "\n".join(str(i) for i in result.samples.get(key, []))
         table.add_row(label, str(result.counts.get(key, 0)), ids)
     console.print(table)
     return result.needs_attention
@@ -196,7 +201,9 @@ def do_verify(conn: psycopg.Connection, settings: backfill.Settings) -> bool:
     table.add_row("result", "OK" if result.ok else "FAILED")
     console.print(table)
     if result.exceptions:
-        listed = Table("task_id", "problem", title="Exceptions")
+        listed = Table(title="Exceptions")
+        listed.add_column("task_id", no_wrap=True, min_width=36)
+        listed.add_column("problem")
         for row in result.exceptions:
             listed.add_row(str(row["task_id"]), row["problem"])
         console.print(listed)
