@@ -17,7 +17,7 @@ runner = CliRunner()
 
 def stepsync(db_url: str, *args: str):
     return runner.invoke(
-        app, ["backfill", "legacy-tasks", "--database-url", db_url, *args], terminal_width=200
+        app, ["backfill", "legacy-tasks", "--database-url", db_url, *args], env={"COLUMNS": "300"}
     )
 
 

@@ -80,7 +80,10 @@ def list_flags(database_url_option: str | None = DatabaseUrlOption) -> None:
     """All flags with their state."""
     with flags_connection(database_url_option) as conn:
         rows = conn.execute("select * from stepsync.feature_flags order by name").fetchall()
-    table = Table("name", "enabled", "percent", "allowed", "denied", "description")
+    table = Table()
+    table.add_column("name", no_wrap=True)
+    for heading in ("enabled", "percent", "allowed", "denied", "description"):
+        table.add_column(heading)
     for row in rows:
         table.add_row(
             row["name"],
