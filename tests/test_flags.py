@@ -60,7 +60,7 @@ def test_gradual_rollout_from_the_command_line(conn: psycopg.Connection, db_url:
     # Deny wins over the allow-list and the percentage; allow takes a user back.
     assert flags(db_url, "deny", flag, str(users[0])).exit_code == 0
     assert not enabled_for(conn, flag, users[0])
-    enabled, percent, allow_list, deny_list = flag_row(conn, flag)
+    _, percent, allow_list, deny_list = flag_row(conn, flag)
     assert (percent, allow_list, deny_list) == (80, [users[1]], [users[0]])
     assert flags(db_url, "deny", flag, str(users[0]), "--remove").exit_code == 0
     assert flag_row(conn, flag)[3] == []
