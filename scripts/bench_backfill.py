@@ -13,6 +13,8 @@ throwaway embedded cluster). Steps:
    origin rows, locks), sampling memory at 25 %, 50 % and 100 %: the Python process's
    resident and peak memory, and the backfill backend's private memory
    (``pg_backend_memory_contexts``);
+   before that, the same statement into ``public.task_steps`` itself on a copy of the
+   database, to show what the table's own foreign key and triggers cost;
 4. verify;
 5. the baseline again (on a shared machine the faster baseline counts).
 
@@ -133,6 +135,27 @@ def baseline(url: str) -> tuple[float, int]:
     return elapsed, rows
 
 
+def table_floor(server_url: str, url: str) -> float:
+    """The same INSERT … SELECT into public.task_steps itself (foreign key, triggers and
+    any audit trigger of the schema), on a copy of the database: what one statement
+    costs on the real table, without batches."""
+    floor_db = BENCH_DB + "_floor"
+    devdb.drop_database(server_url, floor_db)
+    floor_url = devdb.create_database(server_url, floor_db, template=BENCH_DB)
+    try:
+        with psycopg.connect(floor_url, autocommit=True) as conn, conn.transaction():
+            conn.execute("select set_config('stepsync.compat_sync', 'off', true)")
+            conn.execute("select set_config('stepsync.audit_tag', 'bench', true)")
+            started = time.perf_counter()
+            conn.execute(
+                BASELINE.replace("insert into bench_baseline", "insert into public.task_steps")
+            )
+            elapsed = time.perf_counter() - started
+    finally:
+        devdb.drop_database(server_url, floor_db)
+    return elapsed
+
+
 def run_backfill(url: str, settings: backfill.Settings, tasks: int) -> dict:
     marks = [tasks // 4, tasks // 2, tasks]
     memory: list[dict] = []
@@ -187,6 +210,8 @@ def main() -> int:
             # and the faster of the two counts (the stricter comparison).
             base_seconds, base_rows = baseline(url)
             print(f"baseline INSERT … SELECT: {base_rows:,} rows in {base_seconds:.1f}s")
+            floor_seconds = table_floor(server_url, url)
+            print(f"one INSERT … SELECT into task_steps itself: {floor_seconds:.1f}s")
             result = run_backfill(url, settings, args.tasks)
             print(f"backfill: {result['steps']:,} steps in {result['seconds']:.1f}s")
             again, _ = baseline(url)
@@ -210,7 +235,14 @@ def main() -> int:
         f" {result['steps'] / result['seconds']:,.0f} steps/s,"
         f" {args.tasks / result['seconds']:,.0f} tasks/s |"
     )
+    print(
+        f"| reference: one INSERT … SELECT into task_steps itself (FK, triggers) |"
+        f" {floor_seconds:.1f} s |"
+    )
     print(f"| backfill / baseline | {ratio:.2f}x (target <= 2x) |")
+    print(
+        f"| backfill / one statement into task_steps | {result['seconds'] / floor_seconds:.2f}x |"
+    )
     print(f"| verify | {result['verify_seconds']:.1f} s, ok={result['verify_ok']} |")
     for mark in result["memory"]:
         print(
@@ -225,6 +257,7 @@ def main() -> int:
                 "baseline_seconds": round(base_seconds, 2),
                 "backfill_seconds": round(result["seconds"], 2),
                 "ratio": round(ratio, 2),
+                "task_steps_statement_seconds": round(floor_seconds, 2),
                 **{k: result[k] for k in ("steps", "batches", "memory", "verify_ok")},
                 "verify_seconds": round(result["verify_seconds"], 2),
             }
