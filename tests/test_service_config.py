@@ -71,5 +71,5 @@ def test_defaults_derive_the_heartbeat_and_pool_from_other_settings(monkeypatch)
     monkeypatch.setenv("STEPSYNC_LISTEN", "")
     settings = Settings()
     assert settings.heartbeat_interval_seconds == 4
-    assert settings.pool_size == 9
+    assert settings.pool_size == 7 + settings.claimers + 1
     assert settings.listen == []
