@@ -397,7 +397,12 @@ def build_service(
     from sync.executors import executor_from_setting
     from sync.wakeups.postgres import PostgresWakeups
 
-    db = Database(database_url, role=settings.db_role, size=settings.pool_size)
+    db = Database(
+        database_url,
+        role=settings.db_role,
+        size=settings.pool_size,
+        transaction_pooler=settings.db_transaction_pooler,
+    )
     sources: list[WakeupSource] = []
     if "postgres" in settings.listen:
         sources.append(PostgresWakeups(database_url))

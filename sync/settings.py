@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         default="service_role",
         description="Role every service connection switches to (`set role`).",
     )
+    db_transaction_pooler: bool = Field(
+        default=False,
+        description="The database URL goes through a transaction-mode pooler (Supabase "
+        "port 6543): no session state (role per transaction, no prepared statements) and "
+        "no LISTEN, so listen must be empty (--poll-only).",
+    )
     db_pool_size: int | None = Field(
         default=None,
         ge=1,
@@ -173,6 +179,16 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _no_listen_through_transaction_pooler(self) -> Settings:
+        if self.db_transaction_pooler and self.listen:
+            raise ValueError(
+                f"{ENV_PREFIX}DB_TRANSACTION_POOLER is on but {ENV_PREFIX}LISTEN is "
+                f"{','.join(self.listen)!r}: LISTEN does not work through a transaction "
+                "pooler; use --poll-only (STEPSYNC_LISTEN=)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:

@@ -73,3 +73,9 @@ def test_defaults_derive_the_heartbeat_and_pool_from_other_settings(monkeypatch)
     assert settings.heartbeat_interval_seconds == 4
     assert settings.pool_size == 7 + settings.claimers + 1
     assert settings.listen == []
+
+
+def test_a_transaction_pooler_cannot_listen():
+    result = serve(env={"STEPSYNC_DB_TRANSACTION_POOLER": "true"})
+    assert result.exit_code == 1
+    assert "LISTEN does not work through a transaction pooler" in result.output

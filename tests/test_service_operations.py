@@ -81,3 +81,25 @@ def test_metrics_and_health_endpoint(conn, db_url):
     assert float(samples['stepsync_step_duration_seconds_count{outcome="completed"}']) == 2
     assert "stepsync_queue_depth" in samples
     assert any(key.startswith("stepsync_wakeup_latency_seconds_count") for key in samples)
+
+
+def test_behind_a_transaction_pooler_every_query_sets_its_role_itself(conn, db_url):
+    # No session state: the pooled connections stay the login role between transactions,
+    # and the work is found by polling alone.
+    run_id = new_run(conn, steps=3)
+
+    async def scenario() -> tuple[str, set[str]]:
+        async with serving(
+            db_url, noop, db_transaction_pooler=True, listen=[], poll_interval_seconds=0.2
+        ) as service:
+            run = await wait_for_run(db_url, run_id)
+            roles = set()
+            async with service.db.pool.connection() as pooled:
+                roles.add(
+                    (await (await pooled.execute("select current_user")).fetchone())["current_user"]
+                )
+            return run["status"], roles
+
+    status, roles = asyncio.run(scenario())
+    assert status == "completed"
+    assert roles == {conn.info.user}  # the login role, not service_role

@@ -147,6 +147,7 @@ async def _follow(db: Database, url: str, run_id: uuid.UUID) -> str:
                     raise fail(f"run {run_id} disappeared")
                 live.update(_render(run_row, steps), refresh=True)
                 if run_row["status"] in RUN_FINISHED_STATUSES:
+                    live.console.print()
                     return run_row["status"]
                 with contextlib.suppress(TimeoutError):
                     async for _ in listener.notifies(timeout=0.5, stop_after=1):
