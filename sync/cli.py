@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sync.commands import db, demo, runs, serve
+from sync.commands import config, db, demo, embedded, runs, serve
 
 app = typer.Typer(
     help="stepsync: multi-step workflows for Supabase agent tasks.",
@@ -12,6 +12,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(db.app, name="db")
+app.add_typer(embedded.app, name="embedded")
 app.command(name="demo")(demo.demo)
+app.command(name="config")(config.config)
 app.command(name="serve")(serve.serve)
 runs.register(app)

@@ -437,3 +437,17 @@ def test_start_refuses_invalid_steps_and_names_the_problems(conn: psycopg.Connec
     ]
     assert conn.execute("select count(*) from public.agent_task_executions").fetchone()[0] == 0
     assert conn.execute("select count(*) from public.task_step_executions").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("", 1, 30), "worker name"),
+        (("w", 0, 30), "batch size"),
+        (("w", 1001, 30), "batch size"),
+        (("w", 1, 0), "lease"),
+    ],
+)
+def test_claim_refuses_bad_arguments(conn: psycopg.Connection, arguments, message) -> None:
+    with as_service(conn), pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
+        conn.execute("select * from stepsync.claim_steps(%s, %s, %s)", list(arguments))
