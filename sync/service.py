@@ -92,12 +92,17 @@ class StepService:
     # --- control ---------------------------------------------------------------------
 
     def wake(self, reason: str) -> None:
-        """Look for work now. Safe to call often: wake-ups before a claim coalesce."""
+        """Look for work now. Safe to call often: wake-ups before a claim coalesce.
+
+        ``run_cancelled`` only checks the leases at once: a cancelled run's running step
+        shows up as a lost lease, and cancelling makes nothing claimable.
+        """
+        if reason in ("run_cancelled", "run_changed"):
+            self._heartbeat_now.set()
+            if reason == "run_cancelled":
+                return
         if self._first_wake is None:
             self._first_wake = (reason, time.perf_counter())
-        if reason == "run_changed":
-            # A cancelled run shows up as lost leases; check them now, not at the next beat.
-            self._heartbeat_now.set()
         self._wakeup.set()
 
     def stop(self) -> None:

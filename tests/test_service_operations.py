@@ -103,3 +103,12 @@ def test_behind_a_transaction_pooler_every_query_sets_its_role_itself(conn, db_u
     status, roles = asyncio.run(scenario())
     assert status == "completed"
     assert roles == {conn.info.user}  # the login role, not service_role
+
+
+def test_only_notifications_that_can_change_the_work_wake_the_service():
+    from sync.wakeups.postgres import RUN_CHANGED, STEP_READY, wake_reason
+
+    assert wake_reason(STEP_READY, "5534a58e-a494-4b66-a871-576b15876142") == "step_ready"
+    assert wake_reason(RUN_CHANGED, '{"run_id": "x", "status": "cancelled"}') == "run_cancelled"
+    assert wake_reason(RUN_CHANGED, '{"run_id": "x", "status": "completed"}') is None
+    assert wake_reason(RUN_CHANGED, "not json") == "run_changed"
