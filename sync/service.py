@@ -129,10 +129,15 @@ class StepService:
             )
             self.metrics_server.start()
         sources = [
-            asyncio.create_task(source.run(self.wake), name=f"wakeup:{source.name}")
+            asyncio.create_task(
+                _keep_running(f"wake-up source {source.name}", lambda s=source: s.run(self.wake)),
+                name=f"wakeup:{source.name}",
+            )
             for source in self.wakeup_sources
         ]
-        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        heartbeat = asyncio.create_task(
+            _keep_running("heartbeat", self._heartbeat_loop), name="heartbeat"
+        )
         log.info(
             "serving",
             extra={
@@ -393,6 +398,20 @@ class StepService:
             self.metrics.leases_reaped.inc(reaped)
         self.metrics.queue_depth.set(await self.db.queue_depth())
         self._last_db_ok = time.monotonic()
+
+
+async def _keep_running(name: str, run: Any) -> None:
+    """Run a background loop; a bug in it is logged and the loop restarted, because a
+    silently dead heartbeat or listener would only show up as lost leases or lag."""
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(f"{name} failed; restarting it")
+            await asyncio.sleep(1.0)
 
 
 def build_service(

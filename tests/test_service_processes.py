@@ -272,3 +272,32 @@ def test_sigterm_hands_back_a_step_that_outlives_the_grace_period(step_log, db_u
     with workers(db_url, tmp_path, 1):
         wait_until(lambda: all_finished(conn, [run_id]), what="the handed-back step")
     assert run_statuses(conn, [run_id]) == {"completed": 1}
+
+
+def test_sigterm_does_not_wait_for_a_blocked_thread_of_a_plain_function(step_log, db_url, tmp_path):
+    # A plain function runs in a thread that cannot be interrupted; shutdown still ends
+    # within the grace period and hands the step back.
+    conn = step_log
+    task_id = setup_task(conn, ["hold"])
+    (run_id,) = start_runs(conn, [task_id])
+    worker = start_worker(
+        db_url,
+        tmp_path,
+        "blocked",
+        "--shutdown-grace",
+        "0.5",
+        env={HOLD_ENV: "3600"},
+        executor="python:tests.workers:blocking_step",
+    )
+    try:
+        worker.wait_for_log(lambda e: e.get("msg") == "step started")
+        worker.signal(signal.SIGTERM)
+        assert worker.proc.wait(30) == 0
+    finally:
+        worker.proc.kill()
+    assert worker.wait_for_log(lambda e: e.get("msg") == "step handed back")
+    status = conn.execute(
+        "select status::text, lease_owner from public.task_step_executions where run_id = %s",
+        [run_id],
+    ).fetchone()
+    assert status == ("queued", None)

@@ -57,7 +57,7 @@ class PostgresWakeups:
                     log.info("listening", extra={"channels": list(self.channels)})
                     wake("sweep")
                     await self._deliver(conn, wake)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except (psycopg.Error, OSError) as exc:
                 self.connected.clear()
                 delay = backoff * (0.5 + random.random())
                 log.warning(
