@@ -70,7 +70,8 @@ RUN_FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
 class DatabaseSetupError(Exception):
-    """The database cannot serve: unreachable, wrong role, or not migrated."""
+    """The service cannot start: database unreachable, wrong role, not migrated, or a
+    resource it needs (the metrics port) unavailable. The message says which."""
 
 
 @dataclass(frozen=True)

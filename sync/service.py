@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from sync.db import Database, Lease
+from sync.db import Database, DatabaseSetupError, Lease
 from sync.executors.base import Executor, StepError, StepRequest
 from sync.executors.output import json_output
 from sync.metrics import Metrics, MetricsServer
@@ -119,15 +119,26 @@ class StepService:
     async def run(self, *, install_signal_handlers: bool = False) -> None:
         """Serve until :meth:`stop` (or a signal), then drain and release."""
         loop = asyncio.get_running_loop()
-        await self.db.open()
+        if self.settings.metrics_port:
+            host, port = self.settings.metrics_host, self.settings.metrics_port
+            try:
+                self.metrics_server = MetricsServer(self.metrics, self.healthy, host, port)
+            except OSError as exc:
+                raise DatabaseSetupError(
+                    f"cannot serve metrics on {host}:{port} (STEPSYNC_METRICS_PORT): "
+                    f"{exc.strerror or exc}"
+                ) from None
+        try:
+            await self.db.open()
+        except BaseException:
+            if self.metrics_server is not None:
+                self.metrics_server.server.server_close()
+            raise
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        if self.settings.metrics_port:
-            self.metrics_server = MetricsServer(
-                self.metrics, self.healthy, self.settings.metrics_host, self.settings.metrics_port
-            )
-            self.metrics_server.start()
         sources = [
             asyncio.create_task(
                 _keep_running(f"wake-up source {source.name}", lambda s=source: s.run(self.wake)),

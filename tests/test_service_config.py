@@ -79,3 +79,19 @@ def test_a_transaction_pooler_cannot_listen():
     result = serve(env={"STEPSYNC_DB_TRANSACTION_POOLER": "true"})
     assert result.exit_code == 1
     assert "LISTEN does not work through a transaction pooler" in result.output
+
+
+def test_a_metrics_port_in_use_is_named(db_url):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(
+            app,
+            ["serve", "--database-url", db_url, "--metrics-port", str(port)],
+            env={"STEPSYNC_METRICS_HOST": "127.0.0.1"},
+        )
+    assert result.exit_code == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port} (STEPSYNC_METRICS_PORT)" in result.output
