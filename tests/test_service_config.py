@@ -37,6 +37,7 @@ def serve(*args: str, env: dict[str, str] | None = None):
         ({}, ["--executor", "smtp://mail"], "STEPSYNC_EXECUTOR: unknown executor 'smtp://mail'"),
         ({}, ["--executor", "python:nowhere.at_all:run"], "cannot import module 'nowhere.at_all'"),
         ({}, ["--poll-only", "--listen", "postgres"], "--poll-only and --listen contradict"),
+        ({}, ["--listen", "kafka"], "STEPSYNC_LISTEN: unknown listen mode(s) kafka"),
     ],
 )
 def test_bad_settings_stop_serve_with_a_message_naming_them(env, args, named):
