@@ -31,6 +31,7 @@ from sync.executors.base import StepRequest
 from sync.executors.python import PythonExecutor
 from sync.service import build_service
 from sync.settings import Settings
+from sync.wakeups.postgres import PostgresWakeups
 
 RAW_TABLE = """
 create table if not exists public.bench_raw_steps (
@@ -280,7 +281,8 @@ async def latencies(url: str, samples: int, chain_runs: int, chain_steps: int):
     service = build_service(settings(url, 4), url, executor=PythonExecutor(timed))
     task = asyncio.create_task(service.run())
     await service.started.wait()
-    await asyncio.sleep(0.5)  # let LISTEN connect and the start-up sweep pass
+    listener = next(s for s in service.wakeup_sources if isinstance(s, PostgresWakeups))
+    await asyncio.wait_for(listener.connected.wait(), 30)
 
     ready_to_started: list[float] = []
     async with await psycopg.AsyncConnection.connect(url) as driver:
