@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from sync.db import Database, DatabaseSetupError, Lease
-from sync.executors.base import Executor, StepError, StepRequest
+from sync.executors.base import Executor, PermanentStepError, StepError, StepRequest
 from sync.executors.output import json_output
 from sync.metrics import Metrics, MetricsServer
 from sync.settings import Settings
@@ -299,17 +299,27 @@ class StepService:
         duration = time.monotonic() - running.started
         fields = {**running.log_fields, "duration_ms": round(duration * 1000, 1)}
         if kind == "ok":
-            committed = await self._with_retries(
-                running, lambda: self.db.complete_step(running.lease, value)
-            )
-            if committed:
-                self.metrics.steps_completed.inc()
-                self.metrics.step_duration.labels("completed").observe(duration)
-                log.info("step completed", extra=fields)
-            elif committed is False:
-                self.metrics.steps_stale.inc()
-                log.warning("completion refused: lease lost (stale token)", extra=fields)
-            return
+            try:
+                committed = await self._with_retries(
+                    running, lambda: self.db.complete_step(running.lease, value)
+                )
+            except psycopg.Error as exc:
+                # Valid JSON that jsonb still refuses (a \u0000 in a string, say): retrying
+                # cannot help, so the attempt fails for good instead of expiring.
+                message = exc.diag.message_primary or str(exc).strip()
+                kind, value = (
+                    "error",
+                    PermanentStepError(f"output refused by the database: {message}"),
+                )
+            else:
+                if committed:
+                    self.metrics.steps_completed.inc()
+                    self.metrics.step_duration.labels("completed").observe(duration)
+                    log.info("step completed", extra=fields)
+                elif committed is False:
+                    self.metrics.steps_stale.inc()
+                    log.warning("completion refused: lease lost (stale token)", extra=fields)
+                return
         error: StepError = value
         outcome = await self._with_retries(
             running,
