@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         default=False,
         description="The database URL goes through a transaction-mode pooler (Supabase "
         "port 6543): no session state (role per transaction, no prepared statements) and "
-        "no LISTEN, so listen must be empty (--poll-only).",
+        "no Postgres LISTEN (use --poll-only or another wake-up source).",
     )
     db_pool_size: int | None = Field(
         default=None,
@@ -182,11 +182,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_listen_through_transaction_pooler(self) -> Settings:
-        if self.db_transaction_pooler and self.listen:
+        if self.db_transaction_pooler and "postgres" in self.listen:
             raise ValueError(
-                f"{ENV_PREFIX}DB_TRANSACTION_POOLER is on but {ENV_PREFIX}LISTEN is "
-                f"{','.join(self.listen)!r}: LISTEN does not work through a transaction "
-                "pooler; use --poll-only (STEPSYNC_LISTEN=)"
+                f"{ENV_PREFIX}DB_TRANSACTION_POOLER is on but {ENV_PREFIX}LISTEN includes "
+                "'postgres': LISTEN does not work through a transaction pooler; use "
+                "--poll-only or another wake-up source"
             )
         return self
 
