@@ -64,9 +64,7 @@ def serve(
     except ExecutorSettingError as exc:
         raise fail(str(exc)) from None
     with user_errors():
-        # The embedded database (no URL configured) is brought up to date first; a
-        # configured database is used as it is.
-        url = database_url(database_url_option, migrate=True)
+        url = database_url(database_url_option, migrate=False)
     service = build_service(settings, url, executor=built_executor)
     try:
         asyncio.run(service.run(install_signal_handlers=True))
