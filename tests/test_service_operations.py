@@ -47,8 +47,12 @@ def test_listen_wakes_the_service_and_survives_a_dropped_connection(conn, db_url
             # Work that becomes ready while the listener is down is found by the sweep
             # after the reconnect, or by a notification once it is back.
             second = await wait_for_run(db_url, new_run(conn))
-            while listener.connections < 2:
-                await asyncio.sleep(0.05)
+
+            async def reconnected() -> None:
+                while listener.connections < 2:
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(reconnected(), 30)
             third = await wait_for_run(db_url, new_run(conn))
             return first["status"], second["status"], third["status"]
 
