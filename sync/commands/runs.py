@@ -42,6 +42,7 @@ def register(app: typer.Typer) -> None:
     app.command(name="run")(run)
     app.command(name="runs")(runs)
     app.command(name="show")(show)
+    app.command(name="cancel")(cancel)
 
 
 def run(
@@ -112,6 +113,27 @@ def show(
     console.print(_render(run_row, steps))
     if run_row["status"] in ("failed", "cancelled"):
         raise typer.Exit(code=1)
+
+
+def cancel(
+    run_id: str = typer.Argument(..., help="The run to cancel."),
+    database_url_option: str | None = DatabaseUrlOption,
+) -> None:
+    """Cancel a pending or running run: its running step is stopped, nothing runs after."""
+    run_uuid = _uuid(run_id, "run id")
+    with user_errors():
+        url = database_url(database_url_option, migrate=True)
+
+    async def go(db: Database) -> bool:
+        try:
+            return await db.cancel_task_run(run_uuid)
+        except psycopg.Error as exc:
+            raise fail(f"cannot cancel run {run_uuid}: {_pg_message(exc)}") from None
+
+    if asyncio.run(_with_db(url, go)):
+        console.print(f"run {run_uuid} cancelled")
+    else:
+        raise fail(f"run {run_uuid} was not cancelled (already finished?)")
 
 
 # --- following a run --------------------------------------------------------------------
