@@ -22,7 +22,11 @@ def test_run_wait_follows_a_run_to_the_end_and_runs_and_show_report_it(conn, db_
         task_id,
         [
             {"step_name": "Collect", "instructions": "Collect the news"},
-            {"step_name": "Summarise", "instructions": "Summarise them"},
+            {
+                "step_name": "Summarise",
+                "instructions": "Summarise them",
+                "include_previous_context": True,
+            },
             {"step_name": "Break", "instructions": "fail"},
         ],
     )
@@ -42,6 +46,11 @@ def test_run_wait_follows_a_run_to_the_end_and_runs_and_show_report_it(conn, db_
     shown = runner.invoke(app, ["show", str(run_id), "--database-url", db_url])
     assert shown.exit_code == 1
     assert "Summarise" in shown.output and "step 3 fails on purpose" in shown.output
+
+    detailed = runner.invoke(app, ["show", str(run_id), "--context", "--database-url", db_url])
+    assert "step 2: Summarise" in detailed.output
+    assert '"mode": "previous"' in detailed.output  # step 2's input context, as received
+    assert '"worker": "w0"' in detailed.output  # and the outputs
 
 
 def test_run_names_a_task_that_cannot_run(conn, db_url):

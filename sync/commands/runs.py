@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import typer
 from rich.console import Group
+from rich.json import JSON
 from rich.live import Live
 from rich.table import Column, Table
 from rich.text import Text
@@ -97,6 +98,9 @@ def runs(
 
 def show(
     run_id: str = typer.Argument(..., help="The run to show."),
+    context: bool = typer.Option(
+        False, "--context", help="Also print the input context and output of each step."
+    ),
     database_url_option: str | None = DatabaseUrlOption,
 ) -> None:
     """A run's status and each step's status, attempts, timing and error."""
@@ -111,6 +115,15 @@ def show(
     if run_row is None:
         raise fail(f"no run {run_uuid}")
     console.print(_render(run_row, steps))
+    if context:
+        for step in steps:
+            console.rule(f"step {step['step_order']}: {step['step_name']}")
+            if step["skip_reason"]:
+                console.print(f"skipped: {step['skip_reason']}", highlight=False)
+            console.print("input context:")
+            console.print(JSON.from_data(step["input_context"], default=str))
+            console.print("output:")
+            console.print(JSON.from_data(step["output"], default=str))
     if run_row["status"] in ("failed", "cancelled"):
         raise typer.Exit(code=1)
 
