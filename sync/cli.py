@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sync.commands import backfill, config, db, demo, embedded, flags
+from sync.commands import backfill, config, db, demo, embedded, flags, runs, serve
 
 app = typer.Typer(
     help="stepsync: multi-step workflows for Supabase agent tasks.",
@@ -17,3 +17,5 @@ app.add_typer(backfill.app, name="backfill")
 app.add_typer(flags.app, name="flags")
 app.command(name="demo")(demo.demo)
 app.command(name="config")(config.config)
+app.command(name="serve")(serve.serve)
+runs.register(app)
