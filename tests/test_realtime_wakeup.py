@@ -1,0 +1,244 @@
+"""The Realtime wake-up source: supabase-py's client against the Realtime stand-in.
+
+The stand-in turns real committed changes in the test database into ``postgres_changes``
+frames, so every wake-up here was caused by a row a transaction wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+
+import psycopg
+
+from sync.wakeups.realtime import BINDINGS, RealtimeWakeups
+from tests.realtime_support import WakeLog
+from tests.standins.realtime_server import RealtimeStandIn
+
+KEY = "service-role-key-for-tests"
+
+
+def make_run_target(conn: psycopg.Connection) -> tuple[uuid.UUID, uuid.UUID]:
+    from tests.support import make_agent, make_task, make_user
+
+    user = make_user(conn)
+    agent = make_agent(conn, user)
+    return make_task(conn, user, agent), agent
+
+
+async def insert_run(url: str, task_id: uuid.UUID, agent_id: uuid.UUID) -> uuid.UUID:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "insert into public.agent_task_executions (task_id, agent_id, instructions_used)"
+            " values (%s, %s, 'x') returning id",
+            [task_id, agent_id],
+        )
+        return (await cur.fetchone())[0]
+
+
+async def set_run_status(url: str, run_id: uuid.UUID, status: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(
+            "update public.agent_task_executions set status = %s where id = %s", [status, run_id]
+        )
+
+
+@contextlib.asynccontextmanager
+async def running(source: RealtimeWakeups, wakes: WakeLog):
+    task = asyncio.create_task(source.run(wakes))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def fast_source(server: RealtimeStandIn, key: str = KEY) -> RealtimeWakeups:
+    return RealtimeWakeups(
+        server.url, key, initial_backoff_seconds=0.05, max_backoff_seconds=0.2, timeout_seconds=5
+    )
+
+
+def test_joins_with_the_bindings_and_sweeps_once_subscribed(db_url):
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY) as server:
+            wakes = WakeLog()
+            async with running(fast_source(server), wakes):
+                await wakes.wait_for("sweep")
+            return server.joins, wakes.reasons
+
+    joins, reasons = asyncio.run(scenario())
+
+    [join] = joins
+    assert join["access_token"] == KEY
+    assert join["config"]["postgres_changes"] == [
+        {"event": b.event, "schema": "public", "table": b.table}
+        | ({"filter": b.filter} if b.filter else {})
+        for b in BINDINGS
+    ]
+    assert reasons == ["sweep"]
+
+
+def test_a_new_run_and_a_cancellation_in_the_database_wake_the_source(db_url, conn):
+    task_id, agent_id = make_run_target(conn)
+
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY) as server:
+            wakes = WakeLog()
+            async with running(fast_source(server), wakes):
+                await wakes.wait_for("sweep")
+                run_id = await insert_run(db_url, task_id, agent_id)
+                await wakes.wait_for("run_created")
+                # A status change the filter does not select sends nothing...
+                await set_run_status(db_url, run_id, "running")
+                # ...the cancellation does.
+                await set_run_status(db_url, run_id, "cancelled")
+                await wakes.wait_for("run_cancelled")
+            return wakes.reasons, server.frames_sent
+
+    reasons, frames = asyncio.run(scenario())
+
+    assert reasons == ["sweep", "run_created", "run_cancelled"]
+    assert [f["payload"]["data"]["type"] for f in frames] == ["INSERT", "UPDATE"]
+    assert frames[1]["payload"]["data"]["record"]["status"] == "cancelled"
+
+
+def test_dropped_socket_reconnects_resubscribes_and_sweeps(db_url, conn):
+    task_id, agent_id = make_run_target(conn)
+
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY) as server:
+            wakes = WakeLog()
+            source = fast_source(server)
+            async with running(source, wakes):
+                await wakes.wait_for("sweep")
+                # The server goes away: sockets cut, new handshakes refused for a while.
+                server.refusing = True
+                assert server.drop_connections() == 1
+                await server.wait_until(lambda: not server.joined_topics())
+                # Work arrives while the service is not subscribed: no event can carry it.
+                await insert_run(db_url, task_id, agent_id)
+                server.refusing = False
+                await wakes.wait_for("sweep", times=2)
+                await server.wait_until(
+                    lambda: server.joined_topics() == ["realtime:stepsync-work"]
+                )
+                # Subscribed again: new changes arrive once more.
+                await insert_run(db_url, task_id, agent_id)
+                await wakes.wait_for("run_created")
+            return wakes.reasons, server.joins, source.subscriptions
+
+    reasons, joins, subscriptions = asyncio.run(scenario())
+
+    # The run inserted while away is found by the sweep after the resubscribe, not by an
+    # event; only the run inserted after it produced run_created.
+    assert reasons == ["sweep", "sweep", "run_created"]
+    assert len(joins) == 2 and joins[0]["config"] == joins[1]["config"]
+    assert subscriptions == 2
+
+
+def test_a_wrong_key_is_refused_and_retried_with_backoff(db_url, caplog):
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY) as server:
+            wakes = WakeLog()
+            async with running(fast_source(server, key="not-the-key"), wakes):
+                with contextlib.suppress(TimeoutError):
+                    await server.wait_until(lambda: False, timeout=0.5)
+            return wakes.reasons, server.handshakes
+
+    with caplog.at_level(logging.WARNING, logger="sync.wakeups.realtime"):
+        reasons, handshakes = asyncio.run(scenario())
+
+    assert reasons == [] and handshakes == 0
+    failures = [r for r in caplog.records if "realtime connection failed" in r.getMessage()]
+    assert len(failures) >= 2  # it kept trying
+    assert "401" in failures[0].getMessage()
+    assert all(
+        KEY not in r.getMessage() and "not-the-key" not in r.getMessage() for r in caplog.records
+    )
+
+
+MALFORMED_FRAMES = [
+    "this is not json",
+    b"\x00\xff binary",
+    "[1, 2, 3]",
+    json.dumps(
+        {"topic": "realtime:stepsync-work", "event": "no_such_event", "payload": {}, "ref": None}
+    ),
+    json.dumps(
+        {
+            "topic": "realtime:stepsync-work",
+            "event": "postgres_changes",
+            "payload": {"ids": "x"},
+            "ref": None,
+        }
+    ),
+    json.dumps(
+        {"topic": "realtime:elsewhere", "event": "postgres_changes", "payload": {}, "ref": None}
+    ),
+    json.dumps(
+        {
+            "topic": "realtime:stepsync-work",
+            "event": "phx_reply",
+            "payload": {"status": "ok", "response": {}},
+            "ref": "999",
+        }
+    ),
+]
+
+
+def change_frame(server: RealtimeStandIn, kind: str, record) -> dict:
+    """A postgres_changes frame for every binding the stand-in handed out."""
+    return {
+        "topic": "realtime:stepsync-work",
+        "event": "postgres_changes",
+        "payload": {
+            "ids": server.binding_ids(),
+            "data": {
+                "schema": "public",
+                "table": "agent_task_executions",
+                "commit_timestamp": "2026-11-26T09:00:00Z",
+                "type": kind,
+                "columns": [],
+                "record": record,
+                "errors": None,
+            },
+        },
+        "ref": None,
+    }
+
+
+def test_malformed_and_unknown_frames_are_logged_and_ignored(db_url, conn, caplog):
+    task_id, agent_id = make_run_target(conn)
+
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY) as server:
+            wakes = WakeLog()
+            source = fast_source(server)
+            async with running(source, wakes) as task:
+                await wakes.wait_for("sweep")
+                for frame in MALFORMED_FRAMES:
+                    await server.inject(frame)
+                # Well-formed for the client, but unusable for us: no record, and a record
+                # that the subscribed filter would not have let through.
+                for kind, record in (("INSERT", None), ("UPDATE", {"status": "running"})):
+                    await server.inject(change_frame(server, kind, record))
+                # Still subscribed on the same socket, still delivering real changes.
+                await insert_run(db_url, task_id, agent_id)
+                await wakes.wait_for("run_created")
+                assert not task.done()
+            return wakes.reasons, server.handshakes
+
+    with caplog.at_level(logging.DEBUG):
+        reasons, handshakes = asyncio.run(scenario())
+
+    assert reasons == ["sweep", "run_created"]
+    assert handshakes == 1  # no reconnect was needed
+    logged = [r.getMessage() for r in caplog.records]
+    assert sum("Unrecognized message format" in m for m in logged) >= 4
+    assert any("realtime change ignored" in m and "record is NoneType" in m for m in logged)
+    assert any("realtime change ignored" in m and "fails the filter" in m for m in logged)
