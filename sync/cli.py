@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sync.commands import db, demo
+from sync.commands import db, demo, doctor
 
 app = typer.Typer(
     help="stepsync: multi-step workflows for Supabase agent tasks.",
@@ -13,3 +13,4 @@ app = typer.Typer(
 )
 app.add_typer(db.app, name="db")
 app.command(name="demo")(demo.demo)
+app.command(name="doctor")(doctor.doctor)
