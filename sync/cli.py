@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sync.commands import db, demo, doctor
+from sync.commands import db, demo, doctor, runs, serve
 
 app = typer.Typer(
     help="stepsync: multi-step workflows for Supabase agent tasks.",
@@ -13,4 +13,6 @@ app = typer.Typer(
 )
 app.add_typer(db.app, name="db")
 app.command(name="demo")(demo.demo)
+app.command(name="serve")(serve.serve)
+runs.register(app)
 app.command(name="doctor")(doctor.doctor)

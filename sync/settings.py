@@ -1,19 +1,49 @@
-"""Configuration from the environment (prefix ``STEPSYNC_``) and an optional ``.env`` file."""
+"""Configuration from the environment (prefix ``STEPSYNC_``) and an optional ``.env`` file.
+
+Every setting is validated when the settings are built, so a bad value stops
+``stepsync serve`` before it connects anywhere, with a message naming the setting
+(see :func:`describe_validation_error`).
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import uuid
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ListenMode = Literal["postgres", "realtime"]
+ENV_PREFIX = "STEPSYNC_"
+
+# Wake-up sources ``serve`` can listen on besides the poll timer, which always runs.
+LISTEN_MODES = ("postgres", "realtime")
+
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def default_worker_id() -> str:
+    """host:pid:random, unique per process and readable in ``lease_owner``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="STEPSYNC_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
     )
 
     database_url: str | None = Field(
@@ -26,7 +56,88 @@ class Settings(BaseSettings):
         description="Where the embedded PostgreSQL keeps its data when no database_url is set.",
     )
 
-    # --- Supabase: Realtime wake-ups and the Edge Function executors -------------------
+    # --- the service (stepsync serve) -------------------------------------------------
+    worker_id: str = Field(
+        default_factory=default_worker_id,
+        min_length=1,
+        max_length=200,
+        description="Name this process claims leases under (lease_owner).",
+    )
+    concurrency: int = Field(
+        default=10, ge=1, le=1000, description="Steps one process runs at the same time."
+    )
+    batch_size: int = Field(
+        default=10, ge=1, le=500, description="Most steps claimed in one round trip."
+    )
+    lease_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="How long a claim is valid without a heartbeat; after it another "
+        "worker may take the step over.",
+    )
+    heartbeat_interval_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="How often leases of running steps are extended. "
+        "Default: a third of lease_seconds. Must be shorter than lease_seconds.",
+    )
+    poll_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How often to look for work and reap expired leases without any "
+        "notification. With --poll-only this is the only way work is found.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=86400,
+        description="On SIGTERM/SIGINT, how long running steps may finish before they "
+        "are handed back to the queue.",
+    )
+    listen: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["postgres"],
+        description="Wake-up sources besides the poll timer, comma separated "
+        f"({', '.join(LISTEN_MODES)}); empty = poll only.",
+    )
+    db_role: str = Field(
+        default="service_role",
+        description="Role every service connection switches to (`set role`).",
+    )
+    db_pool_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=500,
+        description="Connections in the service's pool. Default: concurrency + 2.",
+    )
+    metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Port of the /metrics and /healthz endpoint; 0 turns it off.",
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Address the metrics port binds.")
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json (one object per line) or text (key=value)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+
+    # --- executors ----------------------------------------------------------------------
+    executor: str = Field(
+        default="demo",
+        description="Runs each step: `demo`, `python:package.module:function`, "
+        "or an `http(s)://` URL that receives each step as a JSON POST.",
+    )
+    http_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="Longest wait for one HTTP executor call (the step's own timeout "
+        "still applies when it is shorter).",
+    )
+
+    # --- Supabase (wake-ups over Realtime, Edge Function executors) -----------------------
     # The plain SUPABASE_* names are accepted too, as a Supabase project already sets them.
     supabase_url: str | None = Field(
         default=None,
@@ -40,21 +151,80 @@ class Settings(BaseSettings):
         ),
         description="Service-role key: Realtime apikey and Edge Function bearer token.",
     )
-    listen: Annotated[list[ListenMode], NoDecode] = Field(
-        default=["postgres"],
-        description="Wake-up sources, comma-separated: postgres (LISTEN), realtime, or both. "
-        "Polling stays on in every mode.",
-    )
     edge_function_name: str = Field(
         default="chat",
-        description="Edge Function the edge_function and agentopia_chat executors call.",
+        description="Edge Function the `agentopia_chat` executor calls "
+        "(`edge:<name>` names its own).",
     )
 
     @field_validator("listen", mode="before")
     @classmethod
     def _split_listen(cls, value: object) -> object:
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list | tuple) and not value:
-            raise ValueError("name at least one of: postgres, realtime")
-        return list(dict.fromkeys(value)) if isinstance(value, list | tuple) else value
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _known_listen_modes(cls, value: list[str]) -> list[str]:
+        unknown = [mode for mode in value if mode not in LISTEN_MODES]
+        if unknown:
+            raise ValueError(
+                f"unknown listen mode(s) {', '.join(unknown)}; "
+                f"known: {', '.join(LISTEN_MODES)} (empty for poll only)"
+            )
+        return list(dict.fromkeys(value))
+
+    @field_validator("db_role")
+    @classmethod
+    def _plain_role_name(cls, value: str) -> str:
+        if not _ROLE_NAME.match(value):
+            raise ValueError(f"{value!r} is not a plain role name (a-z, 0-9, _)")
+        return value
+
+    @field_validator("executor")
+    @classmethod
+    def _executor_shape(cls, value: str) -> str:
+        # Only the shape is checked here; executor_from_setting imports and builds it.
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.heartbeat_interval_seconds is None:
+            self.heartbeat_interval_seconds = self.lease_seconds / 3
+        elif self.heartbeat_interval_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"{ENV_PREFIX}HEARTBEAT_INTERVAL_SECONDS ({self.heartbeat_interval_seconds:g}) "
+                f"must be shorter than {ENV_PREFIX}LEASE_SECONDS ({self.lease_seconds}), "
+                "or leases expire under running steps"
+            )
+        return self
+
+    @property
+    def pool_size(self) -> int:
+        # Each running step needs a connection only briefly (complete/fail); the claim
+        # loop, heartbeats and the poll timer need one each at most.
+        return self.db_pool_size or self.concurrency + 2
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per bad setting, named the way the user sets it (``STEPSYNC_…``)."""
+    lines = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"] if not isinstance(part, int))
+        message = problem["msg"].removeprefix("Value error, ")
+        if field:
+            value = problem.get("input")
+            secret_looking = any(word in field for word in ("key", "secret", "url", "token"))
+            shown = (
+                f" (got {value!r})"
+                if isinstance(value, str | int | float) and not secret_looking
+                else ""
+            )
+            lines.append(f"{ENV_PREFIX}{field.upper()}: {message}{shown}")
+        else:
+            lines.append(message)
+    return "; ".join(lines)

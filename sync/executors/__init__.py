@@ -1,1 +1,70 @@
-"""Executors run one step attempt: in-process callables, HTTP, Supabase Edge Functions."""
+"""Executors run one step attempt: in-process callables, HTTP, Supabase Edge Functions.
+
+``executor_from_setting`` turns the ``STEPSYNC_EXECUTOR`` value into an executor. Each
+kind registers a factory under the scheme its setting starts with (``python:``,
+``http://``); ``demo`` is a bare name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sync.executors.base import Executor
+from sync.settings import Settings
+
+ExecutorFactory = Callable[[str, Settings], Executor]
+
+
+class ExecutorSettingError(ValueError):
+    """STEPSYNC_EXECUTOR names an executor that cannot be built."""
+
+
+def _demo(setting: str, settings: Settings) -> Executor:
+    from sync.executors.demo import DemoExecutor
+
+    return DemoExecutor()
+
+
+def _python(setting: str, settings: Settings) -> Executor:
+    from sync.executors.python import PythonExecutor
+
+    return PythonExecutor.from_reference(setting.removeprefix("python:"))
+
+
+def _http(setting: str, settings: Settings) -> Executor:
+    from sync.executors.http import HttpExecutor
+
+    return HttpExecutor(setting, timeout_seconds=settings.http_timeout_seconds)
+
+
+# Setting prefix → factory. Longest prefix wins, so "edge:" and "http" never collide.
+EXECUTORS: dict[str, ExecutorFactory] = {
+    "demo": _demo,
+    "python:": _python,
+    "http://": _http,
+    "https://": _http,
+}
+
+
+def register_executor(prefix: str, factory: ExecutorFactory) -> None:
+    EXECUTORS[prefix] = factory
+
+
+def executor_from_setting(setting: str, settings: Settings) -> Executor:
+    """Build the executor ``setting`` names, or raise ExecutorSettingError saying why."""
+    matches = [
+        prefix
+        for prefix in EXECUTORS
+        if setting == prefix or (prefix.endswith((":", "//")) and setting.startswith(prefix))
+    ]
+    if not matches:
+        known = ", ".join(f"{p}…" if p.endswith((":", "//")) else p for p in EXECUTORS)
+        raise ExecutorSettingError(
+            f"STEPSYNC_EXECUTOR: unknown executor {setting!r}; expected one of: {known}"
+        )
+    try:
+        return EXECUTORS[max(matches, key=len)](setting, settings)
+    except ExecutorSettingError:
+        raise
+    except ValueError as exc:
+        raise ExecutorSettingError(f"STEPSYNC_EXECUTOR: {exc}") from None

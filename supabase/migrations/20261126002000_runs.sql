@@ -1,0 +1,265 @@
+-- Runs: agent_task_executions becomes a workflow run; task_step_executions holds one row
+-- per step of a run, with a snapshot of the step definition taken when the run starts.
+--
+-- Writes to both tables go through the run engine functions (start_task_run, claim_steps,
+-- complete_step, ...). API users only read their own rows; the permissive legacy write
+-- policy on agent_task_executions is dropped here.
+
+-- Run rows: owner (for RLS without a join), step progress and cancellation.
+alter table public.agent_task_executions
+add column if not exists user_id uuid references auth.users (id) on delete cascade,
+add column if not exists step_count integer not null default 0,
+add column if not exists steps_completed integer not null default 0,
+add column if not exists steps_failed integer not null default 0,
+add column if not exists steps_skipped integer not null default 0,
+add column if not exists cancelled_at timestamptz,
+add column if not exists cancelled_by uuid;
+
+update public.agent_task_executions as r
+set user_id = t.user_id
+from public.agent_tasks as t
+where r.task_id = t.id and r.user_id is null;
+
+comment on column public.agent_task_executions.user_id is
+'Owner of the run (the task owner), filled from the task on insert.';
+comment on column public.agent_task_executions.step_count is
+'Number of steps snapshotted for this run (0 for runs made before multi-step).';
+comment on column public.agent_task_executions.steps_completed is
+'Steps of this run that completed.';
+comment on column public.agent_task_executions.steps_failed is
+'Steps of this run that failed for good (after their last attempt).';
+comment on column public.agent_task_executions.steps_skipped is
+'Steps of this run that were skipped (skip_if, or after a stopping failure).';
+comment on column public.agent_task_executions.cancelled_at is
+'When the run was cancelled (cancel_task_run).';
+comment on column public.agent_task_executions.cancelled_by is
+'Who cancelled the run (auth.uid() of the caller; null for the service).';
+
+create or replace function stepsync.fill_run_owner()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    -- Legacy writers (the task-executor Edge Function) do not know the column.
+    if new.user_id is null then
+        select t.user_id into new.user_id
+        from public.agent_tasks as t
+        where t.id = new.task_id;
+    end if;
+    return new;
+end
+$$;
+
+comment on function stepsync.fill_run_owner() is
+'Trigger: a run row without user_id gets its task''s owner.';
+
+create or replace trigger agent_task_executions_fill_owner
+before insert on public.agent_task_executions
+for each row execute function stepsync.fill_run_owner();
+
+comment on trigger agent_task_executions_fill_owner on public.agent_task_executions is
+'Keeps user_id filled for writers that predate the column.';
+
+create index if not exists agent_task_executions_user_id_idx
+on public.agent_task_executions (user_id);
+create index if not exists agent_task_executions_task_created_idx
+on public.agent_task_executions (task_id, created_at desc);
+
+comment on index public.agent_task_executions_user_id_idx is
+'Serves the owner RLS policy and the cascade from auth.users.';
+comment on index public.agent_task_executions_task_created_idx is
+'Latest run of a task (preview, definition snapshot).';
+
+-- Close the legacy hole: any API user could write any run.
+drop policy if exists "System can manage task executions" on public.agent_task_executions;
+drop policy if exists "Users can view their task executions" on public.agent_task_executions;
+drop policy if exists "Owners read their runs" on public.agent_task_executions;
+drop policy if exists "Service role manages runs" on public.agent_task_executions;
+
+create policy "Owners read their runs" on public.agent_task_executions
+for select to authenticated
+using (user_id = (select auth.uid()));
+
+create policy "Service role manages runs" on public.agent_task_executions
+for all to service_role
+using (true) with check (true);
+
+revoke insert, update, delete, truncate on public.agent_task_executions
+from anon, authenticated;
+
+-- Fencing tokens: every claim takes a new one, so a stale holder can be told apart.
+create sequence if not exists stepsync.lease_token_seq as bigint;
+revoke all on sequence stepsync.lease_token_seq from public;
+grant usage on sequence stepsync.lease_token_seq to service_role;
+
+comment on sequence stepsync.lease_token_seq is
+'Monotonic fencing tokens handed out by claim_steps.';
+
+create table if not exists public.task_step_executions (
+    id uuid primary key default gen_random_uuid(),
+    run_id uuid not null references public.agent_task_executions (id) on delete cascade,
+    task_id uuid not null references public.agent_tasks (id) on delete cascade,
+    user_id uuid not null references auth.users (id) on delete cascade,
+    step_id uuid references public.task_steps (id) on delete set null,
+    -- Snapshot of the definition at run start.
+    step_order integer not null check (step_order between 1 and 50),
+    step_name text not null,
+    instructions text not null,
+    agent_id uuid not null references public.agents (id) on delete cascade,
+    include_previous_context boolean not null,
+    context_mode public.step_context_mode not null,
+    context_paths jsonpath[] not null default '{}',
+    context_template text,
+    context_data jsonb not null default '{}'::jsonb,
+    skip_if jsonpath,
+    on_failure public.step_failure_action not null,
+    max_attempts integer not null check (max_attempts between 1 and 20),
+    retry_backoff_seconds integer not null check (retry_backoff_seconds >= 0),
+    retry_backoff_max_seconds integer not null check (retry_backoff_max_seconds >= 0),
+    timeout_seconds integer not null check (timeout_seconds > 0),
+    -- Execution state.
+    status public.task_step_status not null default 'pending',
+    attempt integer not null default 0 check (attempt >= 0),
+    run_after timestamptz,
+    queued_at timestamptz,
+    lease_owner text,
+    lease_expires_at timestamptz,
+    lease_token bigint,
+    input_context jsonb,
+    output jsonb,
+    error_message text,
+    last_error_at timestamptz,
+    skip_reason text,
+    started_at timestamptz,
+    completed_at timestamptz,
+    duration_ms integer,
+    idempotency_key text generated always as (
+        run_id::text || ':' || step_order::text
+    ) stored,
+    created_at timestamptz not null default now(),
+    updated_at timestamptz not null default now(),
+    constraint task_step_executions_run_order_unique unique (run_id, step_order),
+    constraint task_step_executions_queued_has_run_after check (
+        status <> 'queued' or run_after is not null
+    ),
+    constraint task_step_executions_running_has_lease check (
+        status <> 'running'
+        or (lease_owner is not null and lease_expires_at is not null and lease_token is not null)
+    )
+);
+
+-- The claim query: queued steps in due order.
+create index if not exists task_step_executions_claim_idx
+on public.task_step_executions (run_after, id)
+where status = 'queued';
+-- The reaper: running steps by lease expiry.
+create index if not exists task_step_executions_lease_idx
+on public.task_step_executions (lease_expires_at)
+where status = 'running';
+create index if not exists task_step_executions_user_id_idx
+on public.task_step_executions (user_id);
+create index if not exists task_step_executions_task_id_idx
+on public.task_step_executions (task_id);
+create index if not exists task_step_executions_step_id_idx
+on public.task_step_executions (step_id);
+
+alter table public.task_step_executions enable row level security;
+
+drop policy if exists "Owners read their step runs" on public.task_step_executions;
+drop policy if exists "Service role manages step runs" on public.task_step_executions;
+
+create policy "Owners read their step runs" on public.task_step_executions
+for select to authenticated
+using (user_id = (select auth.uid()));
+
+create policy "Service role manages step runs" on public.task_step_executions
+for all to service_role
+using (true) with check (true);
+
+revoke insert, update, delete, truncate on public.task_step_executions
+from anon, authenticated;
+
+comment on table public.task_step_executions is
+'One row per step of a run: the step definition as it was at run start, and the '
+'execution state (status, attempts, lease, input context, result, timings).';
+comment on column public.task_step_executions.run_id is 'The run (agent_task_executions).';
+comment on column public.task_step_executions.task_id is 'The task the run belongs to.';
+comment on column public.task_step_executions.user_id is 'Owner of the run (RLS).';
+comment on column public.task_step_executions.step_id is
+'The task_steps row this was snapshotted from; null for a task run from its legacy '
+'instructions or once the step is purged.';
+comment on column public.task_step_executions.step_order is '1-based position in the run.';
+comment on column public.task_step_executions.step_name is 'Snapshot of task_steps.step_name.';
+comment on column public.task_step_executions.instructions is
+'Snapshot of task_steps.instructions.';
+comment on column public.task_step_executions.agent_id is
+'Agent that runs the step: the step override, else the task''s agent.';
+comment on column public.task_step_executions.include_previous_context is
+'Snapshot of task_steps.include_previous_context.';
+comment on column public.task_step_executions.context_mode is
+'Snapshot of task_steps.context_mode.';
+comment on column public.task_step_executions.context_paths is
+'Snapshot of task_steps.context_paths.';
+comment on column public.task_step_executions.context_template is
+'Snapshot of task_steps.context_template.';
+comment on column public.task_step_executions.context_data is
+'Snapshot of task_steps.context_data.';
+comment on column public.task_step_executions.skip_if is 'Snapshot of task_steps.skip_if.';
+comment on column public.task_step_executions.on_failure is
+'Snapshot of task_steps.on_failure.';
+comment on column public.task_step_executions.max_attempts is
+'Snapshot of task_steps.max_attempts.';
+comment on column public.task_step_executions.retry_backoff_seconds is
+'Snapshot of task_steps.retry_backoff_seconds.';
+comment on column public.task_step_executions.retry_backoff_max_seconds is
+'Snapshot of task_steps.retry_backoff_max_seconds.';
+comment on column public.task_step_executions.timeout_seconds is
+'Snapshot of task_steps.timeout_seconds.';
+comment on column public.task_step_executions.status is
+'pending → queued → running → completed | failed | skipped | cancelled.';
+comment on column public.task_step_executions.attempt is
+'Attempts started so far (a claim counts one; a graceful release gives it back).';
+comment on column public.task_step_executions.run_after is
+'A queued step is claimable from this time on (retry backoff).';
+comment on column public.task_step_executions.queued_at is
+'When the step last became queued.';
+comment on column public.task_step_executions.lease_owner is
+'Worker holding the lease of the running attempt.';
+comment on column public.task_step_executions.lease_expires_at is
+'When the lease lapses unless heartbeated; the reaper then re-queues or fails the step.';
+comment on column public.task_step_executions.lease_token is
+'Fencing token of the latest claim; complete/fail only take effect with it.';
+comment on column public.task_step_executions.input_context is
+'Context the step received at its latest claim (build_step_context).';
+comment on column public.task_step_executions.output is 'Result of the step (JSON).';
+comment on column public.task_step_executions.error_message is
+'Error of the latest failed attempt.';
+comment on column public.task_step_executions.last_error_at is
+'When the latest attempt failed; run_after - last_error_at is the retry delay.';
+comment on column public.task_step_executions.skip_reason is 'Why the step was skipped.';
+comment on column public.task_step_executions.started_at is
+'When the latest attempt started.';
+comment on column public.task_step_executions.completed_at is
+'When the step reached a final status.';
+comment on column public.task_step_executions.duration_ms is
+'completed_at - started_at of the final attempt, in milliseconds.';
+comment on column public.task_step_executions.idempotency_key is
+'Same for every attempt of this step of this run: executors pass it on.';
+comment on column public.task_step_executions.created_at is 'When the run snapshotted the step.';
+comment on column public.task_step_executions.updated_at is 'When the row last changed.';
+comment on constraint task_step_executions_run_order_unique
+on public.task_step_executions is 'A run has one row per position.';
+comment on constraint task_step_executions_queued_has_run_after
+on public.task_step_executions is 'A queued step always says when it is due.';
+comment on constraint task_step_executions_running_has_lease
+on public.task_step_executions is 'A running step always has a lease and a fencing token.';
+comment on index public.task_step_executions_claim_idx is
+'claim_steps and queue_depth: queued steps by due time.';
+comment on index public.task_step_executions_lease_idx is
+'reap_expired_leases: running steps by lease expiry.';
+comment on index public.task_step_executions_user_id_idx is 'Owner RLS policy.';
+comment on index public.task_step_executions_task_id_idx is
+'Cascade from agent_tasks; a task''s run history.';
+comment on index public.task_step_executions_step_id_idx is
+'Preview (last run''s result of a step) and the set-null cascade from task_steps.';

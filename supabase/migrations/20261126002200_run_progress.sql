@@ -1,0 +1,207 @@
+-- Run progress: how a run moves forward between steps, and the bookkeeping every step
+-- transition does (run counters, the definition's latest-run snapshot).
+--
+-- Lock order, everywhere: the run row first (for no key update), then its step rows.
+-- cancel, complete, fail and the reaper all follow it, so they cannot deadlock.
+
+create or replace function stepsync.finish_run(
+    p_run_id uuid,
+    p_status public.task_execution_status_enum,
+    p_error text default null
+)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+    run public.agent_task_executions;
+    last_output jsonb;
+begin
+    select r.* into run
+    from public.agent_task_executions as r
+    where r.id = p_run_id
+    for no key update;
+    if not found or run.status not in ('pending', 'running') then
+        return;
+    end if;
+
+    -- The run's output is the output of its last completed step (text, as the app
+    -- shows it: a JSON string verbatim, anything else as JSON).
+    select s.output into last_output
+    from public.task_step_executions as s
+    where s.run_id = p_run_id and s.status = 'completed'
+    order by s.step_order desc
+    limit 1;
+
+    update public.agent_task_executions as r
+    set
+        status = p_status,
+        completed_at = now(),
+        duration_ms = (extract(epoch from now() - coalesce(r.started_at, r.created_at)) * 1000)::integer,
+        output = case
+            when jsonb_typeof(last_output) = 'string' then last_output #>> '{}'
+            else last_output::text
+        end,
+        error_message = coalesce(p_error, r.error_message),
+        updated_at = now()
+    where r.id = p_run_id;
+
+    -- The task's counters, as the legacy executor kept them. Cancelled runs are not
+    -- executions that succeeded or failed, so they count nowhere.
+    if p_status in ('completed', 'failed') then
+        update public.agent_tasks as t
+        set
+            total_executions = t.total_executions + 1,
+            successful_executions
+            = t.successful_executions + (p_status = 'completed')::integer,
+            failed_executions = t.failed_executions + (p_status = 'failed')::integer,
+            last_run_at = now(),
+            updated_at = now()
+        where t.id = run.task_id;
+    end if;
+end
+$$;
+
+comment on function stepsync.finish_run(uuid, public.task_execution_status_enum, text) is
+'Ends a pending/running run with p_status: output from its last completed step, timings, '
+'and the task''s execution counters (completed and failed runs only).';
+
+create or replace function stepsync.advance_run(p_run_id uuid)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+    run_status public.task_execution_status_enum;
+    next_step public.task_step_executions;
+begin
+    select r.status into run_status
+    from public.agent_task_executions as r
+    where r.id = p_run_id
+    for no key update;
+    if run_status is distinct from 'running' then
+        return;
+    end if;
+
+    loop
+        -- Steps run one at a time, in order: nothing to do while one is in flight.
+        if exists (
+            select from public.task_step_executions as s
+            where s.run_id = p_run_id and s.status in ('queued', 'running')
+        ) then
+            return;
+        end if;
+
+        select s.* into next_step
+        from public.task_step_executions as s
+        where s.run_id = p_run_id and s.status = 'pending'
+        order by s.step_order
+        limit 1
+        for update;
+
+        if not found then
+            perform stepsync.finish_run(p_run_id, 'completed');
+            return;
+        end if;
+
+        if next_step.skip_if is not null
+            and stepsync.should_skip(
+                stepsync.context_before(stepsync.run_context(p_run_id), next_step.step_order),
+                next_step.skip_if
+            ) then
+            update public.task_step_executions as s
+            set
+                status = 'skipped',
+                skip_reason = format('skip_if matched: %s', next_step.skip_if),
+                completed_at = now(),
+                updated_at = now()
+            where s.id = next_step.id;
+        else
+            update public.task_step_executions as s
+            set
+                status = 'queued',
+                run_after = now(),
+                queued_at = now(),
+                updated_at = now()
+            where s.id = next_step.id;
+            return;
+        end if;
+    end loop;
+end
+$$;
+
+comment on function stepsync.advance_run(uuid) is
+'Moves a running run forward: queues its next pending step (skipping those whose skip_if '
+'holds) or, when none is left, completes the run. No-op while a step is in flight.';
+
+create or replace function stepsync.on_step_status_change()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    -- Run counters follow final step statuses.
+    if new.status in ('completed', 'failed', 'skipped') then
+        update public.agent_task_executions as r
+        set
+            steps_completed = r.steps_completed + (new.status = 'completed')::integer,
+            steps_failed = r.steps_failed + (new.status = 'failed')::integer,
+            steps_skipped = r.steps_skipped + (new.status = 'skipped')::integer,
+            updated_at = now()
+        where r.id = new.run_id;
+    end if;
+
+    -- The definition keeps the latest run's status and result for the UI; an older run
+    -- still finishing does not overwrite a newer one's.
+    if new.step_id is not null then
+        update public.task_steps as d
+        set
+            status = new.status,
+            execution_result = jsonb_build_object(
+                'run_id', new.run_id,
+                'step_execution_id', new.id,
+                'status', new.status,
+                'attempt', new.attempt,
+                'output', new.output,
+                'error', new.error_message,
+                'started_at', new.started_at,
+                'completed_at', new.completed_at,
+                'duration_ms', new.duration_ms
+            )
+        where d.id = new.step_id
+            and not exists (
+                select from public.agent_task_executions as newer
+                where newer.task_id = new.task_id
+                    and newer.created_at > (
+                        select r.created_at from public.agent_task_executions as r
+                        where r.id = new.run_id
+                    )
+            );
+    end if;
+    return null;
+end
+$$;
+
+comment on function stepsync.on_step_status_change() is
+'Trigger: after a step execution changes status, update its run''s step counters and '
+'the definition''s latest-run snapshot (task_steps.status, execution_result).';
+
+create or replace trigger task_step_executions_status_change
+after update of status on public.task_step_executions
+for each row
+when (old.status is distinct from new.status)
+execute function stepsync.on_step_status_change();
+
+comment on trigger task_step_executions_status_change on public.task_step_executions is
+'Keeps run counters and the definition snapshot in step with step transitions.';
+
+revoke all on function stepsync.finish_run(
+    uuid, public.task_execution_status_enum, text
+) from public;
+revoke all on function stepsync.advance_run(uuid) from public;
+revoke all on function stepsync.on_step_status_change() from public;
+grant execute on function stepsync.finish_run(
+    uuid, public.task_execution_status_enum, text
+) to service_role;
+grant execute on function stepsync.advance_run(uuid) to service_role;
+grant execute on function stepsync.on_step_status_change() to service_role;

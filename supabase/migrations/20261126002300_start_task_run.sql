@@ -1,0 +1,201 @@
+-- start_task_run: snapshot a task's steps into a new run and make its first step ready.
+
+create or replace function stepsync.step_definitions(p_task_id uuid)
+returns table (
+    step_id uuid,
+    step_order integer,
+    step_name text,
+    instructions text,
+    agent_id uuid,
+    include_previous_context boolean,
+    context_mode public.step_context_mode,
+    context_paths jsonpath[],
+    context_template text,
+    context_data jsonb,
+    skip_if jsonpath,
+    on_failure public.step_failure_action,
+    max_attempts integer,
+    retry_backoff_seconds integer,
+    retry_backoff_max_seconds integer,
+    timeout_seconds integer
+)
+language sql
+stable
+set search_path = ''
+as $$
+    select
+        s.id, s.step_order, s.step_name, s.instructions, coalesce(s.agent_id, t.agent_id),
+        s.include_previous_context, s.context_mode, s.context_paths, s.context_template,
+        s.context_data, s.skip_if, s.on_failure, s.max_attempts, s.retry_backoff_seconds,
+        s.retry_backoff_max_seconds, s.timeout_seconds
+    from public.task_steps as s
+    inner join public.agent_tasks as t on s.task_id = t.id
+    where s.task_id = p_task_id and s.deleted_at is null
+    union all
+    -- A task without live steps is a one-step workflow made of its instructions.
+    select
+        null, 1, coalesce(nullif(left(btrim(t.name), 200), ''), 'Step 1'), t.instructions,
+        t.agent_id, false, 'previous', '{}', null, '{}'::jsonb, null, 'stop', 1, 5, 600, 300
+    from public.agent_tasks as t
+    where t.id = p_task_id
+        and not exists (
+            select from public.task_steps as s
+            where s.task_id = p_task_id and s.deleted_at is null
+        )
+    order by 2
+$$;
+
+comment on function stepsync.step_definitions(uuid) is
+'The steps a run of the task would snapshot, in order: its live steps (agent defaulting to '
+'the task''s), or for a task without steps one step made of its legacy instructions.';
+
+revoke all on function stepsync.step_definitions(uuid) from public;
+grant execute on function stepsync.step_definitions(uuid) to service_role;
+
+create or replace function stepsync.start_task_run(
+    p_task_id uuid,
+    p_trigger_type text default 'manual',
+    p_trigger_data jsonb default '{}'::jsonb
+)
+returns uuid
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+    task public.agent_tasks;
+    live_steps integer;
+    problems jsonb;
+    new_run_id uuid;
+begin
+    if p_trigger_type is null or p_trigger_type not in ('manual', 'scheduled', 'event') then
+        raise exception 'trigger type must be manual, scheduled or event, not %',
+            coalesce(quote_literal(p_trigger_type), 'null')
+            using errcode = '22023';
+    end if;
+    if p_trigger_data is not null and jsonb_typeof(p_trigger_data) <> 'object' then
+        raise exception 'trigger data must be a JSON object, not %', jsonb_typeof(p_trigger_data)
+            using errcode = '22023';
+    end if;
+
+    task := stepsync.authorized_task(p_task_id);
+
+    if not stepsync.flag_enabled_for('multi_step_workflows', task.user_id) then
+        raise exception 'multi-step workflows are not enabled for the owner of task %', task.id
+            using errcode = '55000',
+            hint = 'The feature flag multi_step_workflows is off for this user.';
+    end if;
+
+    select count(*) into live_steps
+    from public.task_steps as s
+    where s.task_id = task.id and s.deleted_at is null;
+
+    -- A task without steps runs its legacy instructions as one step; a task with steps
+    -- must pass the same validation the editor shows.
+    if live_steps > 0 then
+        problems := public.validate_task_steps(task.id);
+        if jsonb_array_length(problems) > 0 then
+            raise exception 'task % has invalid steps: %',
+                task.id,
+                (
+                    select string_agg(
+                        coalesce('step ' || (p.problem ->> 'step_order') || ': ', '')
+                        || (p.problem ->> 'message'),
+                        '; '
+                    )
+                    from jsonb_array_elements(problems) as p (problem)
+                )
+                using errcode = '22023',
+                detail = problems::text,
+                hint = 'Fix the steps (see validate_task_steps) and start the run again.';
+        end if;
+    elsif coalesce(btrim(task.instructions), '') = '' then
+        raise exception 'task % has no steps and no instructions', task.id
+            using errcode = '22023';
+    end if;
+
+    insert into public.agent_task_executions (
+        task_id, agent_id, user_id, status, trigger_type, trigger_data, instructions_used,
+        started_at, conversation_id, step_count, metadata
+    )
+    values (
+        task.id,
+        task.agent_id,
+        task.user_id,
+        'running',
+        p_trigger_type,
+        coalesce(p_trigger_data, '{}'::jsonb),
+        '',
+        now(),
+        task.conversation_id,
+        greatest(live_steps, 1),
+        jsonb_build_object('engine', 'stepsync', 'task_name', task.name)
+    )
+    returning id into new_run_id;
+
+    insert into public.task_step_executions (
+        run_id, task_id, user_id, step_id, step_order, step_name, instructions, agent_id,
+        include_previous_context, context_mode, context_paths, context_template,
+        context_data, skip_if, on_failure, max_attempts, retry_backoff_seconds,
+        retry_backoff_max_seconds, timeout_seconds
+    )
+    select
+        new_run_id, task.id, task.user_id, d.step_id, d.step_order, d.step_name,
+        d.instructions, d.agent_id, d.include_previous_context, d.context_mode,
+        d.context_paths, d.context_template, d.context_data, d.skip_if, d.on_failure,
+        d.max_attempts, d.retry_backoff_seconds, d.retry_backoff_max_seconds,
+        d.timeout_seconds
+    from stepsync.step_definitions(task.id) as d;
+
+    -- What the run was asked to do, in the legacy column the app shows.
+    update public.agent_task_executions as r
+    set instructions_used = (
+        select case
+            when count(*) = 1 then min(s.instructions)
+            else string_agg(
+                format(E'Step %s: %s\n%s', s.step_order, s.step_name, s.instructions),
+                E'\n\n' order by s.step_order
+            )
+        end
+        from public.task_step_executions as s
+        where s.run_id = r.id
+    )
+    where r.id = new_run_id;
+
+    perform stepsync.advance_run(new_run_id);
+    return new_run_id;
+end
+$$;
+
+comment on function stepsync.start_task_run(uuid, text, jsonb) is
+'Starts a run of a task for its owner or the service: checks the multi_step_workflows '
+'flag and validate_task_steps, snapshots the live steps (or the legacy instructions as '
+'one step) and makes step 1 ready. Use public.start_task_run.';
+
+revoke all on function stepsync.start_task_run(uuid, text, jsonb) from public;
+grant execute on function stepsync.start_task_run(uuid, text, jsonb)
+to authenticated, service_role;
+
+create or replace function public.start_task_run(
+    p_task_id uuid,
+    p_trigger_type text default 'manual',
+    p_trigger_data jsonb default '{}'::jsonb
+)
+returns uuid
+language sql
+volatile
+security invoker
+set search_path = ''
+as $$
+    select stepsync.start_task_run(p_task_id, p_trigger_type, p_trigger_data)
+$$;
+
+comment on function public.start_task_run(uuid, text, jsonb) is
+'Starts a run of the task and returns its id (agent_task_executions.id). For the task''s '
+'owner and the service. Refuses when the multi_step_workflows flag is off for the owner '
+'or the steps are invalid (the error names the problems).';
+
+revoke all on function public.start_task_run(uuid, text, jsonb) from public, anon;
+grant execute on function public.start_task_run(uuid, text, jsonb)
+to authenticated, service_role;

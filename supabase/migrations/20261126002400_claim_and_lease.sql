@@ -1,0 +1,218 @@
+-- Claiming ready steps and holding their leases (service only).
+--
+-- A claim takes a lease (owner, expiry) and a new fencing token from
+-- stepsync.lease_token_seq. complete_step and fail_step only act with the current token,
+-- so a worker whose lease expired and was re-claimed cannot overwrite the newer attempt.
+
+create or replace function stepsync.claim_steps(
+    p_worker text,
+    p_batch integer,
+    p_lease_seconds integer
+)
+returns table (
+    step_execution_id uuid,
+    run_id uuid,
+    lease_token bigint,
+    task_id uuid,
+    user_id uuid,
+    agent_id uuid,
+    step_order integer,
+    step_name text,
+    instructions text,
+    context jsonb,
+    attempt integer,
+    timeout_seconds integer,
+    idempotency_key text,
+    conversation_id uuid,
+    trigger_data jsonb
+)
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    if coalesce(btrim(p_worker), '') = '' then
+        raise exception 'worker name must not be blank' using errcode = '22023';
+    end if;
+    if p_batch is null or p_batch not between 1 and 1000 then
+        raise exception 'batch size must be between 1 and 1000, not %', p_batch
+            using errcode = '22023';
+    end if;
+    if p_lease_seconds is null or p_lease_seconds not between 1 and 86400 then
+        raise exception 'lease must be between 1 and 86400 seconds, not %', p_lease_seconds
+            using errcode = '22023';
+    end if;
+
+    -- One statement: pick due queued steps of running runs, skipping rows another
+    -- worker holds, lease them, and build each step's context from its run.
+    return query
+    with candidate as (
+        select s.id
+        from public.task_step_executions as s
+        inner join public.agent_task_executions as r on s.run_id = r.id
+        where s.status = 'queued' and s.run_after <= now() and r.status = 'running'
+        order by s.run_after, s.id
+        limit p_batch
+        for update of s skip locked
+    ),
+
+    claimed as (
+        update public.task_step_executions as s
+        set
+            status = 'running',
+            attempt = s.attempt + 1,
+            lease_owner = p_worker,
+            lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+            lease_token = nextval('stepsync.lease_token_seq'),
+            started_at = now(),
+            input_context = stepsync.build_step_context(
+                stepsync.run_context(s.run_id),
+                s.step_order,
+                s.include_previous_context,
+                s.context_mode,
+                s.context_paths,
+                s.context_template,
+                s.context_data
+            ),
+            updated_at = now()
+        from candidate
+        where s.id = candidate.id
+        returning s.*
+    )
+
+    select
+        c.id,
+        c.run_id,
+        c.lease_token,
+        c.task_id,
+        c.user_id,
+        c.agent_id,
+        c.step_order,
+        c.step_name,
+        c.instructions,
+        c.input_context,
+        c.attempt,
+        c.timeout_seconds,
+        c.idempotency_key,
+        r.conversation_id,
+        r.trigger_data
+    from claimed as c
+    inner join public.agent_task_executions as r on c.run_id = r.id
+    order by c.run_after, c.id;
+end
+$$;
+
+comment on function stepsync.claim_steps(text, integer, integer) is
+'Claims up to p_batch due queued steps of running runs for worker p_worker (FOR UPDATE '
+'SKIP LOCKED): leases them for p_lease_seconds with a new fencing token, counts an '
+'attempt and stores the built context in input_context. Service only.';
+
+create or replace function stepsync.heartbeat_steps(
+    p_worker text,
+    p_step_execution_ids uuid[],
+    p_lease_tokens bigint[],
+    p_lease_seconds integer
+)
+returns setof uuid
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens) then
+        raise exception 'step ids and lease tokens must be arrays of the same length'
+            using errcode = '22023';
+    end if;
+    if p_lease_seconds is null or p_lease_seconds not between 1 and 86400 then
+        raise exception 'lease must be between 1 and 86400 seconds, not %', p_lease_seconds
+            using errcode = '22023';
+    end if;
+
+    return query
+    update public.task_step_executions as s
+    set
+        lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+        updated_at = now()
+    from unnest(p_step_execution_ids, p_lease_tokens) as held (id, token)
+    where s.id = held.id
+        and s.lease_token = held.token
+        and s.lease_owner = p_worker
+        and s.status = 'running'
+    returning s.id;
+end
+$$;
+
+comment on function stepsync.heartbeat_steps(text, uuid[], bigint[], integer) is
+'Extends the leases p_worker still holds (matching id and token, still running) by '
+'p_lease_seconds from now; returns the ids whose lease is still held. Service only.';
+
+create or replace function stepsync.release_steps(
+    p_worker text,
+    p_step_execution_ids uuid[],
+    p_lease_tokens bigint[]
+)
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    released integer;
+begin
+    if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens) then
+        raise exception 'step ids and lease tokens must be arrays of the same length'
+            using errcode = '22023';
+    end if;
+
+    -- Handing a step back is not a failed attempt: the attempt is given back too.
+    update public.task_step_executions as s
+    set
+        status = 'queued',
+        attempt = greatest(s.attempt - 1, 0),
+        run_after = now(),
+        queued_at = now(),
+        lease_owner = null,
+        lease_expires_at = null,
+        updated_at = now()
+    from unnest(p_step_execution_ids, p_lease_tokens) as held (id, token)
+    where s.id = held.id
+        and s.lease_token = held.token
+        and s.lease_owner = p_worker
+        and s.status = 'running';
+    get diagnostics released = row_count;
+    return released;
+end
+$$;
+
+comment on function stepsync.release_steps(text, uuid[], bigint[]) is
+'Graceful shutdown: hands the given running steps of p_worker back to the queue, due now, '
+'without using up an attempt. Returns how many were released. Service only.';
+
+create or replace function stepsync.queue_depth()
+returns bigint
+language sql
+stable
+set search_path = ''
+as $$
+    select count(*)
+    from public.task_step_executions as s
+    inner join public.agent_task_executions as r on s.run_id = r.id
+    where s.status = 'queued' and s.run_after <= now() and r.status = 'running'
+$$;
+
+comment on function stepsync.queue_depth() is
+'Number of steps queued and due (what claim_steps could take now). Service only.';
+
+revoke all on function stepsync.claim_steps(text, integer, integer)
+from public, anon, authenticated;
+revoke all on function stepsync.heartbeat_steps(text, uuid[], bigint[], integer)
+from public, anon, authenticated;
+revoke all on function stepsync.release_steps(text, uuid[], bigint[])
+from public, anon, authenticated;
+revoke all on function stepsync.queue_depth() from public, anon, authenticated;
+
+grant execute on function stepsync.claim_steps(text, integer, integer) to service_role;
+grant execute on function stepsync.heartbeat_steps(text, uuid[], bigint[], integer)
+to service_role;
+grant execute on function stepsync.release_steps(text, uuid[], bigint[]) to service_role;
+grant execute on function stepsync.queue_depth() to service_role;

@@ -1,0 +1,91 @@
+-- Events: pg_notify in the transaction that makes the change, and the run tables in the
+-- supabase_realtime publication so the app sees status changes live.
+--
+--   stepsync_step_ready   payload: the step execution id; a step became queued and due.
+--                         A retry with a delay is not announced: pollers find it.
+--   stepsync_run_changed  payload: {"run_id": ..., "status": ...}; a run was created or
+--                         changed status.
+
+create or replace function stepsync.notify_step_ready()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    perform pg_notify('stepsync_step_ready', new.id::text);
+    return null;
+end
+$$;
+
+comment on function stepsync.notify_step_ready() is
+'Trigger: announces a step that became queued and due on channel stepsync_step_ready.';
+
+create or replace trigger task_step_executions_notify_ready
+after insert or update of status, run_after on public.task_step_executions
+for each row
+when (new.status = 'queued' and new.run_after <= now())
+execute function stepsync.notify_step_ready();
+
+comment on trigger task_step_executions_notify_ready on public.task_step_executions is
+'Wakes the service when a step can be claimed now.';
+
+create or replace function stepsync.notify_run_changed()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    perform pg_notify(
+        'stepsync_run_changed',
+        json_build_object('run_id', new.id, 'status', new.status)::text
+    );
+    return null;
+end
+$$;
+
+comment on function stepsync.notify_run_changed() is
+'Trigger: announces a run''s new status on channel stepsync_run_changed.';
+
+create or replace trigger agent_task_executions_notify_insert
+after insert on public.agent_task_executions
+for each row
+execute function stepsync.notify_run_changed();
+
+create or replace trigger agent_task_executions_notify_status
+after update of status on public.agent_task_executions
+for each row
+when (old.status is distinct from new.status)
+execute function stepsync.notify_run_changed();
+
+comment on trigger agent_task_executions_notify_insert on public.agent_task_executions is
+'Announces a new run on stepsync_run_changed.';
+comment on trigger agent_task_executions_notify_status on public.agent_task_executions is
+'Announces a run''s status change on stepsync_run_changed.';
+
+revoke all on function stepsync.notify_step_ready() from public;
+revoke all on function stepsync.notify_run_changed() from public;
+
+do $publication$
+declare
+    run_table text;
+begin
+    -- A publication for all tables already covers them (and refuses ADD TABLE).
+    if exists (
+        select from pg_publication
+        where pubname = 'supabase_realtime' and not puballtables
+    ) then
+        foreach run_table in array array['agent_task_executions', 'task_step_executions'] loop
+            if not exists (
+                select from pg_publication_tables
+                where pubname = 'supabase_realtime'
+                    and schemaname = 'public'
+                    and tablename = run_table
+            ) then
+                execute format(
+                    'alter publication supabase_realtime add table public.%I', run_table
+                );
+            end if;
+        end loop;
+    end if;
+end
+$publication$;

@@ -1,0 +1,234 @@
+"""``stepsync run`` / ``runs`` / ``show``: start a run, follow it live, inspect history."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from sync.commands.common import (
+    DatabaseUrlOption,
+    console,
+    database_url,
+    fail,
+    settings_for,
+    user_errors,
+)
+from sync.db import RUN_FINISHED_STATUSES, Database, DatabaseSetupError
+from sync.wakeups.postgres import RUN_CHANGED, STEP_READY
+
+STATUS_STYLE = {
+    "pending": "dim",
+    "queued": "cyan",
+    "running": "bold yellow",
+    "completed": "green",
+    "failed": "bold red",
+    "skipped": "dim",
+    "cancelled": "magenta",
+}
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="run")(run)
+    app.command(name="runs")(runs)
+    app.command(name="show")(show)
+
+
+def run(
+    task_id: str = typer.Argument(..., help="The agent task to run."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the run live until it ends."),
+    trigger_data: str = typer.Option("{}", help="JSON object passed to the run."),
+    database_url_option: str | None = DatabaseUrlOption,
+) -> None:
+    """Start a run of a task (start_task_run); with --wait, show its steps live."""
+    task = _uuid(task_id, "task id")
+    try:
+        data = json.loads(trigger_data)
+    except json.JSONDecodeError as exc:
+        raise fail(f"--trigger-data is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise fail("--trigger-data must be a JSON object")
+    with user_errors():
+        url = database_url(database_url_option)
+    status = asyncio.run(_start_and_follow(url, task, data, wait))
+    if status in ("failed", "cancelled"):
+        raise typer.Exit(code=1)
+
+
+def runs(
+    task: str | None = typer.Option(None, "--task", help="Only runs of this task."),
+    limit: int = typer.Option(20, min=1, max=1000, help="How many runs."),
+    database_url_option: str | None = DatabaseUrlOption,
+) -> None:
+    """List recent runs, newest first."""
+    task_id = _uuid(task, "task id") if task else None
+    with user_errors():
+        url = database_url(database_url_option)
+
+    async def fetch(db: Database) -> list[dict]:
+        return await db.recent_runs(task_id=task_id, limit=limit)
+
+    rows = asyncio.run(_with_db(url, fetch))
+    table = Table("run", "task", "status", "trigger", "created", "steps", "duration")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["task_name"],
+            _status(row["status"]),
+            row["trigger_type"] or "",
+            _time(row["created_at"]),
+            f"{row['steps_done']}/{row['steps']}",
+            _ms(row["duration_ms"]),
+        )
+    console.print(table)
+
+
+def show(
+    run_id: str = typer.Argument(..., help="The run to show."),
+    database_url_option: str | None = DatabaseUrlOption,
+) -> None:
+    """A run's status and each step's status, attempts, timing and error."""
+    run_uuid = _uuid(run_id, "run id")
+    with user_errors():
+        url = database_url(database_url_option)
+
+    async def fetch(db: Database) -> tuple[dict | None, list[dict]]:
+        return await db.run(run_uuid), await db.run_steps(run_uuid)
+
+    run_row, steps = asyncio.run(_with_db(url, fetch))
+    if run_row is None:
+        raise fail(f"no run {run_uuid}")
+    console.print(_render(run_row, steps))
+    if run_row["status"] in ("failed", "cancelled"):
+        raise typer.Exit(code=1)
+
+
+# --- following a run --------------------------------------------------------------------
+
+
+async def _start_and_follow(url: str, task_id: uuid.UUID, data: dict, wait: bool) -> str:
+    db = _database(url)
+    try:
+        await db.open()
+        try:
+            run_id = await db.start_task_run(task_id, "manual", data)
+        except psycopg.Error as exc:
+            raise fail(f"cannot start a run of task {task_id}: {_pg_message(exc)}") from None
+        console.print(f"run {run_id} started")
+        if not wait:
+            return "running"
+        return await _follow(db, url, run_id)
+    except DatabaseSetupError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        await db.close()
+
+
+async def _follow(db: Database, url: str, run_id: uuid.UUID) -> str:
+    """Redraw on every notification about work or runs, and at least twice a second."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as listener:
+        await listener.execute(f"listen {RUN_CHANGED}")
+        await listener.execute(f"listen {STEP_READY}")
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            while True:
+                run_row, steps = await db.run(run_id), await db.run_steps(run_id)
+                if run_row is None:
+                    raise fail(f"run {run_id} disappeared")
+                live.update(_render(run_row, steps), refresh=True)
+                if run_row["status"] in RUN_FINISHED_STATUSES:
+                    return run_row["status"]
+                with contextlib.suppress(TimeoutError):
+                    async for _ in listener.notifies(timeout=0.5, stop_after=1):
+                        pass
+
+
+def _render(run_row: dict, steps: list[dict]) -> Group:
+    header = Text.assemble(
+        ("run ", "bold"),
+        str(run_row["id"]),
+        "  task ",
+        (run_row["task_name"], "bold"),
+        "  ",
+        _status(run_row["status"]),
+        f"  {_ms(run_row['duration_ms'])}" if run_row["duration_ms"] is not None else "",
+    )
+    table = Table("#", "step", "status", "attempt", "started", "duration", "error / output")
+    for step in steps:
+        detail = step["error_message"] or _short(step["output"])
+        if step["status"] == "queued" and step["attempt"] and step["run_after"]:
+            detail = f"retry after {_time(step['run_after'])}; {detail}"
+        table.add_row(
+            str(step["step_order"]),
+            step["step_name"],
+            _status(step["status"]),
+            f"{step['attempt']}/{step['max_attempts']}",
+            _time(step["started_at"]),
+            _ms(step["duration_ms"]),
+            detail,
+        )
+    parts: list[Any] = [header, table]
+    if run_row["error_message"]:
+        parts.append(Text(f"error: {run_row['error_message']}", style="red"))
+    return Group(*parts)
+
+
+# --- small helpers ----------------------------------------------------------------------
+
+
+def _database(url: str) -> Database:
+    return Database(url, role=settings_for(None).db_role, size=2)
+
+
+async def _with_db(url: str, work: Any) -> Any:
+    db = _database(url)
+    try:
+        await db.open()
+        return await work(db)
+    except DatabaseSetupError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        await db.close()
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise fail(f"{value!r} is not a valid {what} (expected a UUID)") from None
+
+
+def _pg_message(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    text = diag.message_primary or str(exc).strip()
+    return f"{text} ({diag.message_detail})" if diag.message_detail else text
+
+
+def _status(status: str | None) -> Text:
+    return Text(status or "", style=STATUS_STYLE.get(status or "", ""))
+
+
+def _time(value: datetime | None) -> str:
+    return value.astimezone().strftime("%H:%M:%S") if value else ""
+
+
+def _ms(value: int | float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
+
+
+def _short(output: Any, limit: int = 60) -> str:
+    if output is None:
+        return ""
+    text = json.dumps(output, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,262 @@
+"""All database access of the service and the run commands: one pool, named queries.
+
+The rules (who may run what, ordering, fencing, retries, context) live in SQL functions;
+this module only calls them. Every pooled connection switches to the service role
+(``set role``), the only role allowed to execute the ``stepsync.*`` functions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from sync.executors.base import StepRequest
+
+# --- named queries -------------------------------------------------------------------
+
+CLAIM_STEPS = """
+select step_execution_id, run_id, lease_token, task_id, user_id, agent_id, step_order,
+       step_name, instructions, context, attempt, timeout_seconds, idempotency_key,
+       conversation_id, trigger_data
+  from stepsync.claim_steps(%(worker)s, %(batch)s, %(lease_seconds)s)
+"""
+HEARTBEAT_STEPS = """
+select held from stepsync.heartbeat_steps(
+    %(worker)s, %(ids)s::uuid[], %(tokens)s::bigint[], %(lease_seconds)s
+) as held
+"""
+COMPLETE_STEP = "select stepsync.complete_step(%(id)s, %(token)s, %(output)s)"
+FAIL_STEP = "select stepsync.fail_step(%(id)s, %(token)s, %(error)s, %(retryable)s)"
+RELEASE_STEPS = "select stepsync.release_steps(%(worker)s, %(ids)s::uuid[], %(tokens)s::bigint[])"
+REAP_EXPIRED_LEASES = "select stepsync.reap_expired_leases()"
+QUEUE_DEPTH = "select stepsync.queue_depth()"
+START_TASK_RUN = "select public.start_task_run(%(task_id)s, %(trigger_type)s, %(trigger_data)s)"
+CANCEL_TASK_RUN = "select public.cancel_task_run(%(run_id)s)"
+RECENT_RUNS = """
+select r.id, r.task_id, t.name as task_name, r.status::text as status, r.trigger_type,
+       r.created_at, r.started_at, r.completed_at, r.duration_ms, r.error_message,
+       (select count(*) from public.task_step_executions s where s.run_id = r.id) as steps,
+       (select count(*) from public.task_step_executions s
+         where s.run_id = r.id and s.status in ('completed', 'skipped')) as steps_done
+  from public.agent_task_executions r
+  join public.agent_tasks t on t.id = r.task_id
+ where %(task_id)s::uuid is null or r.task_id = %(task_id)s::uuid
+ order by r.created_at desc
+ limit %(limit)s
+"""
+RUN = """
+select r.id, r.task_id, t.name as task_name, r.status::text as status, r.trigger_type,
+       r.created_at, r.started_at, r.completed_at, r.duration_ms, r.error_message
+  from public.agent_task_executions r
+  join public.agent_tasks t on t.id = r.task_id
+ where r.id = %(run_id)s
+"""
+RUN_STEPS = """
+select id, step_order, step_name, status::text as status, attempt, max_attempts,
+       started_at, completed_at, duration_ms, error_message, output, run_after
+  from public.task_step_executions
+ where run_id = %(run_id)s
+ order by step_order
+"""
+
+RUN_FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+class DatabaseSetupError(Exception):
+    """The database cannot serve: unreachable, wrong role, or not migrated."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What proves this worker still owns a claimed step (the fencing token)."""
+
+    step_execution_id: uuid.UUID
+    token: int
+
+
+FailOutcome = Literal["retrying", "failed", "stale"]
+
+
+def step_request(row: dict[str, Any]) -> StepRequest:
+    return StepRequest(
+        run_id=row["run_id"],
+        step_execution_id=row["step_execution_id"],
+        task_id=row["task_id"],
+        user_id=row["user_id"],
+        agent_id=row["agent_id"],
+        step_order=row["step_order"],
+        step_name=row["step_name"],
+        instructions=row["instructions"],
+        context=row["context"] if row["context"] is not None else {},
+        attempt=row["attempt"],
+        timeout_seconds=float(row["timeout_seconds"]),
+        idempotency_key=row["idempotency_key"],
+        conversation_id=row["conversation_id"],
+        trigger_data=row["trigger_data"] or {},
+    )
+
+
+class Database:
+    """The service's connection pool and every query it runs."""
+
+    def __init__(self, url: str, *, role: str = "service_role", size: int = 4) -> None:
+        self.url = url
+        self.role = role
+        self.pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=size,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=self._configure,
+            check=AsyncConnectionPool.check_connection,
+            open=False,
+            name="stepsync",
+        )
+
+    async def _configure(self, conn: psycopg.AsyncConnection) -> None:
+        await conn.execute(sql.SQL("set role {}").format(sql.Identifier(self.role)))
+
+    async def open(self, timeout: float = 10.0) -> None:
+        """Prove one connection works (role included), then open the pool.
+
+        Raises DatabaseSetupError with a message a user can act on.
+        """
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=max(1, int(timeout))
+            )
+        except psycopg.Error as exc:
+            raise DatabaseSetupError(
+                f"cannot connect to the database: {str(exc).strip()}"
+            ) from None
+        async with conn:
+            try:
+                await self._configure(conn)
+            except psycopg.Error as exc:
+                raise DatabaseSetupError(
+                    f"cannot switch to role {self.role!r} (STEPSYNC_DB_ROLE): {str(exc).strip()}"
+                ) from None
+            missing = await (
+                await conn.execute(
+                    "select to_regprocedure('stepsync.claim_steps(text,integer,integer)')"
+                )
+            ).fetchone()
+            if missing[0] is None:
+                raise DatabaseSetupError(
+                    "the run engine is not installed (stepsync.claim_steps is missing); "
+                    "apply the migrations with `stepsync db push`"
+                )
+        await self.pool.open(wait=True, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def _one(self, query: str, params: dict[str, Any] | None = None) -> Any:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(query, params)).fetchone()
+        return None if row is None else next(iter(row.values()))
+
+    async def _all(self, query: str, params: dict[str, Any] | None = None) -> list[dict]:
+        async with self.pool.connection() as conn:
+            return await (await conn.execute(query, params)).fetchall()
+
+    # --- the run engine --------------------------------------------------------------
+
+    async def claim_steps(
+        self, worker: str, batch: int, lease_seconds: int
+    ) -> list[tuple[StepRequest, Lease]]:
+        rows = await self._all(
+            CLAIM_STEPS, {"worker": worker, "batch": batch, "lease_seconds": lease_seconds}
+        )
+        return [
+            (step_request(row), Lease(row["step_execution_id"], row["lease_token"])) for row in rows
+        ]
+
+    async def heartbeat_steps(
+        self, worker: str, leases: list[Lease], lease_seconds: int
+    ) -> set[uuid.UUID]:
+        """Extend the leases; returns the step execution ids this worker still holds."""
+        if not leases:
+            return set()
+        rows = await self._all(
+            HEARTBEAT_STEPS,
+            {
+                "worker": worker,
+                "ids": [lease.step_execution_id for lease in leases],
+                "tokens": [lease.token for lease in leases],
+                "lease_seconds": lease_seconds,
+            },
+        )
+        return {row["held"] for row in rows}
+
+    async def complete_step(self, lease: Lease, output: Any) -> bool:
+        """False: the lease is no longer ours (expired, cancelled); nothing changed."""
+        return bool(
+            await self._one(
+                COMPLETE_STEP,
+                {"id": lease.step_execution_id, "token": lease.token, "output": Jsonb(output)},
+            )
+        )
+
+    async def fail_step(self, lease: Lease, error: str, *, retryable: bool) -> FailOutcome:
+        return await self._one(
+            FAIL_STEP,
+            {
+                "id": lease.step_execution_id,
+                "token": lease.token,
+                "error": error,
+                "retryable": retryable,
+            },
+        )
+
+    async def release_steps(self, worker: str, leases: list[Lease]) -> int:
+        if not leases:
+            return 0
+        return await self._one(
+            RELEASE_STEPS,
+            {
+                "worker": worker,
+                "ids": [lease.step_execution_id for lease in leases],
+                "tokens": [lease.token for lease in leases],
+            },
+        )
+
+    async def reap_expired_leases(self) -> int:
+        return await self._one(REAP_EXPIRED_LEASES)
+
+    async def queue_depth(self) -> int:
+        return await self._one(QUEUE_DEPTH)
+
+    # --- runs (the CLI) --------------------------------------------------------------
+
+    async def start_task_run(
+        self, task_id: uuid.UUID, trigger_type: str = "manual", trigger_data: dict | None = None
+    ) -> uuid.UUID:
+        return await self._one(
+            START_TASK_RUN,
+            {
+                "task_id": task_id,
+                "trigger_type": trigger_type,
+                "trigger_data": Jsonb(trigger_data or {}),
+            },
+        )
+
+    async def cancel_task_run(self, run_id: uuid.UUID) -> bool:
+        return bool(await self._one(CANCEL_TASK_RUN, {"run_id": run_id}))
+
+    async def recent_runs(self, *, task_id: uuid.UUID | None = None, limit: int = 20) -> list:
+        return await self._all(RECENT_RUNS, {"task_id": task_id, "limit": limit})
+
+    async def run(self, run_id: uuid.UUID) -> dict | None:
+        rows = await self._all(RUN, {"run_id": run_id})
+        return rows[0] if rows else None
+
+    async def run_steps(self, run_id: uuid.UUID) -> list[dict]:
+        return await self._all(RUN_STEPS, {"run_id": run_id})

@@ -1,0 +1,389 @@
+"""The service loop: wake → claim → execute → complete/fail, N steps at a time.
+
+Wake-up sources (LISTEN, the poll timer) only set an event; the database decides what
+runs (``stepsync.claim_steps``). Every claimed step runs as its own asyncio task under
+its own timeout, while one heartbeat task keeps all leases alive and notices lost ones
+(lease expired, run cancelled), whose executions it cancels: their results would be
+refused by the fencing token anyway.
+
+Shutdown (SIGTERM/SIGINT or :meth:`StepService.stop`): stop claiming, let running steps
+finish for ``shutdown_grace_seconds`` (heartbeats continue), then cancel the rest and
+hand them back with ``release_steps`` so another worker starts them at once, without
+using up an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from sync.db import Database, Lease
+from sync.executors.base import Executor, StepError, StepRequest
+from sync.executors.output import json_output
+from sync.metrics import Metrics, MetricsServer
+from sync.settings import Settings
+from sync.wakeups.base import WakeupSource
+from sync.wakeups.poll import PollWakeups
+
+log = logging.getLogger(__name__)
+
+# Reporting a result is retried this many times on connection errors; after that the
+# lease runs out and the step is attempted again elsewhere.
+REPORT_ATTEMPTS = 5
+
+
+@dataclass
+class RunningStep:
+    request: StepRequest
+    lease: Lease
+    started: float = field(default_factory=time.monotonic)
+    exec_task: asyncio.Task | None = None
+    # Why the execution was cancelled from outside: "lease_lost" or "shutdown".
+    stop_reason: str | None = None
+
+    @property
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "run_id": str(self.request.run_id),
+            "step_execution_id": str(self.request.step_execution_id),
+            "step_order": self.request.step_order,
+            "attempt": self.request.attempt,
+        }
+
+
+class StepService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Database,
+        executor: Executor,
+        wakeup_sources: list[WakeupSource] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.worker = settings.worker_id
+        self.db = db
+        self.executor = executor
+        self.metrics = metrics or Metrics()
+        self.poller = PollWakeups(db, settings.poll_interval_seconds, on_tick=self._on_poll)
+        self.wakeup_sources: list[WakeupSource] = [*(wakeup_sources or []), self.poller]
+        self.running: dict[uuid.UUID, RunningStep] = {}
+        self.step_tasks: set[asyncio.Task] = set()
+        self.metrics_server: MetricsServer | None = None
+        self.started = asyncio.Event()  # set once the service claims work
+        self._wakeup = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._heartbeat_now = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._first_wake: tuple[str, float] | None = None
+        self._last_db_ok = time.monotonic()
+
+    # --- control ---------------------------------------------------------------------
+
+    def wake(self, reason: str) -> None:
+        """Look for work now. Safe to call often: wake-ups before a claim coalesce."""
+        if self._first_wake is None:
+            self._first_wake = (reason, time.perf_counter())
+        if reason == "run_changed":
+            # A cancelled run shows up as lost leases; check them now, not at the next beat.
+            self._heartbeat_now.set()
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        if not self._stopping.is_set():
+            log.info("stopping: no new claims", extra={"running": len(self.running)})
+            self._stopping.set()
+
+    def healthy(self) -> bool:
+        stale_after = 3 * self.settings.poll_interval_seconds + 10
+        return not self._stopping.is_set() and time.monotonic() - self._last_db_ok < stale_after
+
+    # --- the loop --------------------------------------------------------------------
+
+    async def run(self, *, install_signal_handlers: bool = False) -> None:
+        """Serve until :meth:`stop` (or a signal), then drain and release."""
+        loop = asyncio.get_running_loop()
+        await self.db.open()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        if self.settings.metrics_port:
+            self.metrics_server = MetricsServer(
+                self.metrics, self.healthy, self.settings.metrics_host, self.settings.metrics_port
+            )
+            self.metrics_server.start()
+        sources = [
+            asyncio.create_task(source.run(self.wake), name=f"wakeup:{source.name}")
+            for source in self.wakeup_sources
+        ]
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        log.info(
+            "serving",
+            extra={
+                "worker": self.worker,
+                "executor": self.executor.name,
+                "concurrency": self.settings.concurrency,
+                "wakeups": [source.name for source in self.wakeup_sources],
+            },
+        )
+        try:
+            await self._claim_loop()
+        finally:
+            for task in sources:
+                task.cancel()
+            await asyncio.gather(*sources, return_exceptions=True)
+            await self._drain()
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await self.executor.aclose()
+            await self.db.close()
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            log.info("stopped", extra={"worker": self.worker})
+
+    async def _claim_loop(self) -> None:
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            self.started.set()
+            while not self._stopping.is_set():
+                free = self.settings.concurrency - len(self.running)
+                if free <= 0:
+                    self._slot_free.clear()
+                    await self._until(self._slot_free, stopping)
+                    continue
+                await self._until(self._wakeup, stopping)
+                if self._stopping.is_set():
+                    break
+                self._wakeup.clear()
+                wake, self._first_wake = self._first_wake, None
+                batch = min(self.settings.batch_size, free)
+                try:
+                    claimed = await self.db.claim_steps(
+                        self.worker, batch, self.settings.lease_seconds
+                    )
+                except (psycopg.Error, OSError) as exc:
+                    log.warning("claim failed; retrying", extra={"error": str(exc).strip()})
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(stopping), timeout=1.0)
+                    self.wake("retry")
+                    continue
+                self._last_db_ok = time.monotonic()
+                if wake is not None:
+                    reason, since = wake
+                    self.metrics.wakeup_latency.labels(reason).observe(time.perf_counter() - since)
+                for request, lease in claimed:
+                    self._start_step(request, lease)
+                if len(claimed) == batch:
+                    self.wake("more")  # a full batch: there is probably more waiting
+        finally:
+            stopping.cancel()
+
+    @staticmethod
+    async def _until(event: asyncio.Event, stopping: asyncio.Task) -> None:
+        if event.is_set():
+            return
+        waiter = asyncio.create_task(event.wait())
+        try:
+            await asyncio.wait({waiter, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    # --- one step --------------------------------------------------------------------
+
+    def _start_step(self, request: StepRequest, lease: Lease) -> None:
+        running = RunningStep(request, lease)
+        self.running[lease.step_execution_id] = running
+        self.metrics.steps_claimed.inc()
+        self.metrics.steps_running.inc()
+        task = asyncio.create_task(
+            self._run_step(running), name=f"step:{request.step_execution_id}"
+        )
+        self.step_tasks.add(task)
+        task.add_done_callback(self.step_tasks.discard)
+
+    async def _run_step(self, running: RunningStep) -> None:
+        request = running.request
+        log.info("step started", extra={**running.log_fields, "step_name": request.step_name})
+        try:
+            outcome = await self._execute(running)
+            if outcome is not None:
+                await self._report(running, *outcome)
+        finally:
+            self.running.pop(running.lease.step_execution_id, None)
+            self.metrics.steps_running.dec()
+            self._slot_free.set()
+            # Finishing a step usually makes the next one of its run ready: look now
+            # rather than wait for a notification (or, polling only, the next tick).
+            if not self._stopping.is_set():
+                self.wake("step_done")
+
+    async def _execute(self, running: RunningStep) -> tuple[str, Any] | None:
+        """("ok", output) | ("error", StepError) | None when there is nothing to report."""
+        request = running.request
+        running.exec_task = asyncio.create_task(self.executor.execute(request))
+        try:
+            async with asyncio.timeout(request.timeout_seconds):
+                output = await running.exec_task
+            return "ok", json_output(output)
+        except TimeoutError:
+            return "error", StepError(
+                f"timed out after {request.timeout_seconds:g}s", retryable=True
+            )
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            if running.stop_reason == "shutdown":
+                await self._release(running)
+            else:
+                self.metrics.steps_stale.inc()
+                log.warning("lease lost; execution cancelled", extra=running.log_fields)
+            return None
+        except StepError as exc:
+            return "error", exc
+        except Exception as exc:
+            log.exception("executor raised", extra=running.log_fields)
+            return "error", StepError(f"{type(exc).__name__}: {exc}", retryable=True)
+
+    async def _report(self, running: RunningStep, kind: str, value: Any) -> None:
+        duration = time.monotonic() - running.started
+        fields = {**running.log_fields, "duration_ms": round(duration * 1000, 1)}
+        if kind == "ok":
+            committed = await self._with_retries(
+                running, lambda: self.db.complete_step(running.lease, value)
+            )
+            if committed:
+                self.metrics.steps_completed.inc()
+                self.metrics.step_duration.labels("completed").observe(duration)
+                log.info("step completed", extra=fields)
+            elif committed is False:
+                self.metrics.steps_stale.inc()
+                log.warning("completion refused: lease lost (stale token)", extra=fields)
+            return
+        error: StepError = value
+        outcome = await self._with_retries(
+            running,
+            lambda: self.db.fail_step(running.lease, str(error), retryable=error.retryable),
+        )
+        fields = {**fields, "error": str(error), "retryable": error.retryable, "outcome": outcome}
+        if outcome == "retrying":
+            self.metrics.steps_retried.inc()
+            self.metrics.step_duration.labels("retrying").observe(duration)
+            log.warning("step failed; will retry", extra=fields)
+        elif outcome == "failed":
+            self.metrics.steps_failed.inc()
+            self.metrics.step_duration.labels("failed").observe(duration)
+            log.error("step failed", extra=fields)
+        elif outcome == "stale":
+            self.metrics.steps_stale.inc()
+            log.warning("failure refused: lease lost (stale token)", extra=fields)
+
+    async def _with_retries(self, running: RunningStep, call: Any) -> Any:
+        delay = 0.2
+        for attempt in range(1, REPORT_ATTEMPTS + 1):
+            try:
+                result = await call()
+                self._last_db_ok = time.monotonic()
+                return result
+            except (psycopg.OperationalError, OSError) as exc:
+                if attempt == REPORT_ATTEMPTS:
+                    log.error(
+                        "could not record the result; the lease will expire and the step run again",
+                        extra={**running.log_fields, "error": str(exc).strip()},
+                    )
+                    return None
+                await asyncio.sleep(delay)
+                delay *= 2
+        return None
+
+    async def _release(self, running: RunningStep) -> None:
+        released = await self._with_retries(
+            running, lambda: self.db.release_steps(self.worker, [running.lease])
+        )
+        if released:
+            self.metrics.steps_released.inc(released)
+            log.info("step handed back", extra=running.log_fields)
+
+    # --- leases ----------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval_seconds
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heartbeat_now.wait(), timeout=interval)
+            self._heartbeat_now.clear()
+            beating = list(self.running.values())
+            if not beating:
+                continue
+            try:
+                held = await self.db.heartbeat_steps(
+                    self.worker, [r.lease for r in beating], self.settings.lease_seconds
+                )
+            except (psycopg.Error, OSError) as exc:
+                log.warning("heartbeat failed", extra={"error": str(exc).strip()})
+                continue
+            self._last_db_ok = time.monotonic()
+            for running in beating:
+                if running.lease.step_execution_id in held:
+                    continue
+                still_running = self.running.get(running.lease.step_execution_id) is running
+                if still_running and running.exec_task is not None and not running.exec_task.done():
+                    running.stop_reason = "lease_lost"
+                    running.exec_task.cancel()
+
+    async def _drain(self) -> None:
+        """Give running steps the grace period, then cancel and hand back the rest."""
+        if self.step_tasks:
+            log.info(
+                "waiting for running steps",
+                extra={
+                    "running": len(self.step_tasks),
+                    "grace_seconds": self.settings.shutdown_grace_seconds,
+                },
+            )
+            _, pending = await asyncio.wait(
+                set(self.step_tasks), timeout=self.settings.shutdown_grace_seconds
+            )
+            if pending:
+                for running in list(self.running.values()):
+                    if running.exec_task is not None and not running.exec_task.done():
+                        running.stop_reason = "shutdown"
+                        running.exec_task.cancel()
+                await asyncio.wait(pending, timeout=10)
+
+    async def _on_poll(self, reaped: int) -> None:
+        if reaped:
+            self.metrics.leases_reaped.inc(reaped)
+        self.metrics.queue_depth.set(await self.db.queue_depth())
+        self._last_db_ok = time.monotonic()
+
+
+def build_service(
+    settings: Settings, database_url: str, *, executor: Executor | None = None
+) -> StepService:
+    """The service as ``stepsync serve`` runs it, from settings alone."""
+    from sync.executors import executor_from_setting
+    from sync.wakeups.postgres import PostgresWakeups
+
+    db = Database(database_url, role=settings.db_role, size=settings.pool_size)
+    sources: list[WakeupSource] = []
+    if "postgres" in settings.listen:
+        sources.append(PostgresWakeups(database_url))
+    return StepService(
+        settings,
+        db=db,
+        executor=executor or executor_from_setting(settings.executor, settings),
+        wakeup_sources=sources,
+    )

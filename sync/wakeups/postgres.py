@@ -1,0 +1,70 @@
+"""Wake on PostgreSQL ``LISTEN``: one dedicated connection that reconnects with backoff.
+
+Notifications only say "look now"; a lost one (disconnect, restart) is covered by the
+``sweep`` wake-up after every (re)connect and by the poll timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import psycopg
+
+from sync.wakeups.base import Wake
+
+log = logging.getLogger(__name__)
+
+STEP_READY = "stepsync_step_ready"
+RUN_CHANGED = "stepsync_run_changed"
+
+
+class PostgresWakeups:
+    name = "postgres"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        channels: tuple[str, ...] = (STEP_READY, RUN_CHANGED),
+        health_check_seconds: float = 15.0,
+        max_backoff_seconds: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.channels = channels
+        self.health_check_seconds = health_check_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.connected = asyncio.Event()
+
+    async def run(self, wake: Wake) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    for channel in self.channels:
+                        await conn.execute(
+                            psycopg.sql.SQL("listen {}").format(psycopg.sql.Identifier(channel))
+                        )
+                    self.connected.set()
+                    backoff = 0.5
+                    log.info("listening", extra={"channels": list(self.channels)})
+                    wake("sweep")
+                    await self._deliver(conn, wake)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self.connected.clear()
+                delay = backoff * (0.5 + random.random())
+                log.warning(
+                    "listen connection lost; reconnecting",
+                    extra={"error": str(exc).strip(), "retry_in_seconds": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+                backoff = min(backoff * 2, self.max_backoff_seconds)
+
+    async def _deliver(self, conn: psycopg.AsyncConnection, wake: Wake) -> None:
+        while True:
+            # The timeout lets a silent connection be checked: a dead TCP peer would
+            # otherwise leave us waiting forever for notifications that never come.
+            async for notify in conn.notifies(timeout=self.health_check_seconds):
+                wake("run_changed" if notify.channel == RUN_CHANGED else "step_ready")
+            await conn.execute("select 1")
