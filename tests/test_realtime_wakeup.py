@@ -97,12 +97,12 @@ def test_a_new_run_and_a_cancellation_in_the_database_wake_the_source(db_url, co
                 await set_run_status(db_url, run_id, "running")
                 # ...the cancellation does.
                 await set_run_status(db_url, run_id, "cancelled")
-                await wakes.wait_for("run_cancelled")
+                await wakes.wait_for("run_changed")
             return wakes.reasons, server.frames_sent
 
     reasons, frames = asyncio.run(scenario())
 
-    assert reasons == ["sweep", "run_created", "run_cancelled"]
+    assert reasons == ["sweep", "run_created", "run_changed"]
     assert [f["payload"]["data"]["type"] for f in frames] == ["INSERT", "UPDATE"]
     assert frames[1]["payload"]["data"]["record"]["status"] == "cancelled"
 

@@ -14,9 +14,10 @@ from sync.db import DatabaseSetupError
 from sync.executors import ExecutorSettingError, executor_from_setting
 from sync.service import build_service
 from sync.settings import Settings, describe_validation_error
+from sync.wakeups.realtime import RealtimeSettingError
 
 ListenOption = typer.Option(
-    None, "--listen", help="Wake-up source besides polling (repeatable): postgres."
+    None, "--listen", help="Wake-up source besides polling (repeatable): postgres, realtime."
 )
 
 
@@ -65,7 +66,10 @@ def serve(
         raise fail(str(exc)) from None
     with user_errors():
         url = database_url(database_url_option, migrate=False)
-    service = build_service(settings, url, executor=built_executor)
+    try:
+        service = build_service(settings, url, executor=built_executor)
+    except RealtimeSettingError as exc:
+        raise fail(str(exc)) from None
     try:
         asyncio.run(service.run(install_signal_handlers=True))
     except DatabaseSetupError as exc:

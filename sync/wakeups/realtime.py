@@ -9,7 +9,7 @@ table                  event   filter                 wakes with
 task_step_executions   INSERT  ``status=eq.queued``   ``step_ready``
 task_step_executions   UPDATE  ``status=eq.queued``   ``step_ready``
 agent_task_executions  INSERT                         ``run_created``
-agent_task_executions  UPDATE  ``status=eq.cancelled`` ``run_cancelled``
+agent_task_executions  UPDATE  ``status=eq.cancelled`` ``run_changed``
 =====================  ======  =====================  ===============
 
 Realtime does not guarantee delivery, so every (re)subscribe wakes the service with
@@ -40,6 +40,7 @@ from typing import Any
 from pydantic import SecretStr
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
+from sync.settings import Settings
 from sync.wakeups.base import Wake
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,22 @@ BINDINGS = (
     Binding("task_step_executions", "INSERT", "status=eq.queued", "step_ready"),
     Binding("task_step_executions", "UPDATE", "status=eq.queued", "step_ready"),
     Binding("agent_task_executions", "INSERT", None, "run_created"),
-    Binding("agent_task_executions", "UPDATE", "status=eq.cancelled", "run_cancelled"),
+    Binding("agent_task_executions", "UPDATE", "status=eq.cancelled", "run_changed"),
 )
+
+
+class RealtimeSettingError(ValueError):
+    """``--listen realtime`` without the Supabase settings it needs."""
+
+
+def realtime_source(settings: Settings) -> RealtimeWakeups:
+    """The Realtime wake-up source ``stepsync serve --listen realtime`` runs."""
+    if not settings.supabase_url or not settings.supabase_service_role_key:
+        raise RealtimeSettingError(
+            "--listen realtime needs STEPSYNC_SUPABASE_URL and "
+            "STEPSYNC_SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY)"
+        )
+    return RealtimeWakeups(settings.supabase_url, settings.supabase_service_role_key)
 
 
 def realtime_url(supabase_url: str) -> str:
