@@ -1,0 +1,55 @@
+-- Rules checked on every write of a step that the column constraints cannot express,
+-- each failing with a message that names the field.
+--
+-- - A step stays in its task (task_id never changes).
+-- - The agent override must be an agent the task's owner owns. The function runs as the
+--   caller, so for an API user a foreign agent is invisible and reported the same way.
+-- - step_order 1..50 with a message about the 50-step limit.
+-- - updated_at follows every change.
+
+create or replace function stepsync.check_task_step()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    if tg_op = 'UPDATE' and new.task_id is distinct from old.task_id then
+        raise exception 'task_id: a step cannot move to another task'
+            using errcode = '23514';
+    end if;
+    if new.step_order is not null and new.step_order not between 1 and 50 then
+        raise exception 'step_order: % is outside 1..50 (a task has at most 50 steps)',
+            new.step_order
+            using errcode = '23514';
+    end if;
+    if new.agent_id is not null
+        and (tg_op = 'INSERT' or new.agent_id is distinct from old.agent_id)
+        and not exists (
+            select
+            from public.agents as a
+            inner join public.agent_tasks as t on a.user_id = t.user_id
+            where a.id = new.agent_id and t.id = new.task_id
+        ) then
+        raise exception 'agent_id: agent % does not belong to the owner of task %',
+            new.agent_id, new.task_id
+            using errcode = '23514';
+    end if;
+    if tg_op = 'UPDATE' then
+        new.updated_at := now();
+    end if;
+    return new;
+end
+$$;
+
+revoke all on function stepsync.check_task_step() from public;
+
+comment on function stepsync.check_task_step() is
+'Trigger: a step stays in its task, its agent override belongs to the task owner, '
+'its order is within 1..50; keeps updated_at current.';
+
+create trigger task_steps_check
+before insert or update on public.task_steps
+for each row execute function stepsync.check_task_step();
+
+comment on trigger task_steps_check on public.task_steps is
+'Checks a step''s task, agent override and order on every write (clear errors).';

@@ -1,0 +1,228 @@
+-- Audit: an append-only history of every insert, update and delete on the workflow tables.
+--
+-- Statement-level triggers with transition tables write one set-based INSERT per statement,
+-- so a bulk write (a backfill batch) costs one extra statement, not one per row. Each row
+-- records who (auth.uid() and the database role), when, the operation, the old and new row,
+-- the task it belongs to and its owner, and an optional tag from the setting
+-- stepsync.audit_tag (a backfill sets it to its run id). Owners read the rows of their own
+-- tasks through the API; nobody updates or deletes them, not even the table owner without
+-- first dropping the guard trigger.
+--
+-- Any table with a uuid id and a task_id (or run_id) column joins with one call:
+--     select stepsync.attach_audit('public.task_step_executions');
+
+create table if not exists public.audit_log (
+    id bigint generated always as identity primary key,
+    occurred_at timestamptz not null default now(),
+    table_schema text not null,
+    table_name text not null,
+    operation text not null check (operation in ('INSERT', 'UPDATE', 'DELETE')),
+    record_id uuid,
+    task_id uuid,
+    owner_id uuid,
+    actor_id uuid,
+    actor_role text not null,
+    tag text,
+    transaction_id xid8 not null default pg_current_xact_id(),
+    old_record jsonb,
+    new_record jsonb
+);
+
+create index if not exists audit_log_occurred_at_brin on public.audit_log
+using brin (occurred_at);
+create index if not exists audit_log_owner_id_idx on public.audit_log (owner_id);
+create index if not exists audit_log_task_id_idx on public.audit_log (task_id, id);
+create index if not exists audit_log_record_idx on public.audit_log (table_name, record_id);
+
+comment on table public.audit_log is
+'Append-only history of changes to the workflow tables, written only by audit triggers.';
+comment on column public.audit_log.occurred_at is 'Start time of the writing transaction.';
+comment on column public.audit_log.table_schema is 'Schema of the changed table.';
+comment on column public.audit_log.table_name is 'Name of the changed table.';
+comment on column public.audit_log.operation is 'INSERT, UPDATE or DELETE.';
+comment on column public.audit_log.record_id is 'Primary key (id) of the changed row.';
+comment on column public.audit_log.task_id is 'The agent task the changed row belongs to.';
+comment on column public.audit_log.owner_id is
+'Owner of that task when the change happened; owners read their own rows.';
+comment on column public.audit_log.actor_id is 'auth.uid() of the writer (null for the service).';
+comment on column public.audit_log.actor_role is
+'Database role that made the change (authenticated, service_role, postgres, ...).';
+comment on column public.audit_log.tag is
+'Value of the setting stepsync.audit_tag, e.g. the backfill run that made the change.';
+comment on column public.audit_log.transaction_id is 'Transaction that made the change.';
+comment on column public.audit_log.old_record is 'The row before the change (UPDATE, DELETE).';
+comment on column public.audit_log.new_record is 'The row after the change (INSERT, UPDATE).';
+comment on index public.audit_log_occurred_at_brin is
+'Time-range scans over the append-only history (BRIN: tiny, insertion ordered).';
+comment on index public.audit_log_owner_id_idx is 'Serves the owners'' read policy.';
+comment on index public.audit_log_task_id_idx is 'History of one task, in order.';
+comment on index public.audit_log_record_idx is 'History of one row.';
+
+alter table public.audit_log enable row level security;
+revoke all on public.audit_log from public, anon, authenticated, service_role;
+grant select on public.audit_log to authenticated, service_role;
+
+create policy "Owners read the audit rows of their tasks" on public.audit_log
+for select to authenticated
+using (owner_id = (select auth.uid()));
+
+create policy "Service role reads the audit log" on public.audit_log
+for select to service_role
+using (true);
+
+create or replace function stepsync.refuse_audit_change()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    raise exception 'audit_log is append-only: % is not allowed', tg_op
+        using errcode = '42501';
+end
+$$;
+
+revoke all on function stepsync.refuse_audit_change() from public;
+
+comment on function stepsync.refuse_audit_change() is
+'Trigger: refuses UPDATE, DELETE and TRUNCATE on the audit log.';
+
+create trigger audit_log_append_only
+before update or delete on public.audit_log
+for each row execute function stepsync.refuse_audit_change();
+
+create trigger audit_log_no_truncate
+before truncate on public.audit_log
+for each statement execute function stepsync.refuse_audit_change();
+
+comment on trigger audit_log_append_only on public.audit_log is
+'Audit rows are never changed or removed.';
+comment on trigger audit_log_no_truncate on public.audit_log is
+'The audit log is never emptied.';
+
+-- Writes the audit rows of one statement, set-based. SECURITY DEFINER so that the caller
+-- needs no privilege on audit_log (a trigger function cannot be called directly, and
+-- execute is revoked anyway). The database role comes from the role setting, which SET
+-- ROLE changes and a definer does not. TG_ARGV[0] names the column holding the task id
+-- (default task_id; agent_tasks passes id); a row with only a run_id finds its task
+-- through agent_task_executions. The owner comes from the task, or for a row removed
+-- together with its task, from that task's earlier audit rows.
+create or replace function stepsync.audit_statement()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    changed_rows text := case tg_op
+        when 'INSERT' then
+            'select null::jsonb as old_record, to_jsonb(n) as new_record from new_rows as n'
+        when 'UPDATE' then
+            'select to_jsonb(o) as old_record, to_jsonb(n) as new_record'
+            ' from old_rows as o inner join new_rows as n on o.id = n.id'
+            ' where to_jsonb(o) is distinct from to_jsonb(n)'
+        else
+            'select to_jsonb(o) as old_record, null::jsonb as new_record from old_rows as o'
+    end;
+begin
+    execute format(
+        $sql$
+        insert into public.audit_log (
+            table_schema, table_name, operation, record_id, task_id, owner_id,
+            actor_id, actor_role, tag, old_record, new_record
+        )
+        select
+            $1, $2, $3,
+            (changed.row_json ->> 'id')::uuid,
+            changed.task_id,
+            coalesce(
+                case when $4 = 'id' then (changed.row_json ->> 'user_id')::uuid end,
+                task.user_id,
+                (
+                    select a.owner_id from public.audit_log as a
+                    where a.task_id = changed.task_id and a.owner_id is not null
+                    order by a.id desc
+                    limit 1
+                )
+            ),
+            $5, $6, $7,
+            changed.old_record,
+            changed.new_record
+        from (
+            select
+                rows.old_record,
+                rows.new_record,
+                coalesce(rows.new_record, rows.old_record) as row_json,
+                coalesce(
+                    (coalesce(rows.new_record, rows.old_record) ->> $4)::uuid,
+                    (
+                        select e.task_id from public.agent_task_executions as e
+                        where e.id = (coalesce(rows.new_record, rows.old_record) ->> 'run_id')::uuid
+                    )
+                ) as task_id
+            from (%s) as rows
+        ) as changed
+        left join public.agent_tasks as task on changed.task_id = task.id
+        $sql$,
+        changed_rows
+    )
+    using
+        tg_table_schema,
+        tg_table_name,
+        tg_op,
+        coalesce(tg_argv[0], 'task_id'),
+        auth.uid(),
+        coalesce(nullif(current_setting('role', true), 'none'), session_user::text),
+        nullif(current_setting('stepsync.audit_tag', true), '');
+    return null;
+end
+$$;
+
+revoke all on function stepsync.audit_statement() from public;
+
+comment on function stepsync.audit_statement() is
+'Statement trigger: writes one audit_log row per changed row (set-based). '
+'TG_ARGV[0] = column holding the task id (default task_id).';
+
+create or replace function stepsync.attach_audit(
+    p_table regclass, p_task_column text default 'task_id'
+)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+    table_name text := (select c.relname from pg_catalog.pg_class as c where c.oid = p_table);
+    operation text;
+begin
+    foreach operation in array array['insert', 'update', 'delete'] loop
+        execute format(
+            'create or replace trigger %I after %s on %s referencing %s'
+            ' for each statement execute function stepsync.audit_statement(%L)',
+            table_name || '_audit_' || operation,
+            operation,
+            p_table,
+            case operation
+                when 'insert' then 'new table as new_rows'
+                when 'update' then 'old table as old_rows new table as new_rows'
+                else 'old table as old_rows'
+            end,
+            p_task_column
+        );
+        execute format(
+            'comment on trigger %I on %s is %L',
+            table_name || '_audit_' || operation,
+            p_table,
+            'Writes the audit_log rows of each ' || upper(operation) || ' statement.'
+        );
+    end loop;
+end
+$$;
+
+revoke all on function stepsync.attach_audit(regclass, text) from public;
+
+comment on function stepsync.attach_audit(regclass, text) is
+'Audits a table: three statement triggers (insert, update, delete) into audit_log. '
+'For migrations; the table needs a uuid id column and a task id (or run_id) column.';
+
+select stepsync.attach_audit('public.task_steps');
+select stepsync.attach_audit('public.agent_tasks', 'id');

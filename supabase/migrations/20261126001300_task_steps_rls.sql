@@ -1,0 +1,75 @@
+-- Row level security for steps and tasks, in the form Supabase recommends for speed:
+-- policies scoped `to authenticated`, auth.uid() wrapped in a scalar subquery so it is
+-- evaluated once per statement, and the task lookup an uncorrelated IN over the indexed
+-- agent_tasks.user_id (a hashed subplan, not a join per row).
+--
+-- Owners see and change the live steps of their own tasks; soft-deleted steps are
+-- invisible to them (restore_task_step brings one back). anon gets nothing. service_role
+-- bypasses RLS; its policies only document that it may do everything.
+
+revoke all on public.task_steps from anon;
+
+create policy "Owners read the live steps of their tasks" on public.task_steps
+for select to authenticated
+using (
+    deleted_at is null
+    and task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+);
+
+create policy "Owners add steps to their tasks" on public.task_steps
+for insert to authenticated
+with check (
+    deleted_at is null
+    and task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+);
+
+-- The new row may be soft-deleted (that is how a DELETE becomes a soft delete).
+create policy "Owners change the live steps of their tasks" on public.task_steps
+for update to authenticated
+using (
+    deleted_at is null
+    and task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+)
+with check (
+    task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+);
+
+create policy "Owners delete the live steps of their tasks" on public.task_steps
+for delete to authenticated
+using (
+    deleted_at is null
+    and task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+);
+
+create policy "Service role manages steps" on public.task_steps
+for all to service_role
+using (true)
+with check (true);
+
+-- agent_tasks: the legacy owner policy, rewritten in the recommended form.
+drop policy if exists "Users manage their own tasks" on public.agent_tasks;
+
+create policy "Owners manage their tasks" on public.agent_tasks
+for all to authenticated
+using (user_id = (select auth.uid()))
+with check (user_id = (select auth.uid()));
+
+create policy "Service role manages tasks" on public.agent_tasks
+for all to service_role
+using (true)
+with check (true);

@@ -1,0 +1,753 @@
+-- RPCs the UI calls through PostgREST. All are SECURITY INVOKER in public: row level
+-- security decides what the caller may touch. The one thing RLS cannot allow an owner
+-- (seeing a soft-deleted step to restore it) goes through a definer in schema stepsync
+-- with its own ownership check. Errors name the offending item and field, and any error
+-- leaves nothing written (one statement, one transaction).
+
+-- A task_steps row holding the column defaults, read from the catalog so the defaults
+-- are defined only once, on the table.
+create or replace function stepsync.task_step_defaults()
+returns public.task_steps
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    step public.task_steps;
+begin
+    execute (
+        select
+            'select row('
+            || string_agg(
+                coalesce(pg_catalog.pg_get_expr(d.adbin, d.adrelid), 'null')
+                || '::' || pg_catalog.format_type(a.atttypid, a.atttypmod),
+                ', ' order by a.attnum
+            )
+            || ')::public.task_steps'
+        from pg_catalog.pg_attribute as a
+        left join pg_catalog.pg_attrdef as d
+            on a.attrelid = d.adrelid and a.attnum = d.adnum
+        where
+            a.attrelid = 'public.task_steps'::regclass
+            and a.attnum > 0
+            and not a.attisdropped
+    ) into step;
+    return step;
+end
+$$;
+
+revoke all on function stepsync.task_step_defaults() from public;
+grant execute on function stepsync.task_step_defaults() to authenticated, service_role;
+
+comment on function stepsync.task_step_defaults() is
+'A new task_steps row with every column default applied (id, timestamps, settings).';
+
+-- Applies one JSON step object onto a row, checking every field; errors are
+-- 22023 "steps[<index>].<field>: <problem>".
+create or replace function stepsync.task_step_from_json(
+    p_step public.task_steps, p_item jsonb, p_index integer
+)
+returns public.task_steps
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    step public.task_steps := p_step;
+    item_name text := format('steps[%s]', p_index);
+    field text;
+    value jsonb;
+    text_value text;
+    number_value numeric;
+    path_value jsonpath;
+    paths jsonpath[];
+    lowest integer;
+    highest integer;
+begin
+    if jsonb_typeof(p_item) is distinct from 'object' then
+        raise exception '%: must be a JSON object', item_name using errcode = '22023';
+    end if;
+    for field, value in select e.key, e.value from jsonb_each(p_item) as e loop
+        text_value := value #>> '{}';
+        case
+            when field in (
+                'id', 'task_id', 'step_order', 'status', 'execution_result',
+                'created_at', 'updated_at', 'deleted_at', 'deleted_by'
+            ) then
+                null; -- identity and position come from the call; the rest is read-only
+            when field in ('step_name', 'instructions', 'context_template') then
+                if jsonb_typeof(value) = 'null' and field = 'context_template' then
+                    step.context_template := null;
+                elsif jsonb_typeof(value) <> 'string' then
+                    raise exception '%.%: must be a string', item_name, field
+                        using errcode = '22023';
+                elsif field = 'step_name'
+                    and char_length(btrim(text_value)) not between 1 and 200 then
+                    raise exception '%.step_name: must have 1 to 200 characters', item_name
+                        using errcode = '22023';
+                elsif field = 'instructions' and btrim(text_value) = '' then
+                    raise exception '%.instructions: must not be blank', item_name
+                        using errcode = '22023';
+                elsif field = 'step_name' then
+                    step.step_name := text_value;
+                elsif field = 'instructions' then
+                    step.instructions := text_value;
+                else
+                    step.context_template := text_value;
+                end if;
+            when field = 'include_previous_context' then
+                if jsonb_typeof(value) <> 'boolean' then
+                    raise exception '%.include_previous_context: must be true or false',
+                        item_name
+                        using errcode = '22023';
+                end if;
+                step.include_previous_context := value::boolean;
+            when field = 'context_data' then
+                if jsonb_typeof(value) <> 'object' then
+                    raise exception '%.context_data: must be a JSON object', item_name
+                        using errcode = '22023';
+                end if;
+                step.context_data := value;
+            when field = 'context_mode' then
+                if jsonb_typeof(value) <> 'string'
+                    or text_value <> all(enum_range(null::public.step_context_mode)::text[]) then
+                    raise exception '%.context_mode: must be one of %', item_name,
+                        array_to_string(enum_range(null::public.step_context_mode)::text[], ', ')
+                        using errcode = '22023';
+                end if;
+                step.context_mode := text_value::public.step_context_mode;
+            when field = 'on_failure' then
+                if jsonb_typeof(value) <> 'string'
+                    or text_value <> all(enum_range(null::public.step_failure_action)::text[]) then
+                    raise exception '%.on_failure: must be one of %', item_name,
+                        array_to_string(enum_range(null::public.step_failure_action)::text[], ', ')
+                        using errcode = '22023';
+                end if;
+                step.on_failure := text_value::public.step_failure_action;
+            when field = 'skip_if' then
+                if jsonb_typeof(value) = 'null' then
+                    step.skip_if := null;
+                elsif jsonb_typeof(value) <> 'string' then
+                    raise exception '%.skip_if: must be a jsonpath string', item_name
+                        using errcode = '22023';
+                else
+                    begin
+                        path_value := text_value::jsonpath;
+                    exception when others then
+                        raise exception '%.skip_if: not a valid jsonpath: %', item_name, sqlerrm
+                            using errcode = '22023';
+                    end;
+                    step.skip_if := path_value;
+                end if;
+            when field = 'context_paths' then
+                if jsonb_typeof(value) <> 'array' then
+                    raise exception '%.context_paths: must be an array of jsonpath strings',
+                        item_name
+                        using errcode = '22023';
+                end if;
+                paths := '{}';
+                for text_value, number_value in
+                    select e.value #>> '{}', e.ordinality - 1
+                    from jsonb_array_elements(value) with ordinality as e
+                loop
+                    if jsonb_typeof(value -> number_value::integer) <> 'string' then
+                        raise exception '%.context_paths[%]: must be a jsonpath string',
+                            item_name, number_value
+                            using errcode = '22023';
+                    end if;
+                    begin
+                        path_value := text_value::jsonpath;
+                    exception when others then
+                        raise exception '%.context_paths[%]: not a valid jsonpath: %',
+                            item_name, number_value, sqlerrm
+                            using errcode = '22023';
+                    end;
+                    paths := paths || path_value;
+                end loop;
+                step.context_paths := paths;
+            when field in (
+                'max_attempts', 'retry_backoff_seconds', 'retry_backoff_max_seconds',
+                'timeout_seconds'
+            ) then
+                number_value := case when jsonb_typeof(value) = 'number' then value::numeric end;
+                lowest := case when field in ('max_attempts', 'timeout_seconds') then 1 else 0 end;
+                highest := case field
+                    when 'max_attempts' then 20
+                    when 'retry_backoff_seconds' then 3600
+                    else 86400
+                end;
+                if number_value is null
+                    or number_value <> trunc(number_value)
+                    or number_value not between lowest and highest then
+                    raise exception '%.%: must be a whole number between % and %',
+                        item_name, field, lowest, highest
+                        using errcode = '22023';
+                end if;
+                case field
+                    when 'max_attempts' then step.max_attempts := number_value;
+                    when 'retry_backoff_seconds' then step.retry_backoff_seconds := number_value;
+                    when 'retry_backoff_max_seconds' then
+                        step.retry_backoff_max_seconds := number_value;
+                    else step.timeout_seconds := number_value;
+                end case;
+            when field = 'agent_id' then
+                if jsonb_typeof(value) = 'null' then
+                    step.agent_id := null;
+                elsif jsonb_typeof(value) <> 'string'
+                    or text_value !~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$' then
+                    raise exception '%.agent_id: must be an agent id (uuid) or null', item_name
+                        using errcode = '22023';
+                else
+                    step.agent_id := text_value::uuid;
+                end if;
+            else
+                raise exception '%.%: unknown field', item_name, field
+                    using errcode = '22023',
+                    hint = 'Fields: step_name, instructions, include_previous_context, '
+                    'context_data, context_mode, context_paths, context_template, skip_if, '
+                    'on_failure, max_attempts, retry_backoff_seconds, '
+                    'retry_backoff_max_seconds, timeout_seconds, agent_id (and id).';
+        end case;
+    end loop;
+
+    if step.instructions is null then
+        raise exception '%.instructions: required for a new step', item_name
+            using errcode = '22023';
+    end if;
+    if step.step_name is null then
+        step.step_name := format('Step %s', p_index + 1);
+    end if;
+    if step.context_mode = 'custom' and coalesce(btrim(step.context_template), '') = '' then
+        raise exception '%.context_template: required when context_mode is custom', item_name
+            using errcode = '22023';
+    end if;
+    if step.context_mode = 'selective' and cardinality(step.context_paths) = 0 then
+        raise exception '%.context_paths: at least one path is required when context_mode '
+        'is selective', item_name
+            using errcode = '22023';
+    end if;
+    if step.retry_backoff_max_seconds < step.retry_backoff_seconds then
+        raise exception '%.retry_backoff_max_seconds: must not be below retry_backoff_seconds',
+            item_name
+            using errcode = '22023';
+    end if;
+    return step;
+end
+$$;
+
+revoke all on function stepsync.task_step_from_json(public.task_steps, jsonb, integer)
+from public;
+grant execute on function stepsync.task_step_from_json(public.task_steps, jsonb, integer)
+to authenticated, service_role;
+
+comment on function stepsync.task_step_from_json(public.task_steps, jsonb, integer) is
+'Applies a JSON step object to a row, checking each field; errors name '
+'steps[index].field.';
+
+create or replace function public.save_task_steps(p_task_id uuid, p_steps jsonb)
+returns setof public.task_steps
+language plpgsql
+security invoker
+set search_path = ''
+as $$
+declare
+    item jsonb;
+    item_index integer;
+    step public.task_steps;
+    base public.task_steps;
+    saved public.task_steps[] := '{}';
+    kept uuid[] := '{}';
+    step_id uuid;
+begin
+    perform from public.agent_tasks as t where t.id = p_task_id for update;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+    if jsonb_typeof(p_steps) is distinct from 'array' then
+        raise exception 'steps: must be a JSON array of step objects' using errcode = '22023';
+    end if;
+    if jsonb_array_length(p_steps) = 0 then
+        raise exception 'steps: a task needs at least one step' using errcode = '22023';
+    end if;
+    if jsonb_array_length(p_steps) > 50 then
+        raise exception 'steps: a task has at most 50 steps (got %)', jsonb_array_length(p_steps)
+            using errcode = '22023';
+    end if;
+
+    for item, item_index in
+        select e.value, e.ordinality - 1
+        from jsonb_array_elements(p_steps) with ordinality as e
+    loop
+        if jsonb_typeof(item) is distinct from 'object' then
+            raise exception 'steps[%]: must be a JSON object', item_index
+                using errcode = '22023';
+        end if;
+        if item ? 'task_id' and item ->> 'task_id' is distinct from p_task_id::text then
+            raise exception 'steps[%].task_id: must be % or left out', item_index, p_task_id
+                using errcode = '22023';
+        end if;
+        if coalesce(jsonb_typeof(item -> 'id'), 'null') = 'null' then
+            base := stepsync.task_step_defaults();
+            base.task_id := p_task_id;
+        else
+            begin
+                step_id := (item ->> 'id')::uuid;
+            exception when invalid_text_representation then
+                raise exception 'steps[%].id: not a step id (uuid): %', item_index, item -> 'id'
+                    using errcode = '22023';
+            end;
+            if step_id = any(kept) then
+                raise exception 'steps[%].id: step % is listed twice', item_index, step_id
+                    using errcode = '22023';
+            end if;
+            select s.* into base
+            from public.task_steps as s
+            where s.id = step_id and s.task_id = p_task_id and s.deleted_at is null;
+            if not found then
+                raise exception 'steps[%].id: % is not a live step of task %',
+                    item_index, step_id, p_task_id
+                    using errcode = '22023';
+            end if;
+            kept := kept || step_id;
+        end if;
+        step := stepsync.task_step_from_json(base, item, item_index);
+        step.step_order := item_index + 1;
+        if step.agent_id is not null
+            and step.agent_id is distinct from base.agent_id
+            and not exists (
+                select
+                from public.agents as a
+                inner join public.agent_tasks as t on a.user_id = t.user_id
+                where a.id = step.agent_id and t.id = p_task_id
+            ) then
+            raise exception 'steps[%].agent_id: agent % does not belong to the task owner',
+                item_index, step.agent_id
+                using errcode = '22023';
+        end if;
+        saved := saved || step;
+    end loop;
+
+    -- Positions move freely until every statement below is done.
+    set constraints public.task_steps_live_order_unique deferred;
+
+    update public.task_steps as s
+    set
+        step_order = r.step_order,
+        step_name = r.step_name,
+        instructions = r.instructions,
+        include_previous_context = r.include_previous_context,
+        context_data = r.context_data,
+        context_mode = r.context_mode,
+        context_paths = r.context_paths,
+        context_template = r.context_template,
+        skip_if = r.skip_if,
+        on_failure = r.on_failure,
+        max_attempts = r.max_attempts,
+        retry_backoff_seconds = r.retry_backoff_seconds,
+        retry_backoff_max_seconds = r.retry_backoff_max_seconds,
+        timeout_seconds = r.timeout_seconds,
+        agent_id = r.agent_id
+    from unnest(saved) as r
+    where
+        s.id = r.id
+        and s.id = any(kept)
+        and (
+            s.step_order, s.step_name, s.instructions, s.include_previous_context,
+            s.context_data, s.context_mode, s.context_paths::text, s.context_template,
+            s.skip_if::text, s.on_failure, s.max_attempts, s.retry_backoff_seconds,
+            s.retry_backoff_max_seconds, s.timeout_seconds, s.agent_id
+        ) is distinct from (
+            r.step_order, r.step_name, r.instructions, r.include_previous_context,
+            r.context_data, r.context_mode, r.context_paths::text, r.context_template,
+            r.skip_if::text, r.on_failure, r.max_attempts, r.retry_backoff_seconds,
+            r.retry_backoff_max_seconds, r.timeout_seconds, r.agent_id
+        );
+
+    insert into public.task_steps (
+        id, task_id, step_order, step_name, instructions, include_previous_context,
+        context_data, context_mode, context_paths, context_template, skip_if, on_failure,
+        max_attempts, retry_backoff_seconds, retry_backoff_max_seconds, timeout_seconds,
+        agent_id
+    )
+    select
+        r.id, r.task_id, r.step_order, r.step_name, r.instructions,
+        r.include_previous_context, r.context_data, r.context_mode, r.context_paths,
+        r.context_template, r.skip_if, r.on_failure, r.max_attempts,
+        r.retry_backoff_seconds, r.retry_backoff_max_seconds, r.timeout_seconds, r.agent_id
+    from unnest(saved) as r
+    where r.id <> all(kept)
+    order by r.step_order;
+
+    update public.task_steps as s
+    set deleted_at = now(), deleted_by = auth.uid()
+    where
+        s.task_id = p_task_id
+        and s.deleted_at is null
+        and s.id <> all(array(select r.id from unnest(saved) as r));
+
+    set constraints public.task_steps_live_order_unique immediate;
+
+    return query
+    select s.* from public.task_steps as s
+    where s.task_id = p_task_id and s.deleted_at is null
+    order by s.step_order;
+end
+$$;
+
+comment on function public.save_task_steps(uuid, jsonb) is
+'Makes p_steps (a JSON array of step objects, in order) the task''s live steps: items '
+'with an id update that step, items without one create a step, live steps left out are '
+'soft-deleted. All or nothing; errors name steps[index].field. Returns the live steps.';
+
+create or replace function public.reorder_task_steps(p_task_id uuid, p_step_ids uuid[])
+returns setof public.task_steps
+language plpgsql
+security invoker
+set search_path = ''
+as $$
+declare
+    repeated uuid;
+    missing uuid[];
+    unknown uuid[];
+begin
+    perform from public.agent_tasks as t where t.id = p_task_id for update;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+    if p_step_ids is null or array_position(p_step_ids, null) is not null then
+        raise exception 'p_step_ids: must be an array of step ids without nulls'
+            using errcode = '22023';
+    end if;
+    select x.id into repeated
+    from unnest(p_step_ids) as x (id)
+    group by x.id
+    having count(*) > 1
+    limit 1;
+    if found then
+        raise exception 'p_step_ids: step % is listed twice', repeated using errcode = '22023';
+    end if;
+    select array_agg(s.id order by s.step_order) into missing
+    from public.task_steps as s
+    where s.task_id = p_task_id and s.deleted_at is null and s.id <> all(p_step_ids);
+    select array_agg(x.id) into unknown
+    from unnest(p_step_ids) as x (id)
+    where not exists (
+        select from public.task_steps as s
+        where s.id = x.id and s.task_id = p_task_id and s.deleted_at is null
+    );
+    if missing is not null or unknown is not null then
+        raise exception 'p_step_ids: must list exactly the live steps of task %', p_task_id
+            using
+                errcode = '22023',
+                detail = concat_ws(
+                    '; ',
+                    'missing: ' || array_to_string(missing, ', '),
+                    'not live steps of this task: ' || array_to_string(unknown, ', ')
+                );
+    end if;
+
+    update public.task_steps as s
+    set step_order = o.position
+    from unnest(p_step_ids) with ordinality as o (id, position)
+    where
+        s.id = o.id
+        and s.task_id = p_task_id
+        and s.deleted_at is null
+        and s.step_order <> o.position;
+
+    return query
+    select s.* from public.task_steps as s
+    where s.task_id = p_task_id and s.deleted_at is null
+    order by s.step_order;
+end
+$$;
+
+comment on function public.reorder_task_steps(uuid, uuid[]) is
+'Puts the task''s live steps in the order of p_step_ids (which must list exactly them), '
+'in one UPDATE. Returns the live steps in their new order.';
+
+create or replace function public.validate_task_steps(p_task_id uuid)
+returns jsonb
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+declare
+    task_owner uuid;
+    problems jsonb;
+begin
+    select t.user_id into task_owner from public.agent_tasks as t where t.id = p_task_id;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+
+    with steps as (
+        select
+            s.*,
+            row_number() over (order by s.step_order, s.id) as position,
+            count(*) over (partition by s.step_order) as sharing_order,
+            count(*) over () as live_count
+        from public.task_steps as s
+        where s.task_id = p_task_id and s.deleted_at is null
+    ),
+
+    found_problems as (
+        select
+            'no_steps' as code,
+            'the task has no steps' as message,
+            null::uuid as step_id,
+            null::integer as step_order,
+            null::text as field
+        where not exists (select from steps)
+        union all
+        select distinct
+            'too_many_steps',
+            format('the task has %s steps; at most 50 are allowed', steps.live_count),
+            null::uuid,
+            null::integer,
+            null::text
+        from steps
+        where steps.live_count > 50
+        union all
+        select
+            'duplicate_step_order',
+            format('%s steps share position %s', steps.sharing_order, steps.step_order),
+            steps.id,
+            steps.step_order,
+            'step_order'
+        from steps
+        where steps.sharing_order > 1
+        union all
+        select
+            'step_order_gap',
+            format(
+                'step at position %s should be at %s: positions run 1..%s without gaps',
+                steps.step_order, steps.position, steps.live_count
+            ),
+            steps.id,
+            steps.step_order,
+            'step_order'
+        from steps
+        where steps.sharing_order = 1 and steps.step_order <> steps.position
+        union all
+        select
+            'step_order_out_of_range',
+            format('position %s is outside 1..50', steps.step_order),
+            steps.id,
+            steps.step_order,
+            'step_order'
+        from steps
+        where steps.step_order not between 1 and 50
+        union all
+        select
+            'blank_step_name',
+            'the step name is blank',
+            steps.id,
+            steps.step_order,
+            'step_name'
+        from steps
+        where btrim(steps.step_name) = ''
+        union all
+        select
+            'step_name_too_long',
+            format('the step name has %s characters; at most 200', char_length(steps.step_name)),
+            steps.id,
+            steps.step_order,
+            'step_name'
+        from steps
+        where char_length(btrim(steps.step_name)) > 200
+        union all
+        select
+            'blank_instructions',
+            'the instructions are blank',
+            steps.id,
+            steps.step_order,
+            'instructions'
+        from steps
+        where btrim(steps.instructions) = ''
+        union all
+        select
+            'custom_without_template',
+            'context_mode custom needs a context_template',
+            steps.id,
+            steps.step_order,
+            'context_template'
+        from steps
+        where steps.context_mode = 'custom' and coalesce(btrim(steps.context_template), '') = ''
+        union all
+        select
+            'selective_without_paths',
+            'context_mode selective needs at least one context_paths entry',
+            steps.id,
+            steps.step_order,
+            'context_paths'
+        from steps
+        where steps.context_mode = 'selective' and cardinality(steps.context_paths) = 0
+        union all
+        select
+            'foreign_agent',
+            format('agent %s does not belong to the task owner', steps.agent_id),
+            steps.id,
+            steps.step_order,
+            'agent_id'
+        from steps
+        where
+            steps.agent_id is not null
+            and not exists (
+                select from public.agents as a
+                where a.id = steps.agent_id and a.user_id = task_owner
+            )
+        union all
+        select
+            'inactive_agent',
+            format('agent %s is not active', steps.agent_id),
+            steps.id,
+            steps.step_order,
+            'agent_id'
+        from steps
+        inner join public.agents as a on steps.agent_id = a.id
+        where a.user_id = task_owner and not a.active
+        union all
+        select
+            'invalid_retry_backoff',
+            'retry_backoff_max_seconds is below retry_backoff_seconds',
+            steps.id,
+            steps.step_order,
+            'retry_backoff_max_seconds'
+        from steps
+        where steps.retry_backoff_max_seconds < steps.retry_backoff_seconds
+    )
+
+    select
+        coalesce(
+            jsonb_agg(
+                jsonb_build_object(
+                    'code', p.code,
+                    'message', p.message,
+                    'step_id', p.step_id,
+                    'step_order', p.step_order,
+                    'field', p.field
+                )
+                order by p.step_order nulls first, p.code
+            ),
+            '[]'::jsonb
+        )
+    into problems
+    from found_problems as p;
+    return problems;
+end
+$$;
+
+comment on function public.validate_task_steps(uuid) is
+'Every problem that keeps the task from running, as a JSON array of {code, message, '
+'step_id, step_order, field}; [] when the task is valid. Codes: no_steps, too_many_steps, '
+'duplicate_step_order, step_order_gap, step_order_out_of_range, blank_step_name, '
+'step_name_too_long, blank_instructions, custom_without_template, '
+'selective_without_paths, foreign_agent, inactive_agent, invalid_retry_backoff.';
+
+create or replace function public.soft_delete_task_step(p_step_id uuid)
+returns public.task_steps
+language plpgsql
+security invoker
+set search_path = ''
+as $$
+declare
+    step public.task_steps;
+begin
+    select s.* into step
+    from public.task_steps as s
+    where s.id = p_step_id and s.deleted_at is null;
+    if not found then
+        raise exception 'step % not found', p_step_id using errcode = 'P0002';
+    end if;
+    perform from public.agent_tasks as t where t.id = step.task_id for update;
+    update public.task_steps as s
+    set deleted_at = now(), deleted_by = auth.uid()
+    where s.id = p_step_id and s.deleted_at is null
+    returning s.* into step;
+    return step;
+end
+$$;
+
+comment on function public.soft_delete_task_step(uuid) is
+'Soft-deletes a live step (the following steps move up); returns the deleted row. '
+'A task keeps at least one live step.';
+
+create or replace function stepsync.restore_task_step(p_step_id uuid)
+returns public.task_steps
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    step public.task_steps;
+    task_owner uuid;
+    live_count integer;
+    target integer;
+    api_caller boolean := coalesce(nullif(current_setting('role', true), 'none'), '')
+    in ('anon', 'authenticated')
+    or coalesce(auth.role(), '') in ('anon', 'authenticated');
+begin
+    select s.* into step from public.task_steps as s where s.id = p_step_id;
+    select t.user_id into task_owner
+    from public.agent_tasks as t
+    where t.id = step.task_id
+    for update;
+    if step.id is null or (api_caller and task_owner is distinct from auth.uid()) then
+        raise exception 'step % not found', p_step_id using errcode = 'P0002';
+    end if;
+    if step.deleted_at is null then
+        raise exception 'step % is not deleted', p_step_id using errcode = '22023';
+    end if;
+    perform stepsync.close_task_step_gaps(array[step.task_id]);
+    select count(*) into live_count
+    from public.task_steps as s
+    where s.task_id = step.task_id and s.deleted_at is null;
+    if live_count >= 50 then
+        raise exception 'task % already has 50 steps: step % cannot be restored',
+            step.task_id, p_step_id
+            using errcode = '23514';
+    end if;
+    target := least(step.step_order, live_count + 1);
+    update public.task_steps as s
+    set step_order = s.step_order + 1
+    where s.task_id = step.task_id and s.deleted_at is null and s.step_order >= target;
+    update public.task_steps as s
+    set deleted_at = null, deleted_by = null, step_order = target
+    where s.id = p_step_id
+    returning s.* into step;
+    return step;
+end
+$$;
+
+revoke all on function stepsync.restore_task_step(uuid) from public, anon;
+grant execute on function stepsync.restore_task_step(uuid) to authenticated, service_role;
+
+comment on function stepsync.restore_task_step(uuid) is
+'Definer behind public.restore_task_step: owners cannot see soft-deleted rows through RLS. '
+'Checks that an API caller owns the step''s task; the service may restore any step.';
+
+create or replace function public.restore_task_step(p_step_id uuid)
+returns public.task_steps
+language sql
+security invoker
+set search_path = ''
+as $$
+    select * from stepsync.restore_task_step(p_step_id)
+$$;
+
+comment on function public.restore_task_step(uuid) is
+'Brings a soft-deleted step back at its old position (or last), moving the following '
+'steps down; refused when the task already has 50 steps. Returns the restored step.';
+
+revoke all on function public.save_task_steps(uuid, jsonb) from public, anon;
+revoke all on function public.reorder_task_steps(uuid, uuid []) from public, anon;
+revoke all on function public.validate_task_steps(uuid) from public, anon;
+revoke all on function public.soft_delete_task_step(uuid) from public, anon;
+revoke all on function public.restore_task_step(uuid) from public, anon;
+grant execute on function public.save_task_steps(uuid, jsonb) to authenticated, service_role;
+grant execute on function public.reorder_task_steps(uuid, uuid []) to authenticated, service_role;
+grant execute on function public.validate_task_steps(uuid) to authenticated, service_role;
+grant execute on function public.soft_delete_task_step(uuid) to authenticated, service_role;
+grant execute on function public.restore_task_step(uuid) to authenticated, service_role;
