@@ -242,3 +242,149 @@ def test_malformed_and_unknown_frames_are_logged_and_ignored(db_url, conn, caplo
     assert sum("Unrecognized message format" in m for m in logged) >= 4
     assert any("realtime change ignored" in m and "record is NoneType" in m for m in logged)
     assert any("realtime change ignored" in m and "fails the filter" in m for m in logged)
+
+
+# --- inside the service ----------------------------------------------------------------
+# The service runs with Realtime as its only wake-up source besides a 60 s poll timer,
+# so a step picked up within the test's wait was found because of a Realtime event (or
+# the sweep after a resubscribe), never by polling.
+
+SLOW_POLL = 60.0
+
+
+def workflow(conn: psycopg.Connection, steps: int = 2) -> tuple[uuid.UUID, uuid.UUID]:
+    from tests.support import make_agent, make_task, make_user, replace_steps
+
+    user_id = make_user(conn)
+    task_id = make_task(conn, user_id, make_agent(conn, user_id))
+    replace_steps(conn, task_id, [{} for _ in range(steps)])
+    return user_id, task_id
+
+
+def start_run(conn: psycopg.Connection, user_id: uuid.UUID, task_id: uuid.UUID) -> uuid.UUID:
+    from tests.support import acting_as
+
+    with acting_as(conn, "authenticated", user_id):
+        return conn.execute("select public.start_task_run(%s)", [task_id]).fetchone()[0]
+
+
+class Steps:
+    """The step function: records which steps ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[uuid.UUID, int]] = []
+
+    async def __call__(self, request):
+        self.ran.append((request.run_id, request.step_order))
+        return {"step": request.step_order}
+
+
+def wakeups(service, reason: str) -> float:
+    value = service.metrics.registry.get_sample_value(
+        "stepsync_wakeup_latency_seconds_count", {"reason": reason}
+    )
+    return value or 0.0
+
+
+@contextlib.asynccontextmanager
+async def realtime_service(db_url: str, server: RealtimeStandIn, steps: Steps):
+    from tests.workers import serving
+
+    async with serving(
+        db_url,
+        steps,
+        listen=["realtime"],
+        supabase_url=server.url,
+        supabase_service_role_key=KEY,
+        poll_interval_seconds=SLOW_POLL,
+    ) as service:
+        [source] = [s for s in service.wakeup_sources if s.name == "realtime"]
+        # Short backoff for the test; the client itself is the real supabase-py one.
+        source.initial_backoff_seconds = 0.05
+        source.max_backoff_seconds = 0.2
+        await asyncio.wait_for(source.subscribed.wait(), 10)
+        yield service, source
+
+
+def test_a_queued_step_wakes_the_service_through_realtime(db_url, conn):
+    from tests.workers import wait_for_run
+
+    user_id, task_id = workflow(conn, steps=2)
+    steps = Steps()
+
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY) as server:
+            async with realtime_service(db_url, server, steps) as (service, _source):
+                run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+                run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
+                return run_id, run, wakeups(service, "step_ready"), server.frames_sent
+
+    run_id, run, step_ready_wakeups, frames = asyncio.run(scenario())
+
+    assert run["status"] == "completed"
+    assert steps.ran == [(run_id, 1), (run_id, 2)]
+    # Both steps were claimed after a step_ready wake-up, which only Realtime sends here.
+    assert step_ready_wakeups >= 2
+    queued = [
+        f["payload"]["data"]["record"]
+        for f in frames
+        if f["payload"]["data"]["table"] == "task_step_executions"
+    ]
+    assert [r["status"] for r in queued].count("queued") >= 2
+    assert {r["run_id"] for r in queued} == {str(run_id)}
+
+
+def test_service_reconnects_after_a_dropped_socket_and_sweeps_up_missed_work(db_url, conn):
+    from tests.workers import wait_for_run
+
+    user_id, task_id = workflow(conn, steps=1)
+    steps = Steps()
+
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY) as server:
+            async with realtime_service(db_url, server, steps) as (service, source):
+                server.refusing = True
+                server.drop_connections()
+                await server.wait_until(lambda: not server.joined_topics())
+                # Queued while the service is deaf: no frame can reach it.
+                frames_before = len(server.frames_sent)
+                run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+                assert len(server.frames_sent) == frames_before
+                assert steps.ran == []
+                server.refusing = False
+                run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
+                return run_id, run, source.subscriptions, wakeups(service, "sweep")
+
+    run_id, run, subscriptions, sweeps = asyncio.run(scenario())
+
+    assert run["status"] == "completed"
+    assert steps.ran == [(run_id, 1)]
+    assert subscriptions == 2  # subscribed, lost, subscribed again
+    assert sweeps >= 1  # the resubscribe's sweep found the step
+
+
+def test_malformed_frames_never_stop_the_service(db_url, conn, caplog):
+    from tests.workers import wait_for_run
+
+    user_id, task_id = workflow(conn, steps=2)
+    steps = Steps()
+
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY) as server:
+            async with realtime_service(db_url, server, steps) as (service, source):
+                for frame in MALFORMED_FRAMES:
+                    await server.inject(frame)
+                await server.inject(change_frame(server, "INSERT", None))
+                run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+                run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
+                return run_id, run, server.handshakes, service.healthy()
+
+    with caplog.at_level(logging.WARNING):
+        run_id, run, handshakes, healthy = asyncio.run(scenario())
+
+    assert run["status"] == "completed"
+    assert steps.ran == [(run_id, 1), (run_id, 2)]
+    assert handshakes == 1 and healthy
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("Unrecognized message format" in m for m in logged)
+    assert any("realtime change ignored" in m for m in logged)
