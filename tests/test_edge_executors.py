@@ -180,6 +180,40 @@ def test_chat_text_is_the_context_then_the_instructions(functions):
     assert text.endswith("Instructions:\nSummarise the findings.")
 
 
+ENGINE_CONTEXT = {
+    "mode": "previous",
+    "task": {"id": "t", "name": "Weekly report"},
+    "run": {"id": "r", "trigger_type": "manual", "trigger_data": {}},
+    "step": {"order": 2},
+    "context_data": {},
+    "previous": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, "Summarise."),  # nothing to add: instructions alone
+        ({"mode": "none"}, "Summarise."),
+        (
+            {"previous": {"order": 1, "output": {"text": "3 sources"}}},
+            '"text": "3 sources"',
+        ),
+        ({"context_data": {"tone": "brief"}}, '"tone": "brief"'),
+        ({"run": {"trigger_data": {"event": "push"}}}, '"event": "push"'),
+        ({"mode": "custom", "rendered": "Sources: 3"}, "Sources: 3\n\nInstructions:\nSummarise."),
+    ],
+)
+def test_chat_text_from_the_engine_context(changes, expected):
+    from sync.executors.agentopia_chat import message_text
+
+    text = message_text(step(instructions="Summarise.", context={**ENGINE_CONTEXT, **changes}))
+
+    assert expected in text
+    assert text.endswith("Summarise.")
+    assert '"mode"' not in text and "Weekly report" not in text
+
+
 def test_every_step_of_a_run_shares_conversation_and_session(functions):
     run_id = uuid.uuid4()
     other_run = uuid.uuid4()
@@ -211,3 +245,83 @@ def test_chat_answer_without_the_text_is_permanent(functions):
 
     assert isinstance(error, PermanentStepError)
     assert "data.message.content.text" in str(error)
+
+
+# --- through the service and the run engine ----------------------------------------------
+
+
+def test_service_retries_a_chat_step_with_the_same_key_in_one_conversation(db_url, conn):
+    """The legacy chat contract end to end: a 503 is retried with the same Idempotency-Key,
+    and both steps of the run talk in one conversation and one session."""
+    from psycopg.types.json import Jsonb
+
+    from sync.executors import executor_from_setting
+    from sync.service import build_service
+    from sync.settings import Settings
+    from tests.support import acting_as, make_agent, make_task, make_user, replace_steps
+    from tests.workers import wait_for_run
+
+    user_id = make_user(conn)
+    agent_id = make_agent(conn, user_id)
+    task_id = make_task(conn, user_id, agent_id)
+    replace_steps(
+        conn,
+        task_id,
+        [
+            {"instructions": "Find sources.", "max_attempts": 2, "retry_backoff_seconds": 0},
+            {
+                "instructions": "Summarise them.",
+                "include_previous_context": True,
+                "context_data": Jsonb({"tone": "brief"}),
+            },
+        ],
+    )
+
+    async def scenario(functions):
+        settings = Settings(
+            database_url=db_url,
+            supabase_url=functions.url,
+            supabase_service_role_key=KEY,
+            executor="agentopia_chat",
+            metrics_port=0,
+            poll_interval_seconds=0.5,
+            lease_seconds=5,
+        )
+        service = build_service(
+            settings, db_url, executor=executor_from_setting(settings.executor, settings)
+        )
+        task = asyncio.create_task(service.run())
+        try:
+            with acting_as(conn, "authenticated", user_id):
+                run_id = conn.execute("select public.start_task_run(%s)", [task_id]).fetchone()[0]
+            return run_id, await wait_for_run(db_url, run_id)
+        finally:
+            service.stop()
+            await task
+
+    with EdgeFunctionsStandIn({"chat"}) as functions:
+        functions.queue("chat", json_answer(503, {"error": "model overloaded"}))
+        run_id, run = asyncio.run(scenario(functions))
+
+    assert run["status"] == "completed"
+    first, retry, second = functions.requests_to("chat")
+    assert first.headers["idempotency-key"] == retry.headers["idempotency-key"]
+    assert second.headers["idempotency-key"] != first.headers["idempotency-key"]
+    assert all(r.headers["x-agentopia-service"] == "task-executor" for r in (first, retry, second))
+    assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in (first, retry, second))
+    assert first.body == retry.body
+    assert first.body["message"]["content"]["text"] == "Find sources."  # no context to add
+    contexts = [r.body["context"] for r in (first, retry, second)]
+    assert len({c["conversation_id"] for c in contexts}) == 1
+    assert len({c["session_id"] for c in contexts}) == 1
+    assert {c["agent_id"] for c in contexts} == {str(agent_id)}
+    assert {c["user_id"] for c in contexts} == {str(user_id)}
+    # Step 2 sees step 1's answer in its text, before its own instructions.
+    text = second.body["message"]["content"]["text"]
+    assert "echo: Find sources." in text and "brief" in text
+    assert text.endswith("Summarise them.")
+    step_outputs = conn.execute(
+        "select output from public.task_step_executions where run_id = %s order by step_order",
+        [run_id],
+    ).fetchall()
+    assert step_outputs[1][0]["text"] == "echo: " + text

@@ -287,23 +287,27 @@ def wakeups(service, reason: str) -> float:
 
 
 @contextlib.asynccontextmanager
-async def realtime_service(db_url: str, server: RealtimeStandIn, steps: Steps):
+async def realtime_service(db_url: str, steps: Steps):
+    """The Realtime stand-in and a service listening to it through supabase-py."""
     from tests.workers import serving
 
-    async with serving(
-        db_url,
-        steps,
-        listen=["realtime"],
-        supabase_url=server.url,
-        supabase_service_role_key=KEY,
-        poll_interval_seconds=SLOW_POLL,
-    ) as service:
+    async with (
+        RealtimeStandIn(db_url, KEY) as server,
+        serving(
+            db_url,
+            steps,
+            listen=["realtime"],
+            supabase_url=server.url,
+            supabase_service_role_key=KEY,
+            poll_interval_seconds=SLOW_POLL,
+        ) as service,
+    ):
         [source] = [s for s in service.wakeup_sources if s.name == "realtime"]
         # Short backoff for the test; the client itself is the real supabase-py one.
         source.initial_backoff_seconds = 0.05
         source.max_backoff_seconds = 0.2
         await asyncio.wait_for(source.subscribed.wait(), 10)
-        yield service, source
+        yield server, service, source
 
 
 def test_a_queued_step_wakes_the_service_through_realtime(db_url, conn):
@@ -313,11 +317,10 @@ def test_a_queued_step_wakes_the_service_through_realtime(db_url, conn):
     steps = Steps()
 
     async def scenario():
-        async with RealtimeStandIn(db_url, KEY) as server:
-            async with realtime_service(db_url, server, steps) as (service, _source):
-                run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
-                run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
-                return run_id, run, wakeups(service, "step_ready"), server.frames_sent
+        async with realtime_service(db_url, steps) as (server, service, _source):
+            run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+            run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
+            return run_id, run, wakeups(service, "step_ready"), server.frames_sent
 
     run_id, run, step_ready_wakeups, frames = asyncio.run(scenario())
 
@@ -341,19 +344,18 @@ def test_service_reconnects_after_a_dropped_socket_and_sweeps_up_missed_work(db_
     steps = Steps()
 
     async def scenario():
-        async with RealtimeStandIn(db_url, KEY) as server:
-            async with realtime_service(db_url, server, steps) as (service, source):
-                server.refusing = True
-                server.drop_connections()
-                await server.wait_until(lambda: not server.joined_topics())
-                # Queued while the service is deaf: no frame can reach it.
-                frames_before = len(server.frames_sent)
-                run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
-                assert len(server.frames_sent) == frames_before
-                assert steps.ran == []
-                server.refusing = False
-                run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
-                return run_id, run, source.subscriptions, wakeups(service, "sweep")
+        async with realtime_service(db_url, steps) as (server, service, source):
+            server.refusing = True
+            server.drop_connections()
+            await server.wait_until(lambda: not server.joined_topics())
+            # Queued while the service is deaf: no frame can reach it.
+            frames_before = len(server.frames_sent)
+            run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+            assert len(server.frames_sent) == frames_before
+            assert steps.ran == []
+            server.refusing = False
+            run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
+            return run_id, run, source.subscriptions, wakeups(service, "sweep")
 
     run_id, run, subscriptions, sweeps = asyncio.run(scenario())
 
@@ -370,14 +372,13 @@ def test_malformed_frames_never_stop_the_service(db_url, conn, caplog):
     steps = Steps()
 
     async def scenario():
-        async with RealtimeStandIn(db_url, KEY) as server:
-            async with realtime_service(db_url, server, steps) as (service, source):
-                for frame in MALFORMED_FRAMES:
-                    await server.inject(frame)
-                await server.inject(change_frame(server, "INSERT", None))
-                run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
-                run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
-                return run_id, run, server.handshakes, service.healthy()
+        async with realtime_service(db_url, steps) as (server, service, _source):
+            for frame in MALFORMED_FRAMES:
+                await server.inject(frame)
+            await server.inject(change_frame(server, "INSERT", None))
+            run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+            run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
+            return run_id, run, server.handshakes, service.healthy()
 
     with caplog.at_level(logging.WARNING):
         run_id, run, handshakes, healthy = asyncio.run(scenario())

@@ -10,8 +10,8 @@ with the header ``X-Agentopia-Service: task-executor`` and the body::
 and read the agent's answer at ``data.message.content.text``. This executor speaks the
 same contract, so a deployment can move its tasks to stepsync without touching ``chat``.
 Each step's text is its context (what the engine assembled from earlier steps) followed
-by its instructions; a step with no context sends its instructions alone, exactly what
-the legacy executor sent for a single-instruction task.
+by its instructions; a step with nothing to add sends its instructions alone, exactly
+what the legacy executor sent for a single-instruction task.
 
 All steps of one run share one conversation and one session, so the agent sees the run
 as one conversation: the run's ``conversation_id`` when it has one, else an id derived
@@ -44,11 +44,34 @@ def run_session_id(request: StepRequest) -> uuid.UUID:
     return uuid.uuid5(SESSION_NAMESPACE, str(request.run_id))
 
 
+# Keys of the engine's step context that carry material for the agent; the rest (mode,
+# task, run and step ids) is bookkeeping the legacy executor never sent either.
+MATERIAL_KEYS = ("previous", "steps", "selected", "context_data")
+
+
 def message_text(request: StepRequest) -> str:
-    """The step's context (if any) as a JSON block, then its instructions."""
-    if not request.context:
+    """What the agent reads: the step's context (when it has any), then its instructions.
+
+    A ``custom`` context is the user's own rendered template and is sent as written; other
+    modes send their material as a JSON block. A step with nothing to add sends its
+    instructions alone, exactly what the legacy executor sent.
+    """
+    context = request.context or {}
+    if "mode" not in context:  # not the engine's shape: send all of it
+        material = context
+    elif context.get("mode") == "custom":
+        rendered = context.get("rendered")
+        if rendered:
+            return f"{rendered}\n\nInstructions:\n{request.instructions}"
+        material = {}
+    else:
+        material = {k: context[k] for k in MATERIAL_KEYS if context.get(k) not in (None, [], {})}
+    trigger_data = (context.get("run") or {}).get("trigger_data") if "mode" in context else None
+    if trigger_data:
+        material = {**material, "trigger_data": trigger_data}
+    if not material:
         return request.instructions
-    rendered = json.dumps(request.context, indent=2, ensure_ascii=False, sort_keys=True)
+    rendered = json.dumps(material, indent=2, ensure_ascii=False, sort_keys=True)
     return f"Context:\n```json\n{rendered}\n```\n\nInstructions:\n{request.instructions}"
 
 
