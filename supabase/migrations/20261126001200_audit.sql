@@ -70,6 +70,11 @@ create policy "Service role reads the audit log" on public.audit_log
 for select to service_role
 using (true);
 
+comment on policy "Owners read the audit rows of their tasks" on public.audit_log is
+'Owners read the history of their own tasks, including tasks since deleted.';
+comment on policy "Service role reads the audit log" on public.audit_log is
+'The service reads all history; nobody writes it except the audit triggers.';
+
 create or replace function stepsync.refuse_audit_change()
 returns trigger
 language plpgsql

@@ -3,8 +3,9 @@
 -- An API user's DELETE on a step (a plain REST DELETE included) marks it deleted
 -- instead: deleted_at, deleted_by, and the task's following live steps move up to close
 -- the gap. Roles that bypass row level security (service_role, the database owner) really
--- delete, and so does the cascade from deleting the task: there the parent row is already
--- gone. A task keeps at least one live step when an API user deletes.
+-- delete, unless the transaction-local setting stepsync.force_soft_delete is on (the RPCs
+-- set it), and so does the cascade from deleting the task: there the parent row is
+-- already gone. A task keeps at least one live step when an API user deletes.
 --
 -- Closing the gap happens once per statement, after it: a BEFORE DELETE trigger that
 -- renumbered other rows would collide with a DELETE that goes on to visit them. The
@@ -63,20 +64,31 @@ comment on function stepsync.close_task_step_gaps(uuid[]) is
 'Renumbers the live steps of the given tasks 1..n in their order (one UPDATE); refuses, '
 'for API users, to leave a task without live steps. Runs as the caller (RLS applies).';
 
+-- SECURITY DEFINER because the soft-deleted row must leave the owner's view, and RLS
+-- does not let an UPDATE hide the row it changes. The trigger only fires for rows the
+-- caller's DELETE already reached through RLS, so it acts on nothing else. The caller's
+-- role comes from the role setting (SET ROLE), which a definer does not change.
 create or replace function stepsync.soft_delete_on_delete()
 returns trigger
 language plpgsql
+security definer
 set search_path = ''
 as $$
 declare
-    bypasses_rls boolean := (
+    caller_bypasses_rls boolean := (
         select r.rolsuper or r.rolbypassrls from pg_catalog.pg_roles as r
-        where r.rolname = current_user
+        where r.rolname = coalesce(
+            nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text
+        )
     );
 begin
-    if bypasses_rls
-        or old.deleted_at is not null
-        or not exists (select from public.agent_tasks as t where t.id = old.task_id) then
+    if old.deleted_at is not null
+        or not exists (select from public.agent_tasks as t where t.id = old.task_id)
+        or (
+            caller_bypasses_rls
+            and pg_catalog.current_setting('stepsync.force_soft_delete', true)
+            is distinct from 'on'
+        ) then
         return old;
     end if;
     update public.task_steps
@@ -98,7 +110,8 @@ revoke all on function stepsync.soft_delete_on_delete() from public;
 
 comment on function stepsync.soft_delete_on_delete() is
 'Trigger: turns an API user''s DELETE of a live step into a soft delete; really deletes '
-'for roles that bypass RLS, soft-deleted rows, and the cascade from the task.';
+'for roles that bypass RLS (unless stepsync.force_soft_delete is on), soft-deleted rows, '
+'and the cascade from the task.';
 
 create or replace function stepsync.close_gaps_after_delete()
 returns trigger

@@ -29,7 +29,7 @@ with check (
     )
 );
 
--- The new row may be soft-deleted (that is how a DELETE becomes a soft delete).
+-- Soft deleting is a DELETE (the soft-delete trigger does the rest), not an UPDATE.
 create policy "Owners change the live steps of their tasks" on public.task_steps
 for update to authenticated
 using (
@@ -40,7 +40,8 @@ using (
     )
 )
 with check (
-    task_id in (
+    deleted_at is null
+    and task_id in (
         select t.id from public.agent_tasks as t
         where t.user_id = (select auth.uid())
     )
@@ -73,3 +74,18 @@ create policy "Service role manages tasks" on public.agent_tasks
 for all to service_role
 using (true)
 with check (true);
+
+comment on policy "Owners read the live steps of their tasks" on public.task_steps is
+'Owners see the live steps of their own tasks; soft-deleted steps stay hidden.';
+comment on policy "Owners add steps to their tasks" on public.task_steps is
+'Owners add live steps to their own tasks.';
+comment on policy "Owners change the live steps of their tasks" on public.task_steps is
+'Owners edit the live steps of their own tasks (a step cannot move to another task).';
+comment on policy "Owners delete the live steps of their tasks" on public.task_steps is
+'Owners delete (soft-delete, through the trigger) the live steps of their own tasks.';
+comment on policy "Service role manages steps" on public.task_steps is
+'The service may do everything (it bypasses RLS; stated for clarity).';
+comment on policy "Owners manage their tasks" on public.agent_tasks is
+'Owners read and write their own tasks.';
+comment on policy "Service role manages tasks" on public.agent_tasks is
+'The service may do everything (it bypasses RLS; stated for clarity).';

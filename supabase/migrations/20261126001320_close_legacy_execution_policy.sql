@@ -21,3 +21,8 @@ using (true)
 with check (true);
 
 revoke all on public.agent_task_executions from anon;
+
+comment on policy "Owners read the runs of their tasks" on public.agent_task_executions is
+'Owners read the run history of their own tasks; they write it only through functions.';
+comment on policy "Service role manages runs" on public.agent_task_executions is
+'The service records and updates runs.';

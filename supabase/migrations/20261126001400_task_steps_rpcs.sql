@@ -17,13 +17,13 @@ declare
 begin
     execute (
         select
-            'select row('
+            'select (row('
             || string_agg(
                 coalesce(pg_catalog.pg_get_expr(d.adbin, d.adrelid), 'null')
                 || '::' || pg_catalog.format_type(a.atttypid, a.atttypmod),
                 ', ' order by a.attnum
             )
-            || ')::public.task_steps'
+            || ')::public.task_steps).*'
         from pg_catalog.pg_attribute as a
         left join pg_catalog.pg_attrdef as d
             on a.attrelid = d.adrelid and a.attnum = d.adnum
@@ -378,12 +378,15 @@ begin
     where r.id <> all(kept)
     order by r.step_order;
 
-    update public.task_steps as s
-    set deleted_at = now(), deleted_by = auth.uid()
+    -- Through DELETE, which the soft-delete trigger turns into a soft delete (for the
+    -- service role too, with stepsync.force_soft_delete).
+    perform pg_catalog.set_config('stepsync.force_soft_delete', 'on', true);
+    delete from public.task_steps as s
     where
         s.task_id = p_task_id
         and s.deleted_at is null
         and s.id <> all(array(select r.id from unnest(saved) as r));
+    perform pg_catalog.set_config('stepsync.force_soft_delete', 'off', true);
 
     set constraints public.task_steps_live_order_unique immediate;
 
@@ -662,10 +665,11 @@ begin
         raise exception 'step % not found', p_step_id using errcode = 'P0002';
     end if;
     perform from public.agent_tasks as t where t.id = step.task_id for update;
-    update public.task_steps as s
-    set deleted_at = now(), deleted_by = auth.uid()
-    where s.id = p_step_id and s.deleted_at is null
-    returning s.* into step;
+    perform pg_catalog.set_config('stepsync.force_soft_delete', 'on', true);
+    delete from public.task_steps as s where s.id = p_step_id;
+    perform pg_catalog.set_config('stepsync.force_soft_delete', 'off', true);
+    step.deleted_at := now();
+    step.deleted_by := auth.uid();
     return step;
 end
 $$;
@@ -742,12 +746,12 @@ comment on function public.restore_task_step(uuid) is
 'steps down; refused when the task already has 50 steps. Returns the restored step.';
 
 revoke all on function public.save_task_steps(uuid, jsonb) from public, anon;
-revoke all on function public.reorder_task_steps(uuid, uuid []) from public, anon;
+revoke all on function public.reorder_task_steps(uuid, uuid[]) from public, anon;
 revoke all on function public.validate_task_steps(uuid) from public, anon;
 revoke all on function public.soft_delete_task_step(uuid) from public, anon;
 revoke all on function public.restore_task_step(uuid) from public, anon;
 grant execute on function public.save_task_steps(uuid, jsonb) to authenticated, service_role;
-grant execute on function public.reorder_task_steps(uuid, uuid []) to authenticated, service_role;
+grant execute on function public.reorder_task_steps(uuid, uuid[]) to authenticated, service_role;
 grant execute on function public.validate_task_steps(uuid) to authenticated, service_role;
 grant execute on function public.soft_delete_task_step(uuid) to authenticated, service_role;
 grant execute on function public.restore_task_step(uuid) to authenticated, service_role;

@@ -1,0 +1,414 @@
+"""The step state machine: completion, failure, retries, skips, leases, cancellation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from tests.run_engine_support import (
+    as_service,
+    claim,
+    claim_one,
+    complete,
+    fail,
+    make_due,
+    make_workflow,
+    run_row,
+    start_run,
+    statuses,
+    step_rows,
+)
+from tests.support import make_agent, make_task, make_user, replace_steps
+
+
+def task_counters(conn: psycopg.Connection, task_id) -> tuple:
+    return conn.execute(
+        "select total_executions, successful_executions, failed_executions,"
+        " last_run_at is not null from public.agent_tasks where id = %s",
+        [task_id],
+    ).fetchone()
+
+
+def test_a_run_completes_step_by_step_and_updates_the_task(conn: psycopg.Connection) -> None:
+    _, task_id, step_ids = make_workflow(conn, [{}, {}, {}])
+    run_id = start_run(conn, task_id)
+    assert statuses(conn, run_id) == ["queued", "pending", "pending"]
+    run = run_row(conn, run_id)
+    assert (run["status"], run["step_count"]) == ("running", 3)
+    assert run["instructions_used"] == (
+        "Step 1: Step 1\nDo part 1\n\nStep 2: Step 2\nDo part 2\n\nStep 3: Step 3\nDo part 3"
+    )
+
+    for order in (1, 2, 3):
+        step = claim_one(conn)
+        assert (step["step_order"], step["attempt"]) == (order, 1)
+        assert step["idempotency_key"] == f"{run_id}:{order}"
+        assert claim(conn) == [], "the next step waits for this one"
+        assert complete(conn, step, {"n": order})
+
+    run = run_row(conn, run_id)
+    assert run["status"] == "completed"
+    assert run["output"] == '{"n": 3}'
+    assert (run["steps_completed"], run["steps_failed"], run["steps_skipped"]) == (3, 0, 0)
+    assert run["completed_at"] is not None and run["duration_ms"] >= 0
+    assert all(row["duration_ms"] >= 0 for row in step_rows(conn, run_id))
+    assert task_counters(conn, task_id) == (1, 1, 0, True)
+    # The definition carries the latest run's snapshot.
+    snapshots = conn.execute(
+        "select status::text, execution_result from public.task_steps"
+        " where id = any(%s) order by step_order",
+        [step_ids],
+    ).fetchall()
+    assert [s[0] for s in snapshots] == ["completed"] * 3
+    assert [s[1]["output"] for s in snapshots] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert {s[1]["run_id"] for s in snapshots} == {str(run_id)}
+
+
+def test_a_string_output_becomes_the_run_output_verbatim(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{}])
+    run_id = start_run(conn, task_id)
+    assert complete(conn, claim_one(conn), "All done.")
+    assert run_row(conn, run_id)["output"] == "All done."
+
+
+def test_a_failure_stops_the_run_and_skips_the_rest(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{}, {"step_name": "Fetch"}, {}, {}])
+    run_id = start_run(conn, task_id)
+    assert complete(conn, claim_one(conn), {"ok": True})
+    assert fail(conn, claim_one(conn), "HTTP 500 from upstream") == "failed"
+
+    assert statuses(conn, run_id) == ["completed", "failed", "skipped", "skipped"]
+    rows = step_rows(conn, run_id)
+    assert rows[1]["error_message"] == "HTTP 500 from upstream"
+    assert rows[2]["skip_reason"] == "run stopped: step 2 failed"
+    run = run_row(conn, run_id)
+    assert run["status"] == "failed"
+    assert run["error_message"] == "step 2 (Fetch) failed: HTTP 500 from upstream"
+    assert (run["steps_completed"], run["steps_failed"], run["steps_skipped"]) == (1, 1, 2)
+    assert task_counters(conn, task_id) == (1, 0, 1, True)
+    assert claim(conn) == []
+
+
+def test_a_continue_step_lets_the_run_go_on(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(
+        conn,
+        [{}, {"on_failure": "continue"}, {"include_previous_context": True}],
+    )
+    run_id = start_run(conn, task_id)
+    assert complete(conn, claim_one(conn), 1)
+    assert fail(conn, claim_one(conn), "not found") == "failed"
+    step = claim_one(conn)
+    assert step["step_order"] == 3
+    assert step["context"]["previous"] == {
+        "order": 2,
+        "name": "Step 2",
+        "status": "failed",
+        "output": None,
+        "error": "not found",
+    }
+    assert complete(conn, step, 3)
+    assert statuses(conn, run_id) == ["completed", "failed", "completed"]
+    assert run_row(conn, run_id)["status"] == "completed"
+    assert task_counters(conn, task_id) == (1, 1, 0, True)
+
+
+def retry_delay(conn: psycopg.Connection, run_id) -> timedelta:
+    row = step_rows(conn, run_id)[0]
+    assert row["status"] == "queued"
+    return row["run_after"] - row["last_error_at"]
+
+
+def test_retries_back_off_exponentially_with_jitter_then_succeed(
+    conn: psycopg.Connection,
+) -> None:
+    _, task_id, _ = make_workflow(
+        conn, [{"max_attempts": 4, "retry_backoff_seconds": 10, "retry_backoff_max_seconds": 30}]
+    )
+    run_id = start_run(conn, task_id)
+    delays = []
+    for attempt, base in ((1, 10), (2, 20), (3, 30)):  # 10·2^(n-1), capped at 30
+        step = claim_one(conn)
+        assert step["attempt"] == attempt
+        assert fail(conn, step, f"timeout {attempt}") == "retrying"
+        delay = retry_delay(conn, run_id)
+        assert timedelta(seconds=base) <= delay <= timedelta(seconds=base * 1.2)
+        delays.append(delay)
+        assert claim(conn) == [], "not due before its backoff"
+        make_due(conn, run_id)
+    assert delays[0] < delays[1] < delays[2]
+
+    step = claim_one(conn)
+    assert step["attempt"] == 4
+    assert complete(conn, step, {"finally": True})
+    row = step_rows(conn, run_id)[0]
+    assert (row["status"], row["attempt"], row["error_message"]) == ("completed", 4, None)
+    assert run_row(conn, run_id)["status"] == "completed"
+
+
+def test_jitter_varies_between_retries(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{"max_attempts": 2, "retry_backoff_seconds": 100}] * 1)
+    delays = set()
+    for _ in range(8):
+        run_id = start_run(conn, task_id)
+        assert fail(conn, claim_one(conn), "boom") == "retrying"
+        delays.add(retry_delay(conn, run_id))
+        with as_service(conn):
+            conn.execute("select public.cancel_task_run(%s)", [run_id])
+    assert len(delays) > 1
+    assert all(timedelta(seconds=100) <= d <= timedelta(seconds=120) for d in delays)
+
+
+def test_retries_exhausted_fail_the_step(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{"max_attempts": 2, "retry_backoff_seconds": 0}, {}])
+    run_id = start_run(conn, task_id)
+    assert fail(conn, claim_one(conn), "first") == "retrying"
+    step = claim_one(conn)  # a zero backoff is due at once
+    assert step["attempt"] == 2
+    assert fail(conn, step, "second") == "failed"
+    assert statuses(conn, run_id) == ["failed", "skipped"]
+    assert step_rows(conn, run_id)[0]["error_message"] == "second"
+    assert run_row(conn, run_id)["status"] == "failed"
+
+
+def test_a_non_retryable_error_fails_at_once(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{"max_attempts": 5}])
+    run_id = start_run(conn, task_id)
+    assert fail(conn, claim_one(conn), "HTTP 400", retryable=False) == "failed"
+    assert step_rows(conn, run_id)[0]["attempt"] == 1
+    assert run_row(conn, run_id)["status"] == "failed"
+
+
+def test_skip_if_skips_a_step_and_queues_the_next(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(
+        conn,
+        [
+            {},
+            {"skip_if": "$.steps[0].output.spam == true"},
+            {"skip_if": '$.previous ? (@.status == "skipped")'},
+            {"skip_if": "$.steps[0].output.missing"},
+            {"skip_if": '$.run.trigger_data.mode == "dry"'},
+        ],
+    )
+    run_id = start_run(conn, task_id, trigger_data={"mode": "dry"})
+    assert complete(conn, claim_one(conn), {"spam": True})
+    step = claim_one(conn)
+    assert step["step_order"] == 4, "steps 2 and 3 are skipped, step 4's path selects nothing"
+    assert statuses(conn, run_id) == ["completed", "skipped", "skipped", "running", "pending"]
+    assert step_rows(conn, run_id)[1]["skip_reason"].startswith("skip_if matched: ")
+    assert complete(conn, step, {})
+    # The last step is skipped too, which completes the run.
+    assert statuses(conn, run_id)[-1] == "skipped"
+    run = run_row(conn, run_id)
+    assert (run["status"], run["steps_completed"], run["steps_skipped"]) == ("completed", 2, 3)
+
+
+def test_skip_if_on_the_first_step(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{"skip_if": '$.run.trigger_type == "scheduled"'}, {}])
+    run_id = start_run(conn, task_id, trigger_type="scheduled")
+    assert statuses(conn, run_id) == ["skipped", "queued"]
+
+
+def expire_leases(conn: psycopg.Connection, run_id) -> None:
+    """Stand in for the passing of time: the run's leases lapse."""
+    conn.execute(
+        "update public.task_step_executions set lease_expires_at = now() - interval '1 second'"
+        " where run_id = %s and status = 'running'",
+        [run_id],
+    )
+
+
+def reap(conn: psycopg.Connection) -> int:
+    with as_service(conn):
+        return conn.execute("select stepsync.reap_expired_leases()").fetchone()[0]
+
+
+def test_an_expired_lease_is_reaped_and_the_stale_token_rejected(
+    conn: psycopg.Connection,
+) -> None:
+    _, task_id, _ = make_workflow(conn, [{"max_attempts": 3}, {}])
+    run_id = start_run(conn, task_id)
+    stale = claim_one(conn, worker="crashed")
+    assert reap(conn) == 0, "a live lease is left alone"
+    expire_leases(conn, run_id)
+    assert reap(conn) == 1
+    row = step_rows(conn, run_id)[0]
+    assert (row["status"], row["attempt"], row["lease_owner"]) == ("queued", 1, None)
+    assert row["error_message"] == "lease of worker crashed expired"
+    assert row["run_after"] <= conn.execute("select now()").fetchone()[0]
+
+    fresh = claim_one(conn, worker="healthy")
+    assert fresh["lease_token"] > stale["lease_token"]
+    assert fresh["attempt"] == 2
+    assert complete(conn, stale, {"late": True}) is False
+    assert fail(conn, stale, "late failure") == "stale"
+    with as_service(conn):
+        held = conn.execute(
+            "select * from stepsync.heartbeat_steps('crashed', %s, %s, 60)",
+            [[stale["step_execution_id"]], [stale["lease_token"]]],
+        ).fetchall()
+    assert held == []
+    assert complete(conn, fresh, {"on time": True})
+    rows = step_rows(conn, run_id)
+    assert rows[0]["output"] == {"on time": True}
+    assert [r["status"] for r in rows] == ["completed", "queued"]
+
+
+def test_an_expired_lease_without_attempts_left_fails_per_on_failure(
+    conn: psycopg.Connection,
+) -> None:
+    _, task_id, _ = make_workflow(conn, [{"on_failure": "continue"}, {}])
+    run_id = start_run(conn, task_id)
+    claim_one(conn)
+    expire_leases(conn, run_id)
+    assert reap(conn) == 1
+    assert statuses(conn, run_id) == ["failed", "queued"]
+
+
+def test_heartbeat_extends_only_held_leases(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{}])
+    run_id = start_run(conn, task_id)
+    step = claim_one(conn, lease=5)
+    before = step_rows(conn, run_id)[0]["lease_expires_at"]
+    with as_service(conn):
+        held = conn.execute(
+            "select * from stepsync.heartbeat_steps(%s, %s, %s, 600)",
+            ["worker-1", [step["step_execution_id"]] * 2, [step["lease_token"], 0]],
+        ).fetchall()
+    assert held == [(step["step_execution_id"],)]
+    assert step_rows(conn, run_id)[0]["lease_expires_at"] - before > timedelta(seconds=500)
+    with as_service(conn), pytest.raises(psycopg.errors.InvalidParameterValue):
+        conn.execute(
+            "select * from stepsync.heartbeat_steps('w', %s, %s, 60)",
+            [[step["step_execution_id"]], []],
+        )
+
+
+def test_release_hands_steps_back_without_using_an_attempt(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{"max_attempts": 1}])
+    run_id = start_run(conn, task_id)
+    step = claim_one(conn)
+    with as_service(conn):
+        released = conn.execute(
+            "select stepsync.release_steps('other-worker', %s, %s)",
+            [[step["step_execution_id"]], [step["lease_token"]]],
+        ).fetchone()[0]
+        assert released == 0, "only the lease holder can release"
+        released = conn.execute(
+            "select stepsync.release_steps('worker-1', %s, %s)",
+            [[step["step_execution_id"]], [step["lease_token"]]],
+        ).fetchone()[0]
+    assert released == 1
+    row = step_rows(conn, run_id)[0]
+    assert (row["status"], row["attempt"]) == ("queued", 0)
+    again = claim_one(conn)
+    assert again["attempt"] == 1
+    assert complete(conn, step, {}) is False
+    assert complete(conn, again, {})
+
+
+def test_cancel_while_running_rejects_the_workers_late_result(
+    conn: psycopg.Connection,
+) -> None:
+    user_id, task_id, _ = make_workflow(conn, [{}, {}])
+    run_id = start_run(conn, task_id)
+    step = claim_one(conn)
+    from tests.support import acting_as
+
+    with acting_as(conn, "authenticated", user_id):
+        assert conn.execute("select public.cancel_task_run(%s)", [run_id]).fetchone()[0]
+    assert statuses(conn, run_id) == ["cancelled", "cancelled"]
+    run = run_row(conn, run_id)
+    assert (run["status"], run["cancelled_by"]) == ("cancelled", user_id)
+    assert run["cancelled_at"] is not None
+    assert complete(conn, step, {"late": True}) is False
+    assert fail(conn, step, "late") == "stale"
+    assert step_rows(conn, run_id)[0]["output"] is None
+    assert claim(conn) == []
+    assert task_counters(conn, task_id) == (0, 0, 0, False), "a cancelled run is not counted"
+    with as_service(conn):
+        assert conn.execute("select public.cancel_task_run(%s)", [run_id]).fetchone()[0] is False
+
+
+def test_edits_during_a_run_do_not_affect_it(conn: psycopg.Connection) -> None:
+    _, task_id, step_ids = make_workflow(
+        conn, [{"instructions": "original 1"}, {"instructions": "original 2", "max_attempts": 1}]
+    )
+    run_id = start_run(conn, task_id)
+    conn.execute(
+        "update public.task_steps set instructions = 'edited', max_attempts = 5,"
+        " step_name = 'Renamed' where id = any(%s)",
+        [step_ids],
+    )
+    conn.execute(
+        "insert into public.task_steps (task_id, step_order, step_name, instructions)"
+        " values (%s, 3, 'Added', 'new step')",
+        [task_id],
+    )
+    conn.execute("update public.agent_tasks set name = 'Renamed task' where id = %s", [task_id])
+    step = claim_one(conn)
+    assert (step["instructions"], step["step_name"]) == ("original 1", "Step 1")
+    assert complete(conn, step, {})
+    step = claim_one(conn)
+    assert step["instructions"] == "original 2"
+    assert step["context"]["task"]["name"] != "Renamed task"
+    assert fail(conn, step, "boom") == "failed", "the snapshot's max_attempts (1) applies"
+    assert len(step_rows(conn, run_id)) == 2
+
+
+def test_a_task_without_steps_runs_its_instructions_as_one_step(
+    conn: psycopg.Connection,
+) -> None:
+    user_id = make_user(conn)
+    task_id = make_task(
+        conn, user_id, make_agent(conn, user_id), name="Legacy", instructions="Summarise mail"
+    )
+    replace_steps(conn, task_id, [])
+    run_id = start_run(conn, task_id)
+    rows = step_rows(conn, run_id)
+    assert [(r["step_order"], r["step_name"], r["instructions"], r["step_id"]) for r in rows] == [
+        (1, "Legacy", "Summarise mail", None)
+    ]
+    assert run_row(conn, run_id)["instructions_used"] == "Summarise mail"
+    assert complete(conn, claim_one(conn), "Summary")
+    assert run_row(conn, run_id)["status"] == "completed"
+
+
+def test_start_refuses_when_the_flag_is_off_for_the_owner(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{}])
+    conn.execute(
+        "update stepsync.feature_flags set rollout_percent = 0 where name = 'multi_step_workflows'"
+    )
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="not enabled"):
+        start_run(conn, task_id)
+    assert conn.execute("select count(*) from public.agent_task_executions").fetchone()[0] == 0
+
+
+def test_start_refuses_bad_arguments(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{}])
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="trigger type"):
+        start_run(conn, task_id, trigger_type="cron")
+    with as_service(conn), pytest.raises(psycopg.errors.InvalidParameterValue, match="object"):
+        conn.execute("select public.start_task_run(%s, 'manual', %s)", [task_id, Jsonb([1])])
+    with pytest.raises(psycopg.errors.NoDataFound, match="not found"):
+        start_run(conn, "00000000-0000-0000-0000-000000000000")
+
+
+def test_queue_depth_counts_due_steps(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{"max_attempts": 2, "retry_backoff_seconds": 60}])
+    run_ids = [start_run(conn, task_id) for _ in range(3)]
+
+    def depth() -> int:
+        with as_service(conn):
+            return conn.execute("select stepsync.queue_depth()").fetchone()[0]
+
+    assert depth() == 3
+    step = claim_one(conn, batch=1)
+    assert depth() == 2
+    assert fail(conn, step, "later") == "retrying"
+    assert depth() == 2, "a delayed retry is not due yet"
+    make_due(conn, step["run_id"])
+    assert depth() == 3
+    assert len(run_ids) == 3
