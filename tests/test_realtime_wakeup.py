@@ -307,7 +307,17 @@ async def realtime_service(db_url: str, steps: Steps):
         source.initial_backoff_seconds = 0.05
         source.max_backoff_seconds = 0.2
         await asyncio.wait_for(source.subscribed.wait(), 10)
+        await idle(service)
         yield server, service, source
+
+
+async def idle(service) -> None:
+    """Until the start-up wake-ups (first poll tick, first sweep) have been claimed for, so
+    that any later claim has a later cause."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while service._wakeup.is_set() or service._first_wake is not None:
+        assert asyncio.get_running_loop().time() < deadline, "service never went idle"
+        await asyncio.sleep(0.01)
 
 
 def test_a_queued_step_wakes_the_service_through_realtime(db_url, conn):
@@ -326,8 +336,9 @@ def test_a_queued_step_wakes_the_service_through_realtime(db_url, conn):
 
     assert run["status"] == "completed"
     assert steps.ran == [(run_id, 1), (run_id, 2)]
-    # Both steps were claimed after a step_ready wake-up, which only Realtime sends here.
-    assert step_ready_wakeups >= 2
+    # Step 1 was claimed after a step_ready wake-up, which only Realtime sends here (step 2
+    # is claimed at once by the service itself when step 1 completes).
+    assert step_ready_wakeups >= 1
     queued = [
         f["payload"]["data"]["record"]
         for f in frames
@@ -389,3 +400,90 @@ def test_malformed_frames_never_stop_the_service(db_url, conn, caplog):
     logged = [r.getMessage() for r in caplog.records]
     assert any("Unrecognized message format" in m for m in logged)
     assert any("realtime change ignored" in m for m in logged)
+
+
+# --- a browser following its runs ---------------------------------------------------------
+# What docs/supabase.md shows in JavaScript, done with the Python client: the anon key at
+# the handshake, the user's JWT as access_token, postgres_changes on the run tables.
+
+ANON_KEY = "anon-key-for-tests"
+JWT_SECRET = "jwt-secret-for-tests-only"
+
+
+def test_a_browser_hears_its_own_runs_and_steps_and_nobody_elses(db_url, conn):
+    from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+
+    from tests.standins.realtime_server import make_jwt
+
+    alice, alice_task = workflow(conn, steps=2)
+    bob, bob_task = workflow(conn, steps=1)
+
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY, anon_key=ANON_KEY, jwt_secret=JWT_SECRET) as server:
+            client = AsyncRealtimeClient(
+                f"{server.url}/realtime/v1", token=ANON_KEY, auto_reconnect=False
+            )
+            await client.set_auth(
+                make_jwt(JWT_SECRET, {"sub": str(alice), "role": "authenticated"})
+            )
+            heard: list[tuple[str, dict]] = []
+            alice_done = asyncio.Event()
+
+            def hear(payload):
+                record = payload["data"]["record"]
+                heard.append((payload["data"]["table"], record))
+                steps = [r for t, r in heard if t == "task_step_executions"]
+                if len(steps) == 2:
+                    alice_done.set()
+
+            subscribed = asyncio.Event()
+            channel = client.channel("my-runs")
+            channel.on_postgres_changes("*", hear, table="agent_task_executions")
+            channel.on_postgres_changes("*", hear, table="task_step_executions")
+            await channel.subscribe(
+                lambda status, _err: (
+                    status == RealtimeSubscribeStates.SUBSCRIBED and subscribed.set()
+                )
+            )
+            await asyncio.wait_for(subscribed.wait(), 10)
+            # Bob's run first: its changes reach the stand-in before Alice's, in order.
+            bob_run = await asyncio.to_thread(start_run, conn, bob, bob_task)
+            alice_run = await asyncio.to_thread(start_run, conn, alice, alice_task)
+            await asyncio.wait_for(alice_done.wait(), 10)
+            await client.close()
+            return heard, alice_run, bob_run
+
+    heard, alice_run, bob_run = asyncio.run(scenario())
+
+    runs = [r for t, r in heard if t == "agent_task_executions"]
+    steps = [r for t, r in heard if t == "task_step_executions"]
+    assert {r["id"] for r in runs} == {str(alice_run)}
+    assert sorted(r["step_order"] for r in steps) == [1, 2]
+    assert {r["run_id"] for r in steps} == {str(alice_run)}
+    assert all(r["user_id"] == str(alice) for _t, r in heard)
+    assert str(bob_run) not in json.dumps(heard)
+
+
+def test_a_forged_token_is_refused_at_join(db_url):
+    from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+
+    from tests.standins.realtime_server import make_jwt
+
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY, anon_key=ANON_KEY, jwt_secret=JWT_SECRET) as server:
+            client = AsyncRealtimeClient(
+                f"{server.url}/realtime/v1", token=ANON_KEY, auto_reconnect=False
+            )
+            forged = make_jwt("not-the-secret", {"sub": str(uuid.uuid4()), "role": "service_role"})
+            await client.set_auth(forged)
+            states = []
+            channel = client.channel("my-runs")
+            channel.on_postgres_changes("*", lambda _p: None, table="agent_task_executions")
+            await channel.subscribe(lambda status, err: states.append((status, str(err))))
+            await client.close()
+            return states
+
+    [(status, error)] = asyncio.run(scenario())
+
+    assert status == RealtimeSubscribeStates.CHANNEL_ERROR
+    assert "InvalidJWTToken" in error

@@ -90,7 +90,12 @@ def cases(w: World) -> dict[str, tuple]:
             "select count(*) from public.save_task_steps(%s, %s)",
             [w.task, one_step],
             None,
-            {"anon": DENIED, "owner": ("ok", [(1,)]), "other": NOT_FOUND, "service_role": ("ok", [(1,)])},
+            {
+                "anon": DENIED,
+                "owner": ("ok", [(1,)]),
+                "other": NOT_FOUND,
+                "service_role": ("ok", [(1,)]),
+            },
         ),
         "rpc: reorder_task_steps": (
             "select array_agg(id order by step_order) from public.reorder_task_steps(%s, %s)",
@@ -107,7 +112,12 @@ def cases(w: World) -> dict[str, tuple]:
             "select public.validate_task_steps(%s)",
             [w.task],
             None,
-            {"anon": DENIED, "owner": ("ok", [([],)]), "other": NOT_FOUND, "service_role": ("ok", [([],)])},
+            {
+                "anon": DENIED,
+                "owner": ("ok", [([],)]),
+                "other": NOT_FOUND,
+                "service_role": ("ok", [([],)]),
+            },
         ),
         "rpc: soft_delete_task_step": (
             "select id from public.soft_delete_task_step(%s)",

@@ -19,8 +19,14 @@ Changes come from the database, not from the test: :meth:`RealtimeStandIn.start`
 installs a capture trigger (schema ``realtime_standin``, test databases only) on the
 watched tables, and the stand-in ``LISTEN``s for what it sends, so a frame goes out only
 after a real transaction committed a real row, and only for tables in the
-``supabase_realtime`` publication (the real server streams that publication). Every
-subscriber is taken to be the service role, which bypasses RLS.
+``supabase_realtime`` publication (the real server streams that publication).
+
+RLS per subscriber, as the real server applies it: a channel joined with the service-role
+key as ``access_token`` sees every change (service_role bypasses RLS); one joined with a
+user's JWT (HS256, signed with ``jwt_secret``) gets an INSERT or UPDATE only if that user
+can SELECT the row, checked by reading it back as ``authenticated`` with the token's
+claims in ``request.jwt.claims`` — exactly how PostgREST evaluates the same policies.
+DELETE events are not checked, as on the real server. A bad token is refused at join.
 
 Tests steer it: :meth:`drop_connections` cuts every socket without a close frame,
 :attr:`refusing` turns new handshakes away (a server that is down), :meth:`inject`
@@ -30,7 +36,10 @@ sends raw frames (malformed or unknown ones included).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import itertools
 import json
 import logging
@@ -113,7 +122,32 @@ class Binding:
 @dataclass
 class Subscriber:
     socket: ServerConnection
-    channels: dict[str, tuple[str | None, list[Binding]]] = field(default_factory=dict)
+    # topic → (join ref, bindings, JWT claims of the subscriber or None for service_role)
+    channels: dict[str, tuple[str | None, list[Binding], dict | None]] = field(default_factory=dict)
+
+
+def make_jwt(secret: str, claims: dict[str, Any]) -> str:
+    """An HS256 JWT, as Supabase Auth issues them (tests sign their users' tokens)."""
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = part(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = part(json.dumps(claims).encode())
+    signature = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{part(signature)}"
+
+
+def verify_jwt(secret: str, token: str) -> dict[str, Any]:
+    try:
+        head, body, signature = token.split(".")
+        expected = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+        given = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+        if not hmac.compare_digest(expected, given):
+            raise ValueError("bad signature")
+        return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"InvalidJWTToken: {exc}") from None
 
 
 class RealtimeStandIn:
@@ -122,10 +156,14 @@ class RealtimeStandIn:
         database_url: str,
         apikey: str,
         *,
+        anon_key: str | None = None,
+        jwt_secret: str | None = None,
         tables: tuple[str, ...] = ("public.task_step_executions", "public.agent_task_executions"),
     ) -> None:
         self.database_url = database_url
-        self.apikey = apikey
+        self.apikey = apikey  # the service-role key
+        self.anon_key = anon_key
+        self.jwt_secret = jwt_secret
         self.tables = tables
         self.refusing = False
         self.joins: list[dict[str, Any]] = []  # every phx_join payload received
@@ -193,7 +231,7 @@ class RealtimeStandIn:
         return [
             b.id
             for sub in self._subscribers.values()
-            for _ref, bindings in sub.channels.values()
+            for _ref, bindings, _claims in sub.channels.values()
             for b in bindings
         ]
 
@@ -257,7 +295,7 @@ class RealtimeStandIn:
             async for notify in conn.notifies():
                 change = json.loads(notify.payload)
                 if await self._published(lookup, change["schema"], change["table"]):
-                    await self._broadcast(change)
+                    await self._broadcast(change, lookup)
 
     async def _published(self, conn: psycopg.AsyncConnection, schema: str, table: str) -> bool:
         cur = await conn.execute(
@@ -267,7 +305,31 @@ class RealtimeStandIn:
         )
         return (await cur.fetchone())[0]
 
-    async def _broadcast(self, change: dict[str, Any]) -> None:
+    async def _visible(
+        self, lookup: psycopg.AsyncConnection, change: dict[str, Any], claims: dict | None
+    ) -> bool:
+        if claims is None or change["type"] == "DELETE":
+            return True
+        key = (change["schema"], change["table"])
+        pk = self._primary_keys[key][0]
+        async with lookup.transaction(force_rollback=True):
+            await lookup.execute(
+                sql.SQL("set local role {}").format(
+                    sql.Identifier(claims.get("role", "authenticated"))
+                )
+            )
+            await lookup.execute(
+                "select set_config('request.jwt.claims', %s, true)", [json.dumps(claims)]
+            )
+            cur = await lookup.execute(
+                sql.SQL("select exists (select from {} where {} = %s)").format(
+                    sql.Identifier(*key), sql.Identifier(pk)
+                ),
+                [change["record"][pk]],
+            )
+            return (await cur.fetchone())[0]
+
+    async def _broadcast(self, change: dict[str, Any], lookup: psycopg.AsyncConnection) -> None:
         key = (change["schema"], change["table"])
         data = {
             "schema": change["schema"],
@@ -285,9 +347,9 @@ class RealtimeStandIn:
                 old = {k: v for k, v in old.items() if k in self._primary_keys.get(key, [])}
             data["old_record"] = old
         for subscriber in list(self._subscribers.values()):
-            for topic, (_join_ref, bindings) in subscriber.channels.items():
+            for topic, (_join_ref, bindings, claims) in list(subscriber.channels.items()):
                 ids = [b.id for b in bindings if b.matches(change)]
-                if not ids:
+                if not ids or not await self._visible(lookup, change, claims):
                     continue
                 frame = {
                     "topic": topic,
@@ -308,7 +370,7 @@ class RealtimeStandIn:
         if self.refusing:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Realtime is down\n")
         query = parse_qs(url.query)
-        if query.get("apikey") != [self.apikey]:
+        if query.get("apikey") not in ([self.apikey], [self.anon_key]):
             return connection.respond(HTTPStatus.UNAUTHORIZED, '{"message":"Invalid API key"}\n')
         if query.get("vsn") != ["1.0.0"]:
             return connection.respond(HTTPStatus.BAD_REQUEST, "unsupported vsn\n")
@@ -358,6 +420,16 @@ class RealtimeStandIn:
     ) -> None:
         self.joins.append(payload)
         config = payload.get("config") or {}
+        token = payload.get("access_token")
+        claims = None
+        if token != self.apikey:
+            try:
+                if not token or not self.jwt_secret:
+                    raise ValueError("InvalidJWTToken: no valid access_token")
+                claims = verify_jwt(self.jwt_secret, token)
+            except ValueError as exc:
+                await self._reply(subscriber, topic, ref, ref, "error", {"reason": str(exc)})
+                return
         bindings = []
         for wanted in config.get("postgres_changes") or []:
             try:
@@ -365,7 +437,7 @@ class RealtimeStandIn:
             except ValueError as exc:
                 await self._reply(subscriber, topic, ref, ref, "error", {"reason": str(exc)})
                 return
-        subscriber.channels[topic] = (ref, bindings)
+        subscriber.channels[topic] = (ref, bindings, claims)
         await self._reply(
             subscriber,
             topic,
