@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import typer
+from pydantic import ValidationError
 
 from sync import doctor as checks
 from sync.commands.common import DatabaseUrlOption, console, fail, settings_for
+from sync.settings import describe_validation_error
 
 MARKS = {
     "ok": "[green]✓ ok  [/]",
@@ -26,7 +28,10 @@ def doctor(
     ),
 ) -> None:
     """Check the database, migrations, pooler mode, Realtime and the executor endpoint."""
-    settings = settings_for(database_url_option)
+    try:
+        settings = settings_for(database_url_option)
+    except ValidationError as exc:
+        raise fail(f"invalid configuration: {describe_validation_error(exc)}") from None
     if listen is not None:
         modes = [mode.strip() for mode in listen.split(",") if mode.strip()]
         unknown = [mode for mode in modes if mode not in ("postgres", "realtime")]
