@@ -325,3 +325,20 @@ def test_service_retries_a_chat_step_with_the_same_key_in_one_conversation(db_ur
         [run_id],
     ).fetchall()
     assert step_outputs[1][0]["text"] == "echo: " + text
+
+
+def test_registry_builds_the_edge_executors_from_settings():
+    from sync.executors import ExecutorSettingError, executor_from_setting
+    from sync.settings import Settings
+
+    settings = Settings(supabase_url="https://ref.supabase.co/", supabase_service_role_key=KEY)
+
+    edge = executor_from_setting("edge:summarise", settings)
+    chat = executor_from_setting("agentopia_chat", settings)
+
+    assert isinstance(edge, EdgeFunctionExecutor)
+    assert edge.url == "https://ref.supabase.co/functions/v1/summarise"
+    assert isinstance(chat, AgentopiaChatExecutor)
+    assert chat.url == "https://ref.supabase.co/functions/v1/chat"
+    with pytest.raises(ExecutorSettingError, match="need STEPSYNC_SUPABASE_URL"):
+        executor_from_setting("agentopia_chat", Settings(supabase_url=None))

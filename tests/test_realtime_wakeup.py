@@ -487,3 +487,41 @@ def test_a_forged_token_is_refused_at_join(db_url):
 
     assert status == RealtimeSubscribeStates.CHANNEL_ERROR
     assert "InvalidJWTToken" in error
+
+
+def test_serve_refuses_realtime_without_the_supabase_settings(db_url, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sync.cli import app
+
+    for name in ("SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(f"STEPSYNC_{name}", raising=False)
+    monkeypatch.chdir("/")
+
+    result = CliRunner().invoke(
+        app, ["serve", "--database-url", db_url, "--listen", "realtime", "--metrics-port", "0"]
+    )
+
+    assert result.exit_code == 1
+    assert "--listen realtime needs STEPSYNC_SUPABASE_URL" in result.output
+
+
+def test_realtime_and_postgres_listen_together():
+    from sync.service import build_service
+    from sync.settings import Settings
+
+    settings = Settings(
+        database_url="postgresql://u@127.0.0.1:1/db",
+        listen="postgres,realtime",
+        supabase_url="https://ref.supabase.co",
+        supabase_service_role_key=KEY,
+        metrics_port=0,
+    )
+
+    service = build_service(settings, settings.database_url)
+
+    names = [source.name for source in service.wakeup_sources]
+    assert names == ["postgres", "realtime", "poll"]
+    [source] = [s for s in service.wakeup_sources if s.name == "realtime"]
+    assert source.url == "https://ref.supabase.co/realtime/v1"
