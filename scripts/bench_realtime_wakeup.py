@@ -1,4 +1,4 @@
-"""Wake-up latency: a committed run row → the service's wake callback, per source.
+"""Wake-up latency: inserting a run row (autocommit) → the service's wake callback.
 
 Compares PostgreSQL LISTEN with Supabase Realtime (supabase-py's client against the
 Realtime stand-in of the test suite, which turns committed rows into postgres_changes
@@ -43,13 +43,15 @@ async def measure(source, url: str, task_id, agent_id, changes: int) -> list[flo
     latencies = []
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         for _ in range(changes):
+            # From sending the (autocommit) insert: the notification can arrive before the
+            # insert's own reply has been processed, so "after commit" is not observable.
+            sent = time.perf_counter()
             await conn.execute(
                 "insert into public.agent_task_executions (task_id, agent_id, instructions_used)"
                 " values (%s, %s, 'bench')",
                 [task_id, agent_id],
             )
-            committed = time.perf_counter()
-            latencies.append(await asyncio.wait_for(arrived.get(), 10) - committed)
+            latencies.append(await asyncio.wait_for(arrived.get(), 10) - sent)
     runner.cancel()
     return latencies
 
