@@ -113,7 +113,11 @@ class Database:
             url,
             min_size=1,
             max_size=size,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "application_name": "stepsync-service",
+            },
             configure=self._configure,
             check=AsyncConnectionPool.check_connection,
             open=False,

@@ -85,6 +85,8 @@ class StepService:
         self._heartbeat_now = asyncio.Event()
         self._stopping = asyncio.Event()
         self._first_wake: tuple[str, float] | None = None
+        self._claims: set[asyncio.Task] = set()
+        self._reserved = 0  # slots held for claims in flight
         self._last_db_ok = time.monotonic()
 
     # --- control ---------------------------------------------------------------------
@@ -154,12 +156,15 @@ class StepService:
             log.info("stopped", extra={"worker": self.worker})
 
     async def _claim_loop(self) -> None:
+        # Up to ``claimers`` claims run at once: a claim assembles each step's context in
+        # SQL, and one claim at a time would leave the other connections idle while the
+        # executors wait for work. Slots of an in-flight claim are reserved up front.
         stopping = asyncio.create_task(self._stopping.wait())
         try:
             self.started.set()
             while not self._stopping.is_set():
-                free = self.settings.concurrency - len(self.running)
-                if free <= 0:
+                free = self.settings.concurrency - len(self.running) - self._reserved
+                if free <= 0 or len(self._claims) >= self.settings.claimers:
                     self._slot_free.clear()
                     await self._until(self._slot_free, stopping)
                     continue
@@ -169,26 +174,38 @@ class StepService:
                 self._wakeup.clear()
                 wake, self._first_wake = self._first_wake, None
                 batch = min(self.settings.batch_size, free)
-                try:
-                    claimed = await self.db.claim_steps(
-                        self.worker, batch, self.settings.lease_seconds
-                    )
-                except (psycopg.Error, OSError) as exc:
-                    log.warning("claim failed; retrying", extra={"error": str(exc).strip()})
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(stopping), timeout=1.0)
-                    self.wake("retry")
-                    continue
-                self._last_db_ok = time.monotonic()
-                if wake is not None:
-                    reason, since = wake
-                    self.metrics.wakeup_latency.labels(reason).observe(time.perf_counter() - since)
-                for request, lease in claimed:
-                    self._start_step(request, lease)
-                if len(claimed) == batch:
-                    self.wake("more")  # a full batch: there is probably more waiting
+                self._reserved += batch
+                claim = asyncio.create_task(self._claim(batch, wake), name="claim")
+                self._claims.add(claim)
+                claim.add_done_callback(self._claims.discard)
         finally:
             stopping.cancel()
+
+    async def _claim(self, batch: int, wake: tuple[str, float] | None) -> None:
+        try:
+            claimed = await self.db.claim_steps(self.worker, batch, self.settings.lease_seconds)
+        except (psycopg.Error, OSError) as exc:
+            log.warning("claim failed; retrying", extra={"error": str(exc).strip()})
+            claimed = None
+        finally:
+            # Give the slots and the claim back before the loop looks again.
+            self._reserved -= batch
+            self._claims.discard(asyncio.current_task())
+        if claimed is None:
+            if not self._stopping.is_set():
+                await asyncio.sleep(1.0)
+                self.wake("retry")
+            self._slot_free.set()
+            return
+        self._last_db_ok = time.monotonic()
+        if wake is not None:
+            reason, since = wake
+            self.metrics.wakeup_latency.labels(reason).observe(time.perf_counter() - since)
+        for request, lease in claimed:
+            self._start_step(request, lease)
+        if len(claimed) == batch:
+            self.wake("more")  # a full batch: there is probably more waiting
+        self._slot_free.set()
 
     @staticmethod
     async def _until(event: asyncio.Event, stopping: asyncio.Task) -> None:
@@ -345,6 +362,9 @@ class StepService:
 
     async def _drain(self) -> None:
         """Give running steps the grace period, then cancel and hand back the rest."""
+        if self._claims:
+            # Steps a claim in flight returns are ours too: let them start, then drain.
+            await asyncio.wait(set(self._claims), timeout=30)
         if self.step_tasks:
             log.info(
                 "waiting for running steps",

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         default=10, ge=1, le=500, description="Most steps claimed in one round trip."
     )
+    claimers: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Claims one process may have in flight at once (each takes a "
+        "connection while the database assembles the claimed steps' context).",
+    )
     lease_seconds: int = Field(
         default=30,
         ge=1,
@@ -109,7 +116,7 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=500,
-        description="Connections in the service's pool. Default: concurrency + 2.",
+        description="Connections in the service's pool. Default: concurrency + claimers + 1.",
     )
     metrics_port: int = Field(
         default=9464,
@@ -205,9 +212,9 @@ class Settings(BaseSettings):
 
     @property
     def pool_size(self) -> int:
-        # Each running step needs a connection only briefly (complete/fail); the claim
-        # loop, heartbeats and the poll timer need one each at most.
-        return self.db_pool_size or self.concurrency + 2
+        # Each running step needs a connection only briefly (complete/fail); claims,
+        # heartbeats and the poll timer need one each at most.
+        return self.db_pool_size or self.concurrency + self.claimers + 1
 
 
 def describe_validation_error(error: ValidationError) -> str:

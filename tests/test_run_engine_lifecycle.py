@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import psycopg
@@ -412,3 +413,27 @@ def test_queue_depth_counts_due_steps(conn: psycopg.Connection) -> None:
     make_due(conn, step["run_id"])
     assert depth() == 3
     assert len(run_ids) == 3
+
+
+def test_start_refuses_invalid_steps_and_names_the_problems(conn: psycopg.Connection) -> None:
+    user_id = make_user(conn)
+    agent_id = make_agent(conn, user_id)
+    idle_agent = make_agent(conn, user_id, name="Idle")
+    conn.execute("update public.agents set active = false where id = %s", [idle_agent])
+    task_id = make_task(conn, user_id, agent_id)
+    replace_steps(conn, task_id, [{"agent_id": idle_agent}, {"step_order": 3}])
+
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        start_run(conn, task_id)
+    diagnostic = refused.value.diag
+    assert diagnostic.message_primary == (
+        f"task {task_id} has invalid steps: step 1: agent {idle_agent} is not active;"
+        " step 3: step at position 3 should be at 2: positions run 1..2 without gaps"
+    )
+    problems = json.loads(diagnostic.message_detail)
+    assert [(p["code"], p["step_order"]) for p in problems] == [
+        ("inactive_agent", 1),
+        ("step_order_gap", 3),
+    ]
+    assert conn.execute("select count(*) from public.agent_task_executions").fetchone()[0] == 0
+    assert conn.execute("select count(*) from public.task_step_executions").fetchone()[0] == 0

@@ -111,19 +111,25 @@ def test_owners_cannot_write_run_rows_directly(conn: psycopg.Connection) -> None
     owner, task_id, _ = make_workflow(conn, [{}])
     run_id = start_run(conn, task_id)
     step = claim_one(conn)
-    forged = [
-        "update public.agent_task_executions set status = 'completed'",
+    refused = [
         "update public.task_step_executions set status = 'completed'",
         "delete from public.task_step_executions",
         "insert into public.agent_task_executions (task_id, agent_id, instructions_used)"
         " select task_id, agent_id, 'x' from public.agent_task_executions",
     ]
-    for sql in forged:
+    for sql in refused:
         with (
             pytest.raises(psycopg.errors.InsufficientPrivilege),
             acting_as(conn, "authenticated", owner),
         ):
             conn.execute(sql)
+    # RLS gives owners no row to change on the runs table.
+    for sql in [
+        "update public.agent_task_executions set status = 'completed'",
+        "delete from public.agent_task_executions",
+    ]:
+        with acting_as(conn, "authenticated", owner):
+            assert conn.execute(sql).rowcount == 0
     assert complete(conn, step, {"ok": True})
     assert (
         conn.execute(

@@ -71,9 +71,12 @@ comment on index public.agent_task_executions_user_id_idx is
 comment on index public.agent_task_executions_task_created_idx is
 'Latest run of a task (preview, definition snapshot).';
 
--- Close the legacy hole: any API user could write any run.
+-- Close the legacy hole (any API user could write any run) and read by owner column:
+-- one owner policy that needs no join, one for the service. Earlier read policies that
+-- went through agent_tasks are replaced.
 drop policy if exists "System can manage task executions" on public.agent_task_executions;
 drop policy if exists "Users can view their task executions" on public.agent_task_executions;
+drop policy if exists "Owners read the runs of their tasks" on public.agent_task_executions;
 drop policy if exists "Owners read their runs" on public.agent_task_executions;
 drop policy if exists "Service role manages runs" on public.agent_task_executions;
 
@@ -85,8 +88,13 @@ create policy "Service role manages runs" on public.agent_task_executions
 for all to service_role
 using (true) with check (true);
 
-revoke insert, update, delete, truncate on public.agent_task_executions
-from anon, authenticated;
+comment on policy "Owners read their runs" on public.agent_task_executions is
+'Owners read their own runs; they change them only through start_task_run and '
+'cancel_task_run.';
+comment on policy "Service role manages runs" on public.agent_task_executions is
+'The service records and advances runs.';
+
+revoke all on public.agent_task_executions from anon;
 
 -- Fencing tokens: every claim takes a new one, so a stale holder can be told apart.
 create sequence if not exists stepsync.lease_token_seq as bigint;
@@ -177,8 +185,13 @@ create policy "Service role manages step runs" on public.task_step_executions
 for all to service_role
 using (true) with check (true);
 
-revoke insert, update, delete, truncate on public.task_step_executions
-from anon, authenticated;
+comment on policy "Owners read their step runs" on public.task_step_executions is
+'Owners read the step rows of their own runs.';
+comment on policy "Service role manages step runs" on public.task_step_executions is
+'The service claims, completes and fails steps.';
+
+revoke all on public.task_step_executions from anon;
+revoke insert, update, delete, truncate on public.task_step_executions from authenticated;
 
 comment on table public.task_step_executions is
 'One row per step of a run: the step definition as it was at run start, and the '

@@ -151,9 +151,11 @@ begin
         where r.id = new.run_id;
     end if;
 
-    -- The definition keeps the latest run's status and result for the UI; an older run
-    -- still finishing does not overwrite a newer one's.
-    if new.step_id is not null then
+    -- The definition keeps the latest run's final status and result for the UI (live
+    -- progress is on task_step_executions); an older run still finishing does not
+    -- overwrite a newer one's. Final statuses only: each write also audits the step.
+    if new.step_id is not null
+        and new.status in ('completed', 'failed', 'skipped', 'cancelled') then
         update public.task_steps as d
         set
             status = new.status,

@@ -23,10 +23,17 @@ select policies_are(
     array['Owners read their step runs', 'Service role manages step runs'],
     'task_step_executions has only the owner-read and service policies'
 );
-select policies_are(
-    'public', 'agent_task_executions',
-    array['Owners read their runs', 'Service role manages runs'],
-    'the permissive legacy write policy on runs is gone'
+select is(
+    (
+        select count(*)::integer from pg_policies
+        where
+            schemaname = 'public'
+            and tablename = 'agent_task_executions'
+            and (cmd <> 'SELECT' or roles && array['anon', 'public']::name[])
+            and roles <> array['service_role']::name[]
+    ),
+    0,
+    'only the service role has a write policy on runs (the legacy hole is closed)'
 );
 select policy_cmd_is(
     'public', 'task_step_executions', 'Owners read their step runs', 'select',
@@ -35,8 +42,8 @@ select policy_cmd_is(
 select ok(
     not has_table_privilege('authenticated', 'public.task_step_executions', 'insert')
     and not has_table_privilege('authenticated', 'public.task_step_executions', 'update')
-    and not has_table_privilege('authenticated', 'public.agent_task_executions', 'update'),
-    'API users cannot write run rows'
+    and not has_table_privilege('anon', 'public.agent_task_executions', 'select'),
+    'API users cannot write step rows; anon cannot read runs'
 );
 
 select function_privs_are(

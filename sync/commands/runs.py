@@ -13,7 +13,7 @@ import psycopg
 import typer
 from rich.console import Group
 from rich.live import Live
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from sync.commands.common import (
@@ -79,7 +79,8 @@ def runs(
         return await db.recent_runs(task_id=task_id, limit=limit)
 
     rows = asyncio.run(_with_db(url, fetch))
-    table = Table("run", "task", "status", "trigger", "created", "steps", "duration")
+    table = Table("task", "status", "trigger", "created", "steps", "duration")
+    table.columns.insert(0, Column("run", no_wrap=True, min_width=36))
     for row in rows:
         table.add_row(
             str(row["id"]),

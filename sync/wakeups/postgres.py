@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 STEP_READY = "stepsync_step_ready"
 RUN_CHANGED = "stepsync_run_changed"
+APPLICATION_NAME = "stepsync-listen"  # finds the connection in pg_stat_activity
 
 
 class PostgresWakeups:
@@ -36,17 +37,21 @@ class PostgresWakeups:
         self.health_check_seconds = health_check_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self.connected = asyncio.Event()
+        self.connections = 0  # successful (re)connects so far
 
     async def run(self, wake: Wake) -> None:
         backoff = 0.5
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, application_name=APPLICATION_NAME
+                ) as conn:
                     for channel in self.channels:
                         await conn.execute(
                             psycopg.sql.SQL("listen {}").format(psycopg.sql.Identifier(channel))
                         )
                     self.connected.set()
+                    self.connections += 1
                     backoff = 0.5
                     log.info("listening", extra={"channels": list(self.channels)})
                     wake("sweep")
