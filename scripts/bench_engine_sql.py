@@ -1,0 +1,154 @@
+"""SQL-level cost of the run engine, on one database and one connection (no service).
+
+Prints, for N single-step runs:
+  start_task_run per second,
+  claim_steps + complete_step per second (batch 1 and batch 10),
+  the same claim/complete loop on a bare table (FOR UPDATE SKIP LOCKED, no context,
+  no triggers) as the floor the engine is measured against.
+
+Usage: .venv/bin/python scripts/bench_engine_sql.py [runs]   (default 2000)
+Uses STEPSYNC_DATABASE_URL if set (a scratch database is created and dropped there),
+else an embedded PostgreSQL in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+from sync import devdb, migrations
+
+RAW_TABLE = """
+create table bench_jobs (
+    id bigserial primary key,
+    status text not null default 'queued',
+    run_after timestamptz not null default now(),
+    lease_token bigint,
+    output jsonb
+);
+create index on bench_jobs (run_after, id) where status = 'queued';
+create sequence bench_tokens;
+"""
+RAW_CLAIM = """
+with c as (
+    select id from bench_jobs where status = 'queued' and run_after <= now()
+    order by run_after, id limit %s for update skip locked
+)
+update bench_jobs as j set status = 'running', lease_token = nextval('bench_tokens')
+from c where j.id = c.id returning j.id, j.lease_token
+"""
+RAW_COMPLETE = (
+    "update bench_jobs set status = 'completed', output = %s"
+    " where id = %s and lease_token = %s and status = 'running'"
+)
+
+
+def timed(label: str, count: int, action) -> float:
+    started = time.perf_counter()
+    action()
+    elapsed = time.perf_counter() - started
+    rate = count / elapsed
+    print(f"{label:<48} {count:>6} in {elapsed:6.2f} s  {rate:8.0f}/s")
+    return rate
+
+
+def setup_world(conn: psycopg.Connection, runs: int) -> list[uuid.UUID]:
+    user_id = uuid.uuid4()
+    conn.execute("insert into auth.users (id, email) values (%s, 'bench@example.test')", [user_id])
+    agent_id = conn.execute(
+        "insert into public.agents (user_id, name) values (%s, 'bench') returning id", [user_id]
+    ).fetchone()[0]
+    task_id = conn.execute(
+        "insert into public.agent_tasks (agent_id, user_id, name, instructions)"
+        " values (%s, %s, 'bench', 'noop') returning id",
+        [agent_id, user_id],
+    ).fetchone()[0]
+    return [task_id] * runs
+
+
+def engine_loop(conn: psycopg.Connection, batch: int) -> int:
+    done = 0
+    while True:
+        with conn.transaction():
+            claimed = conn.execute(
+                "select step_execution_id, lease_token from stepsync.claim_steps('bench', %s, 60)",
+                [batch],
+            ).fetchall()
+        if not claimed:
+            return done
+        for step_id, token in claimed:
+            with conn.transaction():
+                conn.execute(
+                    "select stepsync.complete_step(%s, %s, '{\"ok\": true}')", [step_id, token]
+                )
+            done += 1
+
+
+def raw_loop(conn: psycopg.Connection, batch: int) -> int:
+    done = 0
+    while True:
+        with conn.transaction():
+            claimed = conn.execute(RAW_CLAIM, [batch]).fetchall()
+        if not claimed:
+            return done
+        for job_id, token in claimed:
+            with conn.transaction():
+                conn.execute(RAW_COMPLETE, ['{"ok": true}', job_id, token])
+            done += 1
+
+
+def bench(url: str, runs: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        tasks = setup_world(conn, runs)
+        conn.execute(RAW_TABLE)
+        conn.execute("set role service_role")
+
+        def start_all() -> None:
+            for task_id in tasks:
+                conn.execute("select public.start_task_run(%s)", [task_id])
+
+        print(f"PostgreSQL {devdb.server_version(url)}, one connection, no-op steps")
+        timed("start_task_run", runs, start_all)
+        for batch in (1, 10):
+            if batch == 10:
+                start_all()
+            timed(
+                f"engine: claim_steps(batch {batch}) + complete_step",
+                runs,
+                lambda b=batch: engine_loop(conn, b),
+            )
+            conn.execute("reset role")
+            conn.execute(
+                "insert into bench_jobs (status) select 'queued' from generate_series(1, %s)",
+                [runs],
+            )
+            timed(
+                f"bare table: SKIP LOCKED claim (batch {batch}) + update",
+                runs,
+                lambda b=batch: raw_loop(conn, b),
+            )
+            conn.execute("set role service_role")
+
+
+def main() -> None:
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    with tempfile.TemporaryDirectory() as scratch:
+        server = devdb.provision(Path(scratch) / "data", fast=True)
+        name = f"stepsync_bench_{uuid.uuid4().hex[:8]}"
+        url = devdb.create_database(server.url, name)
+        try:
+            devdb.bootstrap_supabase(url)
+            migrations.push(url)
+            bench(url, runs)
+        finally:
+            devdb.drop_database(server.url, name)
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
