@@ -115,7 +115,7 @@ begin
     end loop;
     for item in
         select c.conname from pg_constraint as c
-        where c.conrelid = 'public.task_steps'::regclass and c.contype <> 'p'
+        where c.conrelid = 'public.task_steps'::regclass and c.contype not in ('p', 'n')
     loop
         execute format('alter table public.task_steps drop constraint %I', item.conname);
     end loop;
