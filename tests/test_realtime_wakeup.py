@@ -13,6 +13,7 @@ import logging
 import uuid
 
 import psycopg
+import pytest
 
 from sync.wakeups.realtime import BINDINGS, RealtimeWakeups
 from tests.realtime_support import WakeLog
@@ -160,6 +161,41 @@ def test_a_wrong_key_is_refused_and_retried_with_backoff(db_url, caplog):
     assert all(
         KEY not in r.getMessage() and "not-the-key" not in r.getMessage() for r in caplog.records
     )
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"event": "phx_error", "payload": {}, "ref": None},
+        {"event": "phx_close", "payload": {}, "ref": None},
+        {
+            "event": "system",
+            "payload": {
+                "channel": "stepsync-work",
+                "extension": "postgres_changes",
+                "message": "Unable to subscribe to changes with given parameters",
+                "status": "error",
+            },
+            "ref": None,
+        },
+    ],
+    ids=["phx_error", "phx_close", "system_error"],
+)
+def test_a_channel_the_server_errors_or_closes_is_joined_again_and_swept(db_url, frame):
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY) as server:
+            wakes = WakeLog()
+            source = fast_source(server)
+            async with running(source, wakes):
+                await wakes.wait_for("sweep")
+                await server.inject({"topic": "realtime:stepsync-work", **frame})
+                await wakes.wait_for("sweep", times=2)
+                await server.wait_until(lambda: len(server.joined_topics()) == 1)
+            return source.subscriptions, len(server.joins)
+
+    subscriptions, joins = asyncio.run(scenario())
+
+    assert subscriptions == 2 and joins == 2
 
 
 MALFORMED_FRAMES = [

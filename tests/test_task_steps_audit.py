@@ -115,7 +115,11 @@ def test_api_roles_cannot_write_the_audit_log(
 
 @pytest.mark.parametrize(
     "statement",
-    ["update public.audit_log set tag = 'x'", "delete from public.audit_log", "truncate public.audit_log"],
+    [
+        "update public.audit_log set tag = 'x'",
+        "delete from public.audit_log",
+        "truncate public.audit_log",
+    ],
 )
 def test_not_even_the_table_owner_can_rewrite_history(
     conn: psycopg.Connection, statement: str

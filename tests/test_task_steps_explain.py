@@ -24,10 +24,7 @@ def test_owner_listing_is_an_index_scan_among_200k_steps(conn: psycopg.Connectio
     conn.execute(
         "insert into auth.users (id) select gen_random_uuid() from generate_series(1, 200)"
     )
-    conn.execute(
-        "insert into public.agents (user_id, name)"
-        " select id, 'Agent' from auth.users"
-    )
+    conn.execute("insert into public.agents (user_id, name) select id, 'Agent' from auth.users")
     conn.execute(
         "insert into public.agent_tasks (agent_id, user_id, name, instructions)"
         " select a.id, a.user_id, 'Task ' || g, 'Work' from public.agents as a"

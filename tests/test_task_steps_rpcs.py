@@ -51,7 +51,15 @@ def test_save_creates_updates_reorders_and_deletes_in_one_call(conn: psycopg.Con
     new_id = rows[1][0]
     assert rows == [
         (s3, 1, "Summarise", "Do part 3", "previous", None, 3),
-        (new_id, 2, "Step 2", "Draft a reply", "selective", '($."steps"[0]."status" == "failed")', 1),
+        (
+            new_id,
+            2,
+            "Step 2",
+            "Draft a reply",
+            "selective",
+            '($."steps"[0]."status" == "failed")',
+            1,
+        ),
         (s1, 3, "Step 1", "Do part 1", "previous", None, 1),
     ]
     s2_row = conn.execute(
@@ -115,25 +123,79 @@ BAD_INPUT = [
     ("not an array", {"instructions": "x"}, r"steps: must be a JSON array"),
     ("empty", [], r"steps: a task needs at least one step"),
     ("item not an object", [{"instructions": "a"}, "b"], r"steps\[1\]: must be a JSON object"),
-    ("blank instructions", [{"instructions": "ok"}, {"instructions": "   "}], r"steps\[1\]\.instructions: must not be blank"),
+    (
+        "blank instructions",
+        [{"instructions": "ok"}, {"instructions": "   "}],
+        r"steps\[1\]\.instructions: must not be blank",
+    ),
     ("missing instructions", [{"step_name": "No text"}], r"steps\[0\]\.instructions: required"),
-    ("long name", [{"instructions": "x", "step_name": "n" * 201}], r"steps\[0\]\.step_name: must have 1 to 200"),
-    ("bad skip_if", [{"instructions": "x", "skip_if": "$.a ==="}], r"steps\[0\]\.skip_if: not a valid jsonpath"),
-    ("bad context path", [{"instructions": "x", "context_mode": "selective", "context_paths": ["$.ok", "$[?"]}], r"steps\[0\]\.context_paths\[1\]: not a valid jsonpath"),
-    ("selective without paths", [{"instructions": "x", "context_mode": "selective"}], r"steps\[0\]\.context_paths: at least one path"),
-    ("custom without template", [{"instructions": "x", "context_mode": "custom"}], r"steps\[0\]\.context_template: required"),
-    ("unknown mode", [{"instructions": "x", "context_mode": "everything"}], r"steps\[0\]\.context_mode: must be one of full, previous"),
-    ("attempts out of range", [{"instructions": "x", "max_attempts": 21}], r"steps\[0\]\.max_attempts: must be a whole number between 1 and 20"),
-    ("fractional timeout", [{"instructions": "x", "timeout_seconds": 1.5}], r"steps\[0\]\.timeout_seconds: must be a whole number"),
-    ("backoff max below base", [{"instructions": "x", "retry_backoff_seconds": 60, "retry_backoff_max_seconds": 10}], r"steps\[0\]\.retry_backoff_max_seconds"),
-    ("context_data not an object", [{"instructions": "x", "context_data": [1]}], r"steps\[0\]\.context_data: must be a JSON object"),
-    ("unknown field", [{"instructions": "x", "priority": 1}], r"steps\[0\]\.priority: unknown field"),
+    (
+        "long name",
+        [{"instructions": "x", "step_name": "n" * 201}],
+        r"steps\[0\]\.step_name: must have 1 to 200",
+    ),
+    (
+        "bad skip_if",
+        [{"instructions": "x", "skip_if": "$.a ==="}],
+        r"steps\[0\]\.skip_if: not a valid jsonpath",
+    ),
+    (
+        "bad context path",
+        [{"instructions": "x", "context_mode": "selective", "context_paths": ["$.ok", "$[?"]}],
+        r"steps\[0\]\.context_paths\[1\]: not a valid jsonpath",
+    ),
+    (
+        "selective without paths",
+        [{"instructions": "x", "context_mode": "selective"}],
+        r"steps\[0\]\.context_paths: at least one path",
+    ),
+    (
+        "custom without template",
+        [{"instructions": "x", "context_mode": "custom"}],
+        r"steps\[0\]\.context_template: required",
+    ),
+    (
+        "unknown mode",
+        [{"instructions": "x", "context_mode": "everything"}],
+        r"steps\[0\]\.context_mode: must be one of full, previous",
+    ),
+    (
+        "attempts out of range",
+        [{"instructions": "x", "max_attempts": 21}],
+        r"steps\[0\]\.max_attempts: must be a whole number between 1 and 20",
+    ),
+    (
+        "fractional timeout",
+        [{"instructions": "x", "timeout_seconds": 1.5}],
+        r"steps\[0\]\.timeout_seconds: must be a whole number",
+    ),
+    (
+        "backoff max below base",
+        [{"instructions": "x", "retry_backoff_seconds": 60, "retry_backoff_max_seconds": 10}],
+        r"steps\[0\]\.retry_backoff_max_seconds",
+    ),
+    (
+        "context_data not an object",
+        [{"instructions": "x", "context_data": [1]}],
+        r"steps\[0\]\.context_data: must be a JSON object",
+    ),
+    (
+        "unknown field",
+        [{"instructions": "x", "priority": 1}],
+        r"steps\[0\]\.priority: unknown field",
+    ),
     ("bad id", [{"id": "step-1", "instructions": "x"}], r"steps\[0\]\.id: not a step id"),
-    ("foreign task id", [{"instructions": "x", "task_id": "00000000-0000-0000-0000-000000000000"}], r"steps\[0\]\.task_id: must be"),
+    (
+        "foreign task id",
+        [{"instructions": "x", "task_id": "00000000-0000-0000-0000-000000000000"}],
+        r"steps\[0\]\.task_id: must be",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("steps", "message"), [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
+@pytest.mark.parametrize(
+    ("steps", "message"), [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT]
+)
 def test_bad_input_is_rejected_naming_item_and_field(
     conn: psycopg.Connection, steps, message: str
 ) -> None:
@@ -160,7 +222,10 @@ def test_step_ids_must_be_live_steps_of_this_task_listed_once(conn: psycopg.Conn
     (foreign_step,) = replace_steps(conn, other_task, [{}])
     before = snapshot(conn, w.task)
     cases = [
-        ([{"id": str(w.steps[0])}, {"id": str(w.steps[0])}], r"steps\[1\]\.id: step .* is listed twice"),
+        (
+            [{"id": str(w.steps[0])}, {"id": str(w.steps[0])}],
+            r"steps\[1\]\.id: step .* is listed twice",
+        ),
         ([{"id": str(foreign_step)}], r"steps\[0\]\.id: .* is not a live step of task"),
         ([{"id": str(w.deleted_step)}], r"steps\[0\]\.id: .* is not a live step of task"),
     ]
@@ -173,7 +238,10 @@ def test_step_ids_must_be_live_steps_of_this_task_listed_once(conn: psycopg.Conn
 def test_agent_override_must_belong_to_the_task_owner(conn: psycopg.Connection) -> None:
     w = build_world(conn)
     before = snapshot(conn, w.task)
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"steps\[0\]\.agent_id: agent .* does not belong"):
+    with pytest.raises(
+        psycopg.errors.InvalidParameterValue,
+        match=r"steps\[0\]\.agent_id: agent .* does not belong",
+    ):
         save(conn, w.owner, w.task, [{"instructions": "x", "agent_id": str(w.other_agent)}])
     with pytest.raises(psycopg.errors.CheckViolation, match="agent_id: agent .* does not belong"):
         with acting_as(conn, "authenticated", w.owner) as c:
@@ -198,14 +266,18 @@ def test_a_step_cannot_move_to_another_task(conn: psycopg.Connection) -> None:
     second = make_task(conn, w.owner, w.agent)
     with pytest.raises(psycopg.errors.CheckViolation, match="task_id: a step cannot move"):
         with acting_as(conn, "authenticated", w.owner) as c:
-            c.execute("update public.task_steps set task_id = %s where id = %s", [second, w.steps[0]])
+            c.execute(
+                "update public.task_steps set task_id = %s where id = %s", [second, w.steps[0]]
+            )
 
 
 def test_invalid_jsonpath_written_directly_is_refused(conn: psycopg.Connection) -> None:
     w = build_world(conn)
     with pytest.raises(psycopg.errors.SyntaxError, match="jsonpath"):
         with acting_as(conn, "authenticated", w.owner) as c:
-            c.execute("update public.task_steps set skip_if = %s where id = %s", ["$.a ===", w.steps[0]])
+            c.execute(
+                "update public.task_steps set skip_if = %s where id = %s", ["$.a ===", w.steps[0]]
+            )
 
 
 def test_reorder_in_one_statement(conn: psycopg.Connection) -> None:
@@ -233,7 +305,9 @@ def test_reorder_in_one_statement(conn: psycopg.Connection) -> None:
         ("null", "without nulls"),
     ],
 )
-def test_reorder_must_list_exactly_the_live_steps(conn: psycopg.Connection, ids: str, message: str) -> None:
+def test_reorder_must_list_exactly_the_live_steps(
+    conn: psycopg.Connection, ids: str, message: str
+) -> None:
     w = build_world(conn)
     s1, s2, s3 = w.steps
     step_ids = {
@@ -280,7 +354,9 @@ def test_validate_reports_gaps_and_foreign_or_inactive_agents(conn: psycopg.Conn
     ]
 
 
-def test_validate_reports_rows_that_slipped_past_missing_constraints(conn: psycopg.Connection) -> None:
+def test_validate_reports_rows_that_slipped_past_missing_constraints(
+    conn: psycopg.Connection,
+) -> None:
     """A database whose constraints were dropped by hand still gets every problem named."""
     w = build_world(conn)
     for constraint in (
@@ -293,7 +369,9 @@ def test_validate_reports_rows_that_slipped_past_missing_constraints(conn: psyco
     ):
         conn.execute(f"alter table public.task_steps drop constraint {constraint}")
     s1, s2, s3 = w.steps
-    conn.execute("update public.task_steps set instructions = ' ', step_name = '' where id = %s", [s1])
+    conn.execute(
+        "update public.task_steps set instructions = ' ', step_name = '' where id = %s", [s1]
+    )
     conn.execute(
         "update public.task_steps set context_mode = 'custom', step_order = 3,"
         " retry_backoff_seconds = 100, retry_backoff_max_seconds = 10 where id = %s",
