@@ -168,6 +168,7 @@ class RealtimeStandIn:
         self.refusing = False
         self.joins: list[dict[str, Any]] = []  # every phx_join payload received
         self.handshakes = 0  # accepted websocket connections
+        self.refused = 0  # handshakes turned away (down, bad apikey, bad path)
         self.heartbeats = 0
         self.frames_sent: list[dict[str, Any]] = []  # postgres_changes frames sent
         self._subscribers: dict[ServerConnection, Subscriber] = {}
@@ -363,17 +364,25 @@ class RealtimeStandIn:
         await self._notify_state()
 
     # --- websocket side -------------------------------------------------------------------------
-    def _check_handshake(self, connection: ServerConnection, request):
+    async def _check_handshake(self, connection: ServerConnection, request):
+        refusal = self._refusal(request)
+        if refusal is None:
+            return None
+        self.refused += 1
+        await self._notify_state()
+        return connection.respond(*refusal)
+
+    def _refusal(self, request) -> tuple[HTTPStatus, str] | None:
         url = urlsplit(request.path)
         if url.path != WEBSOCKET_PATH:
-            return connection.respond(HTTPStatus.NOT_FOUND, "no Realtime endpoint here\n")
+            return HTTPStatus.NOT_FOUND, "no Realtime endpoint here\n"
         if self.refusing:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Realtime is down\n")
+            return HTTPStatus.SERVICE_UNAVAILABLE, "Realtime is down\n"
         query = parse_qs(url.query)
         if query.get("apikey") not in ([self.apikey], [self.anon_key]):
-            return connection.respond(HTTPStatus.UNAUTHORIZED, '{"message":"Invalid API key"}\n')
+            return HTTPStatus.UNAUTHORIZED, '{"message":"Invalid API key"}\n'
         if query.get("vsn") != ["1.0.0"]:
-            return connection.respond(HTTPStatus.BAD_REQUEST, "unsupported vsn\n")
+            return HTTPStatus.BAD_REQUEST, "unsupported vsn\n"
         return None
 
     async def _serve_socket(self, socket: ServerConnection) -> None:
