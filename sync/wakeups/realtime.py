@@ -140,9 +140,11 @@ class RealtimeWakeups:
     async def _session(self, wake: Wake) -> bool:
         """One client, one subscription, until it is lost. Returns whether it subscribed."""
         lost = asyncio.Event()
-        state = {"subscribed": False}
+        state = {"subscribed": False, "over": False}
 
         def on_state(status: RealtimeSubscribeStates, error: Exception | None) -> None:
+            if state["over"]:  # a late timer of a client already thrown away
+                return
             if status == RealtimeSubscribeStates.SUBSCRIBED:
                 state["subscribed"] = True
                 self.subscriptions += 1
@@ -182,8 +184,11 @@ class RealtimeWakeups:
             finally:
                 watchdog.cancel()
         finally:
+            state["over"] = True
             self.subscribed.clear()
-            channel.rejoin_timer.reset()  # the channel's own rejoin must not outlive it
+            # The channel's own rejoin and join timeout must not outlive this session.
+            channel.rejoin_timer.reset()
+            channel.join_push.destroy()
             with contextlib.suppress(Exception):
                 await client.close()
         return state["subscribed"]
