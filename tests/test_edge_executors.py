@@ -130,6 +130,16 @@ def test_a_slow_function_times_out_as_retryable(functions):
     assert "did not answer within 0.3s" in str(error)
 
 
+def test_the_configured_cap_shortens_a_longer_step_timeout(functions):
+    functions.queue("summarise", slow_answer())
+    executor = EdgeFunctionExecutor(functions.url, KEY, "summarise", max_timeout_seconds=0.2)
+
+    [error] = run(executor, step(timeout_seconds=300))
+
+    assert isinstance(error, RetryableStepError)
+    assert "did not answer within 0.2s" in str(error)
+
+
 def test_an_unreachable_endpoint_is_retryable():
     executor = EdgeFunctionExecutor("http://127.0.0.1:9", KEY, "summarise")
 
@@ -340,5 +350,6 @@ def test_registry_builds_the_edge_executors_from_settings():
     assert edge.url == "https://ref.supabase.co/functions/v1/summarise"
     assert isinstance(chat, AgentopiaChatExecutor)
     assert chat.url == "https://ref.supabase.co/functions/v1/chat"
+    assert edge.max_timeout_seconds == chat.max_timeout_seconds == settings.http_timeout_seconds
     with pytest.raises(ExecutorSettingError, match="need STEPSYNC_SUPABASE_URL"):
         executor_from_setting("agentopia_chat", Settings(supabase_url=None))

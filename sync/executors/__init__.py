@@ -40,13 +40,21 @@ def _http(setting: str, settings: Settings) -> Executor:
 def _edge_function(setting: str, settings: Settings) -> Executor:
     from sync.executors.edge_function import EdgeFunctionExecutor
 
-    return EdgeFunctionExecutor(*_supabase(settings), setting.removeprefix("edge:"))
+    return EdgeFunctionExecutor(
+        *_supabase(settings),
+        setting.removeprefix("edge:"),
+        max_timeout_seconds=settings.http_timeout_seconds,
+    )
 
 
 def _agentopia_chat(setting: str, settings: Settings) -> Executor:
     from sync.executors.agentopia_chat import AgentopiaChatExecutor
 
-    return AgentopiaChatExecutor(*_supabase(settings), settings.edge_function_name)
+    return AgentopiaChatExecutor(
+        *_supabase(settings),
+        settings.edge_function_name,
+        max_timeout_seconds=settings.http_timeout_seconds,
+    )
 
 
 def _supabase(settings: Settings) -> tuple[str, object]:

@@ -69,9 +69,12 @@ class EdgeFunctionExecutor:
         service_role_key: SecretStr | str,
         function_name: str,
         *,
+        max_timeout_seconds: float | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.url = functions_url(supabase_url, function_name)
+        # A cap on every call (STEPSYNC_HTTP_TIMEOUT_SECONDS); a shorter step timeout wins.
+        self.max_timeout_seconds = max_timeout_seconds
         self.function_name = function_name
         self._key = (
             service_role_key
@@ -98,17 +101,20 @@ class EdgeFunctionExecutor:
         return answer
 
     async def execute(self, request: StepRequest) -> Any:
+        timeout = request.timeout_seconds
+        if self.max_timeout_seconds is not None:
+            timeout = min(timeout, self.max_timeout_seconds)
         try:
             response = await self._client.post(
                 self.url,
                 json=self.body(request),
                 headers=self.headers(request),
-                timeout=request.timeout_seconds,
+                timeout=timeout,
             )
         except httpx.TimeoutException as exc:
             raise RetryableStepError(
                 f"Edge Function {self.function_name} did not answer within "
-                f"{request.timeout_seconds:g}s ({type(exc).__name__})"
+                f"{timeout:g}s ({type(exc).__name__})"
             ) from exc
         except httpx.TransportError as exc:
             raise RetryableStepError(
