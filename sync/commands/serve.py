@@ -35,7 +35,8 @@ def serve(
         None, help="Seconds running steps get to finish on SIGTERM before being handed back."
     ),
     executor: str | None = typer.Option(
-        None, help="demo | python:package.module:function | http(s)://…"
+        None,
+        help="demo | python:package.module:function | http(s)://… | edge:<function> | agentopia_chat",
     ),
     metrics_port: int | None = typer.Option(None, help="Port of /metrics and /healthz; 0 = off."),
     worker_id: str | None = typer.Option(None, help="Name leases are claimed under."),
