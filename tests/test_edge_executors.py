@@ -287,6 +287,10 @@ def test_service_retries_a_chat_step_with_the_same_key_in_one_conversation(db_ur
         ],
     )
 
+    def start_run():
+        with acting_as(conn, "authenticated", user_id):
+            return conn.execute("select public.start_task_run(%s)", [task_id]).fetchone()[0]
+
     async def scenario(functions):
         settings = Settings(
             database_url=db_url,
@@ -302,8 +306,8 @@ def test_service_retries_a_chat_step_with_the_same_key_in_one_conversation(db_ur
         )
         task = asyncio.create_task(service.run())
         try:
-            with acting_as(conn, "authenticated", user_id):
-                run_id = conn.execute("select public.start_task_run(%s)", [task_id]).fetchone()[0]
+            # On a thread: blocking the loop would stall the service mid-transaction.
+            run_id = await asyncio.to_thread(start_run)
             return run_id, await wait_for_run(db_url, run_id)
         finally:
             service.stop()
