@@ -1,12 +1,12 @@
 """SQL-level cost of the run engine, on one database and one connection (no service).
 
-Prints, for N single-step runs:
+Prints, for N runs of M steps (each step passing full context on):
   start_task_run per second,
-  claim_steps + complete_step per second (batch 1 and batch 10),
+  steps per second through claim_steps + complete_step (batch 1 and batch 10),
   the same claim/complete loop on a bare table (FOR UPDATE SKIP LOCKED, no context,
   no triggers) as the floor the engine is measured against.
 
-Usage: .venv/bin/python scripts/bench_engine_sql.py [runs]   (default 2000)
+Usage: .venv/bin/python scripts/bench_engine_sql.py [runs] [steps]   (default 400 5)
 Uses STEPSYNC_DATABASE_URL if set (a scratch database is created and dropped there),
 else an embedded PostgreSQL in a temporary directory.
 """
@@ -57,18 +57,34 @@ def timed(label: str, count: int, action) -> float:
     return rate
 
 
-def setup_world(conn: psycopg.Connection, runs: int) -> list[uuid.UUID]:
+def setup_tasks(conn: psycopg.Connection, tasks: int, steps: int) -> list[uuid.UUID]:
+    """``tasks`` tasks of one user, each with ``steps`` live steps passing context on."""
     user_id = uuid.uuid4()
     conn.execute("insert into auth.users (id, email) values (%s, 'bench@example.test')", [user_id])
     agent_id = conn.execute(
         "insert into public.agents (user_id, name) values (%s, 'bench') returning id", [user_id]
     ).fetchone()[0]
-    task_id = conn.execute(
-        "insert into public.agent_tasks (agent_id, user_id, name, instructions)"
-        " values (%s, %s, 'bench', 'noop') returning id",
-        [agent_id, user_id],
-    ).fetchone()[0]
-    return [task_id] * runs
+    task_ids = [
+        row[0]
+        for row in conn.execute(
+            "insert into public.agent_tasks (agent_id, user_id, name, instructions)"
+            " select %s, %s, 'bench ' || n, 'noop' from generate_series(1, %s) as n"
+            " returning id",
+            [agent_id, user_id, tasks],
+        ).fetchall()
+    ]
+    # A task created the legacy way may already have its step 1.
+    conn.execute(
+        "update public.task_steps set deleted_at = now() where task_id = any(%s)", [task_ids]
+    )
+    conn.execute(
+        "insert into public.task_steps (task_id, step_order, step_name, instructions,"
+        " include_previous_context)"
+        " select t, n, 'step ' || n, 'noop', true from unnest(%s::uuid[]) as t,"
+        " generate_series(1, %s) as n",
+        [task_ids, steps],
+    )
+    return task_ids
 
 
 def engine_loop(conn: psycopg.Connection, batch: int) -> int:
@@ -102,41 +118,46 @@ def raw_loop(conn: psycopg.Connection, batch: int) -> int:
             done += 1
 
 
-def bench(url: str, runs: int) -> None:
+def bench(url: str, runs: int, steps: int) -> None:
+    total = runs * steps
     with psycopg.connect(url, autocommit=True) as conn:
-        tasks = setup_world(conn, runs)
+        tasks = setup_tasks(conn, 2 * runs, steps)
         conn.execute(RAW_TABLE)
         conn.execute("set role service_role")
 
-        def start_all() -> None:
-            for task_id in tasks:
+        def start(batch_tasks: list[uuid.UUID]) -> None:
+            for task_id in batch_tasks:
                 conn.execute("select public.start_task_run(%s)", [task_id])
 
-        print(f"PostgreSQL {devdb.server_version(url)}, one connection, no-op steps")
-        timed("start_task_run", runs, start_all)
-        for batch in (1, 10):
-            if batch == 10:
-                start_all()
+        print(
+            f"PostgreSQL {devdb.server_version(url)}, one connection, {runs} runs of"
+            f" {steps} no-op steps (full context), one transaction per claim and per completion"
+        )
+        timed("start_task_run", runs, lambda: start(tasks[:runs]))
+        for batch, batch_tasks in ((1, None), (10, tasks[runs:])):
+            if batch_tasks:
+                start(batch_tasks)
             timed(
                 f"engine: claim_steps(batch {batch}) + complete_step",
-                runs,
+                total,
                 lambda b=batch: engine_loop(conn, b),
             )
             conn.execute("reset role")
             conn.execute(
                 "insert into bench_jobs (status) select 'queued' from generate_series(1, %s)",
-                [runs],
+                [total],
             )
             timed(
                 f"bare table: SKIP LOCKED claim (batch {batch}) + update",
-                runs,
+                total,
                 lambda b=batch: raw_loop(conn, b),
             )
             conn.execute("set role service_role")
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 400
+    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     with tempfile.TemporaryDirectory() as scratch:
         server = devdb.provision(Path(scratch) / "data", fast=True)
         name = f"stepsync_bench_{uuid.uuid4().hex[:8]}"
@@ -144,7 +165,7 @@ def main() -> None:
         try:
             devdb.bootstrap_supabase(url)
             migrations.push(url)
-            bench(url, runs)
+            bench(url, runs, steps)
         finally:
             devdb.drop_database(server.url, name)
             server.stop()

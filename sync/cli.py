@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sync.commands import db, demo, doctor, runs, serve
+from sync.commands import config, db, demo, doctor, embedded, runs, serve
 
 app = typer.Typer(
     help="stepsync: multi-step workflows for Supabase agent tasks.",
@@ -12,7 +12,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(db.app, name="db")
+app.add_typer(embedded.app, name="embedded")
 app.command(name="demo")(demo.demo)
+app.command(name="config")(config.config)
 app.command(name="serve")(serve.serve)
 runs.register(app)
 app.command(name="doctor")(doctor.doctor)

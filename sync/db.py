@@ -70,7 +70,8 @@ RUN_FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
 class DatabaseSetupError(Exception):
-    """The database cannot serve: unreachable, wrong role, or not migrated."""
+    """The service cannot start: database unreachable, wrong role, not migrated, or a
+    resource it needs (the metrics port) unavailable. The message says which."""
 
 
 @dataclass(frozen=True)
@@ -106,26 +107,43 @@ def step_request(row: dict[str, Any]) -> StepRequest:
 class Database:
     """The service's connection pool and every query it runs."""
 
-    def __init__(self, url: str, *, role: str = "service_role", size: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        role: str = "service_role",
+        size: int = 4,
+        transaction_pooler: bool = False,
+    ) -> None:
         self.url = url
         self.role = role
+        # Behind a transaction-mode pooler (Supavisor/PgBouncer on port 6543) consecutive
+        # transactions may run on different server connections: session state such as
+        # `set role` or prepared statements would leak or vanish. Then every query runs in
+        # its own transaction that sets the role locally, and nothing is prepared.
+        self.transaction_pooler = transaction_pooler
+        self._set_role = sql.SQL("set role {}").format(sql.Identifier(role))
+        self._set_local_role = sql.SQL("set local role {}").format(sql.Identifier(role))
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "row_factory": dict_row,
+            "application_name": "stepsync-service",
+        }
+        if transaction_pooler:
+            kwargs["prepare_threshold"] = None
         self.pool = AsyncConnectionPool(
             url,
             min_size=1,
             max_size=size,
-            kwargs={
-                "autocommit": True,
-                "row_factory": dict_row,
-                "application_name": "stepsync-service",
-            },
-            configure=self._configure,
+            kwargs=kwargs,
+            configure=None if transaction_pooler else self._configure,
             check=AsyncConnectionPool.check_connection,
             open=False,
             name="stepsync",
         )
 
     async def _configure(self, conn: psycopg.AsyncConnection) -> None:
-        await conn.execute(sql.SQL("set role {}").format(sql.Identifier(self.role)))
+        await conn.execute(self._set_role)
 
     async def open(self, timeout: float = 10.0) -> None:
         """Prove one connection works (role included), then open the pool.
@@ -142,17 +160,18 @@ class Database:
             ) from None
         async with conn:
             try:
-                await self._configure(conn)
+                async with conn.transaction():
+                    await conn.execute(self._set_local_role)
+                    installed = await (
+                        await conn.execute(
+                            "select to_regprocedure('stepsync.claim_steps(text,integer,integer)')"
+                        )
+                    ).fetchone()
             except psycopg.Error as exc:
                 raise DatabaseSetupError(
                     f"cannot switch to role {self.role!r} (STEPSYNC_DB_ROLE): {str(exc).strip()}"
                 ) from None
-            missing = await (
-                await conn.execute(
-                    "select to_regprocedure('stepsync.claim_steps(text,integer,integer)')"
-                )
-            ).fetchone()
-            if missing[0] is None:
+            if installed[0] is None:
                 raise DatabaseSetupError(
                     "the run engine is not installed (stepsync.claim_steps is missing); "
                     "apply the migrations with `stepsync db push`"
@@ -163,13 +182,16 @@ class Database:
         await self.pool.close()
 
     async def _one(self, query: str, params: dict[str, Any] | None = None) -> Any:
-        async with self.pool.connection() as conn:
-            row = await (await conn.execute(query, params)).fetchone()
-        return None if row is None else next(iter(row.values()))
+        rows = await self._all(query, params)
+        return next(iter(rows[0].values())) if rows else None
 
     async def _all(self, query: str, params: dict[str, Any] | None = None) -> list[dict]:
         async with self.pool.connection() as conn:
-            return await (await conn.execute(query, params)).fetchall()
+            if not self.transaction_pooler:
+                return await (await conn.execute(query, params)).fetchall()
+            async with conn.transaction():
+                await conn.execute(self._set_local_role)
+                return await (await conn.execute(query, params)).fetchall()
 
     # --- the run engine --------------------------------------------------------------
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import psycopg
 
-from sync.db import Database, Lease
-from sync.executors.base import Executor, StepError, StepRequest
+from sync.db import Database, DatabaseSetupError, Lease
+from sync.executors.base import Executor, PermanentStepError, StepError, StepRequest
 from sync.executors.output import json_output
 from sync.metrics import Metrics, MetricsServer
 from sync.settings import Settings
@@ -92,12 +92,17 @@ class StepService:
     # --- control ---------------------------------------------------------------------
 
     def wake(self, reason: str) -> None:
-        """Look for work now. Safe to call often: wake-ups before a claim coalesce."""
+        """Look for work now. Safe to call often: wake-ups before a claim coalesce.
+
+        ``run_cancelled`` only checks the leases at once: a cancelled run's running step
+        shows up as a lost lease, and cancelling makes nothing claimable.
+        """
+        if reason in ("run_cancelled", "run_changed"):
+            self._heartbeat_now.set()
+            if reason == "run_cancelled":
+                return
         if self._first_wake is None:
             self._first_wake = (reason, time.perf_counter())
-        if reason == "run_changed":
-            # A cancelled run shows up as lost leases; check them now, not at the next beat.
-            self._heartbeat_now.set()
         self._wakeup.set()
 
     def stop(self) -> None:
@@ -114,20 +119,36 @@ class StepService:
     async def run(self, *, install_signal_handlers: bool = False) -> None:
         """Serve until :meth:`stop` (or a signal), then drain and release."""
         loop = asyncio.get_running_loop()
-        await self.db.open()
+        if self.settings.metrics_port:
+            host, port = self.settings.metrics_host, self.settings.metrics_port
+            try:
+                self.metrics_server = MetricsServer(self.metrics, self.healthy, host, port)
+            except OSError as exc:
+                raise DatabaseSetupError(
+                    f"cannot serve metrics on {host}:{port} (STEPSYNC_METRICS_PORT): "
+                    f"{exc.strerror or exc}"
+                ) from None
+        try:
+            await self.db.open()
+        except BaseException:
+            if self.metrics_server is not None:
+                self.metrics_server.server.server_close()
+            raise
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        if self.settings.metrics_port:
-            self.metrics_server = MetricsServer(
-                self.metrics, self.healthy, self.settings.metrics_host, self.settings.metrics_port
-            )
-            self.metrics_server.start()
         sources = [
-            asyncio.create_task(source.run(self.wake), name=f"wakeup:{source.name}")
+            asyncio.create_task(
+                _keep_running(f"wake-up source {source.name}", lambda s=source: s.run(self.wake)),
+                name=f"wakeup:{source.name}",
+            )
             for source in self.wakeup_sources
         ]
-        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        heartbeat = asyncio.create_task(
+            _keep_running("heartbeat", self._heartbeat_loop), name="heartbeat"
+        )
         log.info(
             "serving",
             extra={
@@ -278,17 +299,27 @@ class StepService:
         duration = time.monotonic() - running.started
         fields = {**running.log_fields, "duration_ms": round(duration * 1000, 1)}
         if kind == "ok":
-            committed = await self._with_retries(
-                running, lambda: self.db.complete_step(running.lease, value)
-            )
-            if committed:
-                self.metrics.steps_completed.inc()
-                self.metrics.step_duration.labels("completed").observe(duration)
-                log.info("step completed", extra=fields)
-            elif committed is False:
-                self.metrics.steps_stale.inc()
-                log.warning("completion refused: lease lost (stale token)", extra=fields)
-            return
+            try:
+                committed = await self._with_retries(
+                    running, lambda: self.db.complete_step(running.lease, value)
+                )
+            except psycopg.Error as exc:
+                # Valid JSON that jsonb still refuses (a \u0000 in a string, say): retrying
+                # cannot help, so the attempt fails for good instead of expiring.
+                message = exc.diag.message_primary or str(exc).strip()
+                kind, value = (
+                    "error",
+                    PermanentStepError(f"output refused by the database: {message}"),
+                )
+            else:
+                if committed:
+                    self.metrics.steps_completed.inc()
+                    self.metrics.step_duration.labels("completed").observe(duration)
+                    log.info("step completed", extra=fields)
+                elif committed is False:
+                    self.metrics.steps_stale.inc()
+                    log.warning("completion refused: lease lost (stale token)", extra=fields)
+                return
         error: StepError = value
         outcome = await self._with_retries(
             running,
@@ -390,6 +421,20 @@ class StepService:
         self._last_db_ok = time.monotonic()
 
 
+async def _keep_running(name: str, run: Any) -> None:
+    """Run a background loop; a bug in it is logged and the loop restarted, because a
+    silently dead heartbeat or listener would only show up as lost leases or lag."""
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(f"{name} failed; restarting it")
+            await asyncio.sleep(1.0)
+
+
 def build_service(
     settings: Settings, database_url: str, *, executor: Executor | None = None
 ) -> StepService:
@@ -397,7 +442,12 @@ def build_service(
     from sync.executors import executor_from_setting
     from sync.wakeups.postgres import PostgresWakeups
 
-    db = Database(database_url, role=settings.db_role, size=settings.pool_size)
+    db = Database(
+        database_url,
+        role=settings.db_role,
+        size=settings.pool_size,
+        transaction_pooler=settings.db_transaction_pooler,
+    )
     sources: list[WakeupSource] = []
     if "postgres" in settings.listen:
         sources.append(PostgresWakeups(database_url))

@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         default="service_role",
         description="Role every service connection switches to (`set role`).",
     )
+    db_transaction_pooler: bool = Field(
+        default=False,
+        description="The database URL goes through a transaction-mode pooler (Supabase "
+        "port 6543): no session state (role per transaction, no prepared statements) and "
+        "no Postgres LISTEN (use --poll-only or another wake-up source).",
+    )
     db_pool_size: int | None = Field(
         default=None,
         ge=1,
@@ -197,6 +203,16 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _no_listen_through_transaction_pooler(self) -> Settings:
+        if self.db_transaction_pooler and "postgres" in self.listen:
+            raise ValueError(
+                f"{ENV_PREFIX}DB_TRANSACTION_POOLER is on but {ENV_PREFIX}LISTEN includes "
+                "'postgres': LISTEN does not work through a transaction pooler; use "
+                "--poll-only or another wake-up source"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:

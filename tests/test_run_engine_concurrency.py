@@ -104,3 +104,23 @@ def test_notifications_announce_ready_steps_and_run_changes(
         assert received(1) == [
             ("stepsync_run_changed", f'{{"run_id" : "{run_id}", "status" : "completed"}}')
         ]
+
+        # A retry after a delay is not announced (pollers find it): the next notification
+        # is the cancellation.
+        _, slow_task, _ = make_workflow(conn, [{"max_attempts": 2, "retry_backoff_seconds": 60}])
+        slow_run = start_run(conn, slow_task)
+        assert [channel for channel, _ in received(2)] == [
+            "stepsync_run_changed",
+            "stepsync_step_ready",
+        ]
+        step = claim_one(conn)
+        with conn.transaction():
+            conn.execute("set local role service_role")
+            conn.execute(
+                "select stepsync.fail_step(%s, %s, 'later')",
+                [step["step_execution_id"], step["lease_token"]],
+            )
+            conn.execute("select public.cancel_task_run(%s)", [slow_run])
+        assert received(1) == [
+            ("stepsync_run_changed", f'{{"run_id" : "{slow_run}", "status" : "cancelled"}}')
+        ]

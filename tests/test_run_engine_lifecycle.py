@@ -437,3 +437,40 @@ def test_start_refuses_invalid_steps_and_names_the_problems(conn: psycopg.Connec
     ]
     assert conn.execute("select count(*) from public.agent_task_executions").fetchone()[0] == 0
     assert conn.execute("select count(*) from public.task_step_executions").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("", 1, 30), "worker name"),
+        (("w", 0, 30), "batch size"),
+        (("w", 1001, 30), "batch size"),
+        (("w", 1, 0), "lease"),
+    ],
+)
+def test_claim_refuses_bad_arguments(conn: psycopg.Connection, arguments, message) -> None:
+    with as_service(conn), pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
+        conn.execute("select * from stepsync.claim_steps(%s, %s, %s)", list(arguments))
+
+
+def test_an_older_run_does_not_overwrite_the_newer_runs_snapshot(
+    conn: psycopg.Connection,
+) -> None:
+    _, task_id, step_ids = make_workflow(conn, [{}])
+    older = start_run(conn, task_id)
+    older_step = claim_one(conn)
+    conn.execute(
+        "update public.agent_task_executions set created_at = created_at - interval '1 minute'"
+        " where id = %s",
+        [older],
+    )
+    newer = start_run(conn, task_id)
+    newer_step = claim_one(conn)
+    assert complete(conn, newer_step, "new")
+    assert complete(conn, older_step, "old")
+    assert {older_step["run_id"], newer_step["run_id"]} == {older, newer}
+    assert conn.execute(
+        "select status::text, execution_result ->> 'output', execution_result ->> 'run_id'"
+        " from public.task_steps where id = %s",
+        [step_ids[0]],
+    ).fetchone() == ("completed", "new", str(newer))

@@ -37,6 +37,7 @@ def serve(*args: str, env: dict[str, str] | None = None):
         ({}, ["--executor", "smtp://mail"], "STEPSYNC_EXECUTOR: unknown executor 'smtp://mail'"),
         ({}, ["--executor", "python:nowhere.at_all:run"], "cannot import module 'nowhere.at_all'"),
         ({}, ["--poll-only", "--listen", "postgres"], "--poll-only and --listen contradict"),
+        ({}, ["--listen", "kafka"], "STEPSYNC_LISTEN: unknown listen mode(s) kafka"),
     ],
 )
 def test_bad_settings_stop_serve_with_a_message_naming_them(env, args, named):
@@ -73,3 +74,25 @@ def test_defaults_derive_the_heartbeat_and_pool_from_other_settings(monkeypatch)
     assert settings.heartbeat_interval_seconds == 4
     assert settings.pool_size == 7 + settings.claimers + 1
     assert settings.listen == []
+
+
+def test_a_transaction_pooler_cannot_listen():
+    result = serve(env={"STEPSYNC_DB_TRANSACTION_POOLER": "true"})
+    assert result.exit_code == 1
+    assert "LISTEN does not work through a transaction pooler" in result.output
+
+
+def test_a_metrics_port_in_use_is_named(db_url):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(
+            app,
+            ["serve", "--database-url", db_url, "--metrics-port", str(port)],
+            env={"STEPSYNC_METRICS_HOST": "127.0.0.1"},
+        )
+    assert result.exit_code == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port} (STEPSYNC_METRICS_PORT)" in result.output

@@ -47,8 +47,12 @@ def test_listen_wakes_the_service_and_survives_a_dropped_connection(conn, db_url
             # Work that becomes ready while the listener is down is found by the sweep
             # after the reconnect, or by a notification once it is back.
             second = await wait_for_run(db_url, new_run(conn))
-            while listener.connections < 2:
-                await asyncio.sleep(0.05)
+
+            async def reconnected() -> None:
+                while listener.connections < 2:
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(reconnected(), 30)
             third = await wait_for_run(db_url, new_run(conn))
             return first["status"], second["status"], third["status"]
 
@@ -81,3 +85,34 @@ def test_metrics_and_health_endpoint(conn, db_url):
     assert float(samples['stepsync_step_duration_seconds_count{outcome="completed"}']) == 2
     assert "stepsync_queue_depth" in samples
     assert any(key.startswith("stepsync_wakeup_latency_seconds_count") for key in samples)
+
+
+def test_behind_a_transaction_pooler_every_query_sets_its_role_itself(conn, db_url):
+    # No session state: the pooled connections stay the login role between transactions,
+    # and the work is found by polling alone.
+    run_id = new_run(conn, steps=3)
+
+    async def scenario() -> tuple[str, set[str]]:
+        async with serving(
+            db_url, noop, db_transaction_pooler=True, listen=[], poll_interval_seconds=0.2
+        ) as service:
+            run = await wait_for_run(db_url, run_id)
+            roles = set()
+            async with service.db.pool.connection() as pooled:
+                roles.add(
+                    (await (await pooled.execute("select current_user")).fetchone())["current_user"]
+                )
+            return run["status"], roles
+
+    status, roles = asyncio.run(scenario())
+    assert status == "completed"
+    assert roles == {conn.info.user}  # the login role, not service_role
+
+
+def test_only_notifications_that_can_change_the_work_wake_the_service():
+    from sync.wakeups.postgres import RUN_CHANGED, STEP_READY, wake_reason
+
+    assert wake_reason(STEP_READY, "5534a58e-a494-4b66-a871-576b15876142") == "step_ready"
+    assert wake_reason(RUN_CHANGED, '{"run_id": "x", "status": "cancelled"}') == "run_cancelled"
+    assert wake_reason(RUN_CHANGED, '{"run_id": "x", "status": "completed"}') is None
+    assert wake_reason(RUN_CHANGED, "not json") == "run_changed"

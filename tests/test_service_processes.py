@@ -272,3 +272,67 @@ def test_sigterm_hands_back_a_step_that_outlives_the_grace_period(step_log, db_u
     with workers(db_url, tmp_path, 1):
         wait_until(lambda: all_finished(conn, [run_id]), what="the handed-back step")
     assert run_statuses(conn, [run_id]) == {"completed": 1}
+
+
+def test_sigterm_does_not_wait_for_a_blocked_thread_of_a_plain_function(step_log, db_url, tmp_path):
+    # A plain function runs in a thread that cannot be interrupted; shutdown still ends
+    # within the grace period and hands the step back.
+    conn = step_log
+    task_id = setup_task(conn, ["hold"])
+    (run_id,) = start_runs(conn, [task_id])
+    worker = start_worker(
+        db_url,
+        tmp_path,
+        "blocked",
+        "--shutdown-grace",
+        "0.5",
+        env={HOLD_ENV: "3600"},
+        executor="python:tests.workers:blocking_step",
+    )
+    try:
+        worker.wait_for_log(lambda e: e.get("msg") == "step started")
+        worker.signal(signal.SIGTERM)
+        assert worker.proc.wait(30) == 0
+    finally:
+        worker.proc.kill()
+    assert worker.wait_for_log(lambda e: e.get("msg") == "step handed back")
+    status = conn.execute(
+        "select status::text, lease_owner from public.task_step_executions where run_id = %s",
+        [run_id],
+    ).fetchone()
+    assert status == ("queued", None)
+
+
+def test_a_paused_worker_s_completion_after_take_over_is_refused(step_log, db_url, tmp_path):
+    # The stale worker is a real `stepsync serve` frozen with SIGSTOP mid-step: no
+    # heartbeats, its lease expires, another worker takes the step over and completes
+    # it. Thawed, the first worker finishes its attempt and its completion is refused.
+    conn = step_log
+    task_id = setup_task(conn, ["hold", "noop"], max_attempts=2)
+    (run_id,) = start_runs(conn, [task_id])
+    paused = start_worker(db_url, tmp_path, "paused", env={HOLD_ENV: "1"})
+    try:
+        wait_until(
+            lambda: conn.execute(
+                "select 1 from public.test_step_log where worker = 'paused'"
+            ).fetchone(),
+            what="the paused worker to start step 1",
+        )
+        paused.signal(signal.SIGSTOP)
+        with workers(db_url, tmp_path, 1):
+            wait_until(lambda: all_finished(conn, [run_id]), what="the take-over")
+            paused.signal(signal.SIGCONT)
+            refused = paused.wait_for_log(
+                lambda e: e.get("msg") == "completion refused: lease lost (stale token)"
+            )
+        assert paused.stop() == 0
+    finally:
+        paused.proc.kill()
+    assert refused["step_order"] == 1 and refused["attempt"] == 1
+    output = conn.execute(
+        "select output from public.task_step_executions where run_id = %s and step_order = 1",
+        [run_id],
+    ).fetchone()[0]
+    assert output["worker"] == "w0"
+    assert sorted(completions_per_step(conn, [run_id]).values()) == [1, 1]
+    assert run_statuses(conn, [run_id]) == {"completed": 1}

@@ -371,7 +371,11 @@ def test_editing_steps_during_a_run_does_not_change_the_run(conn, db_url):
 
 @pytest.mark.parametrize(
     ("output", "message"),
-    [({1, 2}, "not JSON-serialisable"), (float("nan"), "not JSON-serialisable")],
+    [
+        ({1, 2}, "not JSON-serialisable"),
+        (float("nan"), "not JSON-serialisable"),
+        ({"text": "a\u0000b"}, "output refused by the database: unsupported Unicode escape"),
+    ],
 )
 def test_output_that_is_not_json_fails_the_step_permanently(conn, db_url, output, message):
     user_id, task_id = make_workflow(conn, [{"max_attempts": 3}])

@@ -129,6 +129,13 @@ async def scripted_step(request: StepRequest) -> dict[str, Any]:
     return {"worker": worker, "step": request.step_order, "log_id": log_id}
 
 
+def blocking_step(request: StepRequest) -> dict[str, Any]:
+    """A plain (thread-run) step function: ``hold`` blocks its thread, uninterruptibly."""
+    if request.instructions.strip() == "hold":
+        time.sleep(float(os.environ.get(HOLD_ENV, "0")))
+    return {"worker": os.environ.get(WORKER_NAME_ENV, "worker"), "step": request.step_order}
+
+
 # --- worker processes -------------------------------------------------------------------
 
 

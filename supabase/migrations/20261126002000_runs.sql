@@ -107,9 +107,12 @@ comment on sequence stepsync.lease_token_seq is
 create table if not exists public.task_step_executions (
     id uuid primary key default gen_random_uuid(),
     run_id uuid not null references public.agent_task_executions (id) on delete cascade,
-    task_id uuid not null references public.agent_tasks (id) on delete cascade,
-    user_id uuid not null references auth.users (id) on delete cascade,
-    step_id uuid references public.task_steps (id) on delete set null,
+    -- Copied from the run (which cascades from the task and the user) so that RLS and
+    -- the audit need no join; no foreign keys of their own, so a step transition
+    -- maintains as few indexes as possible.
+    task_id uuid not null,
+    user_id uuid not null,
+    step_id uuid,
     -- Snapshot of the definition at run start.
     step_order integer not null check (step_order between 1 and 50),
     step_name text not null,
@@ -165,12 +168,6 @@ where status = 'queued';
 create index if not exists task_step_executions_lease_idx
 on public.task_step_executions (lease_expires_at)
 where status = 'running';
-create index if not exists task_step_executions_user_id_idx
-on public.task_step_executions (user_id);
-create index if not exists task_step_executions_task_id_idx
-on public.task_step_executions (task_id);
-create index if not exists task_step_executions_step_id_idx
-on public.task_step_executions (step_id);
 
 alter table public.task_step_executions enable row level security;
 
@@ -196,12 +193,16 @@ revoke insert, update, delete, truncate on public.task_step_executions from auth
 comment on table public.task_step_executions is
 'One row per step of a run: the step definition as it was at run start, and the '
 'execution state (status, attempts, lease, input context, result, timings).';
+comment on column public.task_step_executions.id is
+'Step execution id (claims, leases, notifications).';
 comment on column public.task_step_executions.run_id is 'The run (agent_task_executions).';
-comment on column public.task_step_executions.task_id is 'The task the run belongs to.';
-comment on column public.task_step_executions.user_id is 'Owner of the run (RLS).';
+comment on column public.task_step_executions.task_id is
+'The task the run belongs to (copied from the run).';
+comment on column public.task_step_executions.user_id is
+'Owner of the run (copied from the run; RLS).';
 comment on column public.task_step_executions.step_id is
-'The task_steps row this was snapshotted from; null for a task run from its legacy '
-'instructions or once the step is purged.';
+'The task_steps row this was snapshotted from (a plain reference: the step may since '
+'have been purged); null for a task run from its legacy instructions.';
 comment on column public.task_step_executions.step_order is '1-based position in the run.';
 comment on column public.task_step_executions.step_name is 'Snapshot of task_steps.step_name.';
 comment on column public.task_step_executions.instructions is
@@ -261,6 +262,9 @@ comment on column public.task_step_executions.idempotency_key is
 'Same for every attempt of this step of this run: executors pass it on.';
 comment on column public.task_step_executions.created_at is 'When the run snapshotted the step.';
 comment on column public.task_step_executions.updated_at is 'When the row last changed.';
+comment on index public.task_step_executions_pkey is 'Step execution by id.';
+comment on index public.task_step_executions_run_order_unique is
+'Steps of a run in order; serves the cascade from runs.';
 comment on constraint task_step_executions_run_order_unique
 on public.task_step_executions is 'A run has one row per position.';
 comment on constraint task_step_executions_queued_has_run_after
@@ -271,8 +275,3 @@ comment on index public.task_step_executions_claim_idx is
 'claim_steps and queue_depth: queued steps by due time.';
 comment on index public.task_step_executions_lease_idx is
 'reap_expired_leases: running steps by lease expiry.';
-comment on index public.task_step_executions_user_id_idx is 'Owner RLS policy.';
-comment on index public.task_step_executions_task_id_idx is
-'Cascade from agent_tasks; a task''s run history.';
-comment on index public.task_step_executions_step_id_idx is
-'Preview (last run''s result of a step) and the set-null cascade from task_steps.';

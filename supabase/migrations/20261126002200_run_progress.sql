@@ -140,8 +140,8 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-    -- Run counters follow final step statuses.
-    if new.status in ('completed', 'failed', 'skipped') then
+    -- Run counters follow final step statuses (cancelled steps are not counted).
+    if new.status <> 'cancelled' then
         update public.agent_task_executions as r
         set
             steps_completed = r.steps_completed + (new.status = 'completed')::integer,
@@ -153,9 +153,17 @@ begin
 
     -- The definition keeps the latest run's final status and result for the UI (live
     -- progress is on task_step_executions); an older run still finishing does not
-    -- overwrite a newer one's. Final statuses only: each write also audits the step.
+    -- overwrite a newer one's. Final statuses only, and no UPDATE statement at all when
+    -- there is nothing to write: every statement on task_steps is audited.
     if new.step_id is not null
-        and new.status in ('completed', 'failed', 'skipped', 'cancelled') then
+        and not exists (
+            select from public.agent_task_executions as newer
+            where newer.task_id = new.task_id
+                and newer.created_at > (
+                    select r.created_at from public.agent_task_executions as r
+                    where r.id = new.run_id
+                )
+        ) then
         update public.task_steps as d
         set
             status = new.status,
@@ -170,32 +178,27 @@ begin
                 'completed_at', new.completed_at,
                 'duration_ms', new.duration_ms
             )
-        where d.id = new.step_id
-            and not exists (
-                select from public.agent_task_executions as newer
-                where newer.task_id = new.task_id
-                    and newer.created_at > (
-                        select r.created_at from public.agent_task_executions as r
-                        where r.id = new.run_id
-                    )
-            );
+        where d.id = new.step_id;
     end if;
     return null;
 end
 $$;
 
 comment on function stepsync.on_step_status_change() is
-'Trigger: after a step execution changes status, update its run''s step counters and '
-'the definition''s latest-run snapshot (task_steps.status, execution_result).';
+'Trigger: after a step execution reaches a final status, update its run''s step counters '
+'and the definition''s latest-run snapshot (task_steps.status, execution_result).';
 
 create or replace trigger task_step_executions_status_change
 after update of status on public.task_step_executions
 for each row
-when (old.status is distinct from new.status)
+when (
+    old.status is distinct from new.status
+    and new.status in ('completed', 'failed', 'skipped', 'cancelled')
+)
 execute function stepsync.on_step_status_change();
 
 comment on trigger task_step_executions_status_change on public.task_step_executions is
-'Keeps run counters and the definition snapshot in step with step transitions.';
+'Keeps run counters and the definition snapshot in step with final step statuses.';
 
 revoke all on function stepsync.finish_run(
     uuid, public.task_execution_status_enum, text

@@ -87,9 +87,13 @@ begin
             hint = 'The feature flag multi_step_workflows is off for this user.';
     end if;
 
-    select count(*) into live_steps
+    -- Hold the live steps still until the run has its snapshot, so that what was
+    -- validated is what runs (an edit committed in between would otherwise slip in).
+    perform
     from public.task_steps as s
-    where s.task_id = task.id and s.deleted_at is null;
+    where s.task_id = task.id and s.deleted_at is null
+    for share;
+    get diagnostics live_steps = row_count;
 
     -- A task without steps runs its legacy instructions as one step; a task with steps
     -- must pass the same validation the editor shows.

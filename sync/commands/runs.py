@@ -59,7 +59,7 @@ def run(
     if not isinstance(data, dict):
         raise fail("--trigger-data must be a JSON object")
     with user_errors():
-        url = database_url(database_url_option)
+        url = database_url(database_url_option, migrate=True)
     status = asyncio.run(_start_and_follow(url, task, data, wait))
     if status in ("failed", "cancelled"):
         raise typer.Exit(code=1)
@@ -73,7 +73,7 @@ def runs(
     """List recent runs, newest first."""
     task_id = _uuid(task, "task id") if task else None
     with user_errors():
-        url = database_url(database_url_option)
+        url = database_url(database_url_option, migrate=True)
 
     async def fetch(db: Database) -> list[dict]:
         return await db.recent_runs(task_id=task_id, limit=limit)
@@ -101,7 +101,7 @@ def show(
     """A run's status and each step's status, attempts, timing and error."""
     run_uuid = _uuid(run_id, "run id")
     with user_errors():
-        url = database_url(database_url_option)
+        url = database_url(database_url_option, migrate=True)
 
     async def fetch(db: Database) -> tuple[dict | None, list[dict]]:
         return await db.run(run_uuid), await db.run_steps(run_uuid)
@@ -147,6 +147,7 @@ async def _follow(db: Database, url: str, run_id: uuid.UUID) -> str:
                     raise fail(f"run {run_id} disappeared")
                 live.update(_render(run_row, steps), refresh=True)
                 if run_row["status"] in RUN_FINISHED_STATUSES:
+                    live.console.print()
                     return run_row["status"]
                 with contextlib.suppress(TimeoutError):
                     async for _ in listener.notifies(timeout=0.5, stop_after=1):

@@ -2,17 +2,22 @@
 
 The callable receives the :class:`~sync.executors.base.StepRequest` and returns the
 step's output (anything JSON-serialisable). It may be a coroutine function (awaited on
-the service's loop) or a plain function (run in a worker thread so it cannot block the
-loop; a thread cannot be interrupted, so a timed-out plain function keeps running in
-the background, but its result is discarded). Raise ``StepError`` subclasses to choose
-retryable or permanent failures; any other exception is a retryable failure.
+the service's loop) or a plain function (run in a thread of its own so it cannot block
+the loop). A thread cannot be interrupted: a timed-out or cancelled plain function keeps
+running in the background and its result is discarded. The thread is a daemon so that
+such a function cannot hold up the process when it shuts down. Raise ``StepError``
+subclasses to choose retryable or permanent failures; any other exception is a
+retryable failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import importlib
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +61,7 @@ class PythonExecutor:
             if inspect.iscoroutinefunction(self.function):
                 result = await self.function(request)
             else:
-                result = await asyncio.to_thread(self.function, request)
+                result = await _in_daemon_thread(self.function, request)
                 if inspect.isawaitable(result):
                     result = await result
         except StepError:
@@ -67,3 +72,25 @@ class PythonExecutor:
 
     async def aclose(self) -> None:
         return None
+
+
+async def _in_daemon_thread(function: Callable[[StepRequest], Any], request: StepRequest) -> Any:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():  # cancelled meanwhile (timeout, lease lost, shutdown)
+            outcome()
+
+    def run() -> None:
+        try:
+            result = function(request)
+        except BaseException as exc:
+            outcome = functools.partial(future.set_exception, exc)
+        else:
+            outcome = functools.partial(future.set_result, result)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name=f"step-{request.step_execution_id}", daemon=True).start()
+    return await future

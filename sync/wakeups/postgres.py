@@ -7,6 +7,7 @@ Notifications only say "look now"; a lost one (disconnect, restart) is covered b
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 
@@ -56,7 +57,7 @@ class PostgresWakeups:
                     log.info("listening", extra={"channels": list(self.channels)})
                     wake("sweep")
                     await self._deliver(conn, wake)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except (psycopg.Error, OSError) as exc:
                 self.connected.clear()
                 delay = backoff * (0.5 + random.random())
                 log.warning(
@@ -71,5 +72,22 @@ class PostgresWakeups:
             # The timeout lets a silent connection be checked: a dead TCP peer would
             # otherwise leave us waiting forever for notifications that never come.
             async for notify in conn.notifies(timeout=self.health_check_seconds):
-                wake("run_changed" if notify.channel == RUN_CHANGED else "step_ready")
+                reason = wake_reason(notify.channel, notify.payload)
+                if reason is not None:
+                    wake(reason)
             await conn.execute("select 1")
+
+
+def wake_reason(channel: str, payload: str) -> str | None:
+    """What a notification means to the service, or None when it means nothing.
+
+    A run starting or finishing makes nothing claimable by itself (its ready step has
+    its own notification); a cancelled run matters because its running step must stop.
+    """
+    if channel != RUN_CHANGED:
+        return "step_ready"
+    try:
+        status = json.loads(payload).get("status")
+    except (ValueError, AttributeError):
+        return "run_changed"  # an unexpected payload: look rather than miss something
+    return "run_cancelled" if status == "cancelled" else None
