@@ -474,3 +474,19 @@ def test_an_older_run_does_not_overwrite_the_newer_runs_snapshot(
         " from public.task_steps where id = %s",
         [step_ids[0]],
     ).fetchone() == ("completed", "new", str(newer))
+
+
+def test_a_lapsed_lease_renewed_before_the_reaper_runs_is_kept(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{"max_attempts": 3}])
+    run_id = start_run(conn, task_id)
+    step = claim_one(conn)
+    expire_leases(conn, run_id)
+    with as_service(conn):
+        held = conn.execute(
+            "select * from stepsync.heartbeat_steps('worker-1', %s, %s, 60)",
+            [[step["step_execution_id"]], [step["lease_token"]]],
+        ).fetchall()
+    assert held == [(step["step_execution_id"],)]
+    assert reap(conn) == 0
+    assert complete(conn, step, {"kept": True})
+    assert step_rows(conn, run_id)[0]["attempt"] == 1

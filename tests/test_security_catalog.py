@@ -93,3 +93,37 @@ def test_no_permissive_policy_is_left_open_to_everyone(conn: psycopg.Connection)
         [list(OUR_SCHEMAS)],
     ).fetchall()
     assert open_policies == []
+
+
+def test_every_object_is_commented(conn: psycopg.Connection) -> None:
+    """Tables, functions and triggers in our schemas, and the policies, constraints and
+    columns of the workflow tables, each carry a comment."""
+    workflow_tables = ["task_steps", "audit_log", "agent_task_executions", "agent_tasks"]
+    uncommented = conn.execute(
+        "select 'table ' || c.oid::regclass::text from pg_class as c"
+        " where c.relnamespace::regnamespace::text = any(%(schemas)s) and c.relkind in ('r', 'p')"
+        " and obj_description(c.oid, 'pg_class') is null"
+        " union all select 'function ' || p.oid::regprocedure::text from pg_proc as p"
+        " where p.pronamespace::regnamespace::text = any(%(schemas)s)"
+        " and obj_description(p.oid, 'pg_proc') is null"
+        " union all select 'trigger ' || t.tgname from pg_trigger as t"
+        " join pg_class as c on c.oid = t.tgrelid where not t.tgisinternal"
+        " and c.relnamespace::regnamespace::text = any(%(schemas)s)"
+        " and obj_description(t.oid, 'pg_trigger') is null"
+        " union all select 'policy ' || p.polname from pg_policy as p"
+        " where p.polrelid::regclass::text = any(%(tables)s)"
+        " and obj_description(p.oid, 'pg_policy') is null"
+        " union all select 'constraint ' || k.conname from pg_constraint as k"
+        " where k.conrelid::regclass::text = any(%(new_tables)s) and k.contype in ('c', 'x')"
+        " and obj_description(k.oid, 'pg_constraint') is null"
+        " union all select 'column ' || a.attrelid::regclass::text || '.' || a.attname"
+        " from pg_attribute as a where a.attrelid::regclass::text = any(%(new_tables)s)"
+        " and a.attnum > 0 and not a.attisdropped"
+        " and col_description(a.attrelid, a.attnum) is null",
+        {
+            "schemas": list(OUR_SCHEMAS),
+            "tables": workflow_tables,
+            "new_tables": ["task_steps", "audit_log"],
+        },
+    ).fetchall()
+    assert uncommented == []

@@ -107,9 +107,11 @@ def test_api_roles_cannot_write_the_audit_log(
 ) -> None:
     w = build_world(conn)
     before = conn.execute("select count(*), max(id) from public.audit_log").fetchone()
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        with acting_as(conn, role, w.owner if role == "authenticated" else None) as c:
-            c.execute(statement)
+    with (
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+        acting_as(conn, role, w.owner if role == "authenticated" else None) as c,
+    ):
+        c.execute(statement)
     assert conn.execute("select count(*), max(id) from public.audit_log").fetchone() == before
 
 

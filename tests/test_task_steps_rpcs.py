@@ -103,20 +103,24 @@ def test_a_51st_step_cannot_be_inserted_directly(conn: psycopg.Connection) -> No
     owner = make_user(conn)
     task = make_task(conn, owner, make_agent(conn, owner))
     replace_steps(conn, task, [{}] * 50)
-    with pytest.raises(psycopg.errors.CheckViolation, match="at most 50 steps"):
-        with acting_as(conn, "authenticated", owner) as c:
-            c.execute(
-                "insert into public.task_steps (task_id, step_order, step_name, instructions)"
-                " values (%s, 51, 'One too many', 'x')",
-                [task],
-            )
-    with pytest.raises(psycopg.errors.ExclusionViolation, match="task_steps_live_order_unique"):
-        with acting_as(conn, "authenticated", owner) as c:
-            c.execute(
-                "insert into public.task_steps (task_id, step_order, step_name, instructions)"
-                " values (%s, 7, 'Duplicate position', 'x')",
-                [task],
-            )
+    with (
+        pytest.raises(psycopg.errors.CheckViolation, match="at most 50 steps"),
+        acting_as(conn, "authenticated", owner) as c,
+    ):
+        c.execute(
+            "insert into public.task_steps (task_id, step_order, step_name, instructions)"
+            " values (%s, 51, 'One too many', 'x')",
+            [task],
+        )
+    with (
+        pytest.raises(psycopg.errors.ExclusionViolation, match="task_steps_live_order_unique"),
+        acting_as(conn, "authenticated", owner) as c,
+    ):
+        c.execute(
+            "insert into public.task_steps (task_id, step_order, step_name, instructions)"
+            " values (%s, 7, 'Duplicate position', 'x')",
+            [task],
+        )
 
 
 BAD_INPUT = [
@@ -243,18 +247,23 @@ def test_agent_override_must_belong_to_the_task_owner(conn: psycopg.Connection) 
         match=r"steps\[0\]\.agent_id: agent .* does not belong",
     ):
         save(conn, w.owner, w.task, [{"instructions": "x", "agent_id": str(w.other_agent)}])
-    with pytest.raises(psycopg.errors.CheckViolation, match="agent_id: agent .* does not belong"):
-        with acting_as(conn, "authenticated", w.owner) as c:
-            c.execute(
-                "update public.task_steps set agent_id = %s where id = %s",
-                [w.other_agent, w.steps[0]],
-            )
-    with pytest.raises(psycopg.errors.CheckViolation, match="agent_id: agent .* does not belong"):
-        with acting_as(conn, "service_role") as c:  # the service is held to it too
-            c.execute(
-                "update public.task_steps set agent_id = %s where id = %s",
-                [w.other_agent, w.steps[0]],
-            )
+    with (
+        pytest.raises(psycopg.errors.CheckViolation, match=r"agent_id: agent .* does not belong"),
+        acting_as(conn, "authenticated", w.owner) as c,
+    ):
+        c.execute(
+            "update public.task_steps set agent_id = %s where id = %s",
+            [w.other_agent, w.steps[0]],
+        )
+    # The service is held to it too.
+    with (
+        pytest.raises(psycopg.errors.CheckViolation, match=r"agent_id: agent .* does not belong"),
+        acting_as(conn, "service_role") as c,
+    ):
+        c.execute(
+            "update public.task_steps set agent_id = %s where id = %s",
+            [w.other_agent, w.steps[0]],
+        )
     assert snapshot(conn, w.task) == before
     own_agent = make_agent(conn, w.owner, "Researcher")
     rows = save(conn, w.owner, w.task, [{"instructions": "x", "agent_id": str(own_agent)}])
@@ -264,20 +273,22 @@ def test_agent_override_must_belong_to_the_task_owner(conn: psycopg.Connection) 
 def test_a_step_cannot_move_to_another_task(conn: psycopg.Connection) -> None:
     w = build_world(conn)
     second = make_task(conn, w.owner, w.agent)
-    with pytest.raises(psycopg.errors.CheckViolation, match="task_id: a step cannot move"):
-        with acting_as(conn, "authenticated", w.owner) as c:
-            c.execute(
-                "update public.task_steps set task_id = %s where id = %s", [second, w.steps[0]]
-            )
+    with (
+        pytest.raises(psycopg.errors.CheckViolation, match="task_id: a step cannot move"),
+        acting_as(conn, "authenticated", w.owner) as c,
+    ):
+        c.execute("update public.task_steps set task_id = %s where id = %s", [second, w.steps[0]])
 
 
 def test_invalid_jsonpath_written_directly_is_refused(conn: psycopg.Connection) -> None:
     w = build_world(conn)
-    with pytest.raises(psycopg.errors.SyntaxError, match="jsonpath"):
-        with acting_as(conn, "authenticated", w.owner) as c:
-            c.execute(
-                "update public.task_steps set skip_if = %s where id = %s", ["$.a ===", w.steps[0]]
-            )
+    with (
+        pytest.raises(psycopg.errors.SyntaxError, match="jsonpath"),
+        acting_as(conn, "authenticated", w.owner) as c,
+    ):
+        c.execute(
+            "update public.task_steps set skip_if = %s where id = %s", ["$.a ===", w.steps[0]]
+        )
 
 
 def test_reorder_in_one_statement(conn: psycopg.Connection) -> None:
@@ -317,9 +328,11 @@ def test_reorder_must_list_exactly_the_live_steps(
         "null": [s1, None, s3],
     }[ids]
     before = snapshot(conn, w.task)
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
-        with acting_as(conn, "authenticated", w.owner) as c:
-            c.execute("select public.reorder_task_steps(%s, %s::uuid[])", [w.task, step_ids])
+    with (
+        pytest.raises(psycopg.errors.InvalidParameterValue, match=message),
+        acting_as(conn, "authenticated", w.owner) as c,
+    ):
+        c.execute("select public.reorder_task_steps(%s, %s::uuid[])", [w.task, step_ids])
     assert snapshot(conn, w.task) == before
 
 

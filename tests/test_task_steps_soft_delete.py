@@ -49,14 +49,18 @@ def test_owner_cannot_delete_the_last_step(conn: psycopg.Connection) -> None:
     owner = make_user(conn)
     task = make_task(conn, owner, make_agent(conn, owner))
     ids = replace_steps(conn, task, [{}, {}])
-    with pytest.raises(psycopg.errors.CheckViolation, match="needs at least one step"):
-        with acting_as(conn, "authenticated", owner) as c:
-            c.execute("delete from public.task_steps where task_id = %s", [task])
+    with (
+        pytest.raises(psycopg.errors.CheckViolation, match="needs at least one step"),
+        acting_as(conn, "authenticated", owner) as c,
+    ):
+        c.execute("delete from public.task_steps where task_id = %s", [task])
     assert live_steps(conn, task) == [(ids[0], 1), (ids[1], 2)]
-    with pytest.raises(psycopg.errors.CheckViolation, match="needs at least one step"):
-        with acting_as(conn, "authenticated", owner) as c:
-            c.execute("select public.soft_delete_task_step(%s)", [ids[0]])
-            c.execute("select public.soft_delete_task_step(%s)", [ids[1]])
+    with (
+        pytest.raises(psycopg.errors.CheckViolation, match="needs at least one step"),
+        acting_as(conn, "authenticated", owner) as c,
+    ):
+        c.execute("select public.soft_delete_task_step(%s)", [ids[0]])
+        c.execute("select public.soft_delete_task_step(%s)", [ids[1]])
     assert live_steps(conn, task) == [(ids[0], 1), (ids[1], 2)]
 
 
@@ -97,17 +101,21 @@ def test_restore_is_refused_at_fifty_steps(conn: psycopg.Connection) -> None:
             " values (%s, 50, 'Fiftieth', 'again')",
             [task],
         )
-    with pytest.raises(psycopg.errors.CheckViolation, match="already has 50 steps"):
-        with acting_as(conn, "authenticated", owner) as c:
-            c.execute("select public.restore_task_step(%s)", [ids[10]])
+    with (
+        pytest.raises(psycopg.errors.CheckViolation, match="already has 50 steps"),
+        acting_as(conn, "authenticated", owner) as c,
+    ):
+        c.execute("select public.restore_task_step(%s)", [ids[10]])
     assert len(live_steps(conn, task)) == 50
 
 
 def test_restore_of_a_live_step_is_a_clear_error(conn: psycopg.Connection) -> None:
     w = build_world(conn)
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="is not deleted"):
-        with acting_as(conn, "authenticated", w.owner) as c:
-            c.execute("select public.restore_task_step(%s)", [w.steps[0]])
+    with (
+        pytest.raises(psycopg.errors.InvalidParameterValue, match="is not deleted"),
+        acting_as(conn, "authenticated", w.owner) as c,
+    ):
+        c.execute("select public.restore_task_step(%s)", [w.steps[0]])
 
 
 def test_purge_is_service_only_and_removes_old_soft_deleted_rows(conn: psycopg.Connection) -> None:
@@ -118,9 +126,11 @@ def test_purge_is_service_only_and_removes_old_soft_deleted_rows(conn: psycopg.C
     )
     with acting_as(conn, "authenticated", w.owner) as c:
         c.execute("delete from public.task_steps where id = %s", [w.steps[2]])  # fresh deletion
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        with acting_as(conn, "authenticated", w.owner) as c:
-            c.execute("select stepsync.purge_deleted_task_steps(interval '0')")
+    with (
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+        acting_as(conn, "authenticated", w.owner) as c,
+    ):
+        c.execute("select stepsync.purge_deleted_task_steps(interval '0')")
     with acting_as(conn, "service_role") as c:
         purged = c.execute("select stepsync.purge_deleted_task_steps()").fetchone()[0]
     assert purged == 1

@@ -248,7 +248,7 @@ def test_rows_the_new_rules_cannot_hold_stop_the_upgrade_cleanly(
             " values (%s, 51, 'Far', 'away')",
             [before["single"]],
         )
-    with pytest.raises(migrations.MigrationError, match="step_order 51 is outside 1..50"):
+    with pytest.raises(migrations.MigrationError, match=r"step_order 51 is outside 1\.\.50"):
         migrations.push(blank_db_url)
     with psycopg.connect(blank_db_url) as conn:
         still_there = conn.execute(

@@ -336,3 +336,23 @@ comment on index public.task_steps_task_id_idx is
 'Serves the cascade from agent_tasks and RLS lookups that include soft-deleted rows.';
 comment on index public.task_steps_agent_id_idx is
 'Serves the agent foreign key (on delete set null) without scanning every step.';
+comment on column public.task_steps.id is 'Step id.';
+comment on column public.task_steps.task_id is 'The agent task this step belongs to.';
+comment on constraint task_steps_step_order_range on public.task_steps is
+'Positions run 1..50: with unique live positions, at most 50 live steps per task.';
+comment on constraint task_steps_step_name_length on public.task_steps is
+'A step name has 1 to 200 characters (trimmed).';
+comment on constraint task_steps_instructions_not_blank on public.task_steps is
+'Every step says what to do.';
+comment on constraint task_steps_context_data_object on public.task_steps is
+'Static context is a JSON object.';
+comment on constraint task_steps_custom_needs_template on public.task_steps is
+'context_mode custom needs a template.';
+comment on constraint task_steps_selective_needs_paths on public.task_steps is
+'context_mode selective needs at least one jsonpath.';
+comment on constraint task_steps_max_attempts_range on public.task_steps is
+'1 to 20 attempts.';
+comment on constraint task_steps_backoff_range on public.task_steps is
+'Backoff base 0..3600 s, its cap between the base and 86400 s.';
+comment on constraint task_steps_timeout_range on public.task_steps is
+'An attempt may run 1 s to 24 h.';

@@ -47,9 +47,19 @@ comment on function stepsync.check_task_step() is
 'Trigger: a step stays in its task, its agent override belongs to the task owner, '
 'its order is within 1..50; keeps updated_at current.';
 
-create trigger task_steps_check
-before insert or update on public.task_steps
+-- On INSERT the trigger only fires when there is something to check, so a bulk insert
+-- of plain steps (a backfill batch) pays nothing for it.
+create trigger task_steps_check_insert
+before insert on public.task_steps
+for each row
+when (new.agent_id is not null or new.step_order not between 1 and 50)
+execute function stepsync.check_task_step();
+
+create trigger task_steps_check_update
+before update on public.task_steps
 for each row execute function stepsync.check_task_step();
 
-comment on trigger task_steps_check on public.task_steps is
-'Checks a step''s task, agent override and order on every write (clear errors).';
+comment on trigger task_steps_check_insert on public.task_steps is
+'Checks a new step''s agent override and order (clear errors).';
+comment on trigger task_steps_check_update on public.task_steps is
+'Checks a changed step''s task, agent override and order; keeps updated_at current.';

@@ -36,6 +36,9 @@ create index if not exists audit_log_record_idx on public.audit_log (table_name,
 
 comment on table public.audit_log is
 'Append-only history of changes to the workflow tables, written only by audit triggers.';
+comment on column public.audit_log.id is 'Position in the history (increasing).';
+comment on constraint audit_log_operation_check on public.audit_log is
+'The three audited operations.';
 comment on column public.audit_log.occurred_at is 'Start time of the writing transaction.';
 comment on column public.audit_log.table_schema is 'Schema of the changed table.';
 comment on column public.audit_log.table_name is 'Name of the changed table.';
@@ -122,51 +125,57 @@ declare
         when 'INSERT' then
             'select null::jsonb as old_record, to_jsonb(n) as new_record from new_rows as n'
         when 'UPDATE' then
-            'select to_jsonb(o) as old_record, to_jsonb(n) as new_record'
-            ' from old_rows as o inner join new_rows as n on o.id = n.id'
-            ' where to_jsonb(o) is distinct from to_jsonb(n)'
+            'select * from (select to_jsonb(o) as old_record, to_jsonb(n) as new_record'
+            ' from old_rows as o inner join new_rows as n on o.id = n.id offset 0) as pair'
+            ' where pair.old_record is distinct from pair.new_record'
         else
             'select to_jsonb(o) as old_record, null::jsonb as new_record from old_rows as o'
     end;
 begin
     execute format(
         $sql$
+        with changed_rows as materialized (%s),
+
+        changed as materialized (
+            select
+                r.old_record,
+                r.new_record,
+                coalesce(r.new_record, r.old_record) as row_json
+            from changed_rows as r
+        )
+
         insert into public.audit_log (
             table_schema, table_name, operation, record_id, task_id, owner_id,
             actor_id, actor_role, tag, old_record, new_record
         )
         select
             $1, $2, $3,
-            (changed.row_json ->> 'id')::uuid,
-            changed.task_id,
+            (c.row_json ->> 'id')::uuid,
+            owned.task_id,
             coalesce(
-                case when $4 = 'id' then (changed.row_json ->> 'user_id')::uuid end,
+                case when $4 = 'id' then (c.row_json ->> 'user_id')::uuid end,
                 task.user_id,
                 (
                     select a.owner_id from public.audit_log as a
-                    where a.task_id = changed.task_id and a.owner_id is not null
+                    where a.task_id = owned.task_id and a.owner_id is not null
                     order by a.id desc
                     limit 1
                 )
             ),
             $5, $6, $7,
-            changed.old_record,
-            changed.new_record
-        from (
-            select
-                rows.old_record,
-                rows.new_record,
-                coalesce(rows.new_record, rows.old_record) as row_json,
-                coalesce(
-                    (coalesce(rows.new_record, rows.old_record) ->> $4)::uuid,
-                    (
-                        select e.task_id from public.agent_task_executions as e
-                        where e.id = (coalesce(rows.new_record, rows.old_record) ->> 'run_id')::uuid
-                    )
-                ) as task_id
-            from (%s) as rows
-        ) as changed
-        left join public.agent_tasks as task on changed.task_id = task.id
+            c.old_record,
+            c.new_record
+        from changed as c
+        cross join lateral (
+            select coalesce(
+                (c.row_json ->> $4)::uuid,
+                (
+                    select e.task_id from public.agent_task_executions as e
+                    where e.id = (c.row_json ->> 'run_id')::uuid
+                )
+            ) as task_id
+        ) as owned
+        left join public.agent_tasks as task on owned.task_id = task.id
         $sql$,
         changed_rows
     )

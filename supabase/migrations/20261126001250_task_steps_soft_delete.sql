@@ -81,6 +81,7 @@ declare
             nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text
         )
     );
+    noted text;
 begin
     if old.deleted_at is not null
         or not exists (select from public.agent_tasks as t where t.id = old.task_id)
@@ -94,14 +95,12 @@ begin
     update public.task_steps
     set deleted_at = now(), deleted_by = auth.uid()
     where id = old.id;
-    perform pg_catalog.set_config(
-        'stepsync.soft_deleted_tasks',
-        concat_ws(
-            ',', nullif(pg_catalog.current_setting('stepsync.soft_deleted_tasks', true), ''),
-            old.task_id::text
-        ),
-        true
-    );
+    noted := coalesce(pg_catalog.current_setting('stepsync.soft_deleted_tasks', true), '');
+    if strpos(noted, old.task_id::text) = 0 then
+        perform pg_catalog.set_config(
+            'stepsync.soft_deleted_tasks', concat_ws(',', nullif(noted, ''), old.task_id::text), true
+        );
+    end if;
     return null;
 end
 $$;

@@ -9,6 +9,40 @@
 
 revoke all on public.task_steps from anon;
 
+-- Every column a policy or ownership check looks up is indexed. A live project may
+-- already have such an index under another name; one is created only where none leads
+-- with the column.
+do $policy_indexes$
+declare
+    wanted record;
+begin
+    for wanted in
+        select *
+        from (
+            values
+            ('agent_tasks', 'user_id', 'idx_agent_tasks_user_id'),
+            ('agents', 'user_id', 'idx_agents_user_id'),
+            ('agent_task_executions', 'task_id', 'idx_agent_task_executions_task_id')
+        ) as w (table_name, column_name, index_name)
+    loop
+        if not exists (
+            select
+            from pg_index as i
+            inner join pg_attribute as a
+                on i.indrelid = a.attrelid and a.attnum = i.indkey[0]
+            where
+                i.indrelid = ('public.' || wanted.table_name)::regclass
+                and a.attname = wanted.column_name
+        ) then
+            execute format(
+                'create index %I on public.%I (%I)',
+                wanted.index_name, wanted.table_name, wanted.column_name
+            );
+        end if;
+    end loop;
+end
+$policy_indexes$;
+
 create policy "Owners read the live steps of their tasks" on public.task_steps
 for select to authenticated
 using (

@@ -2,8 +2,7 @@
 -- per step of a run, with a snapshot of the step definition taken when the run starts.
 --
 -- Writes to both tables go through the run engine functions (start_task_run, claim_steps,
--- complete_step, ...). API users only read their own rows; the permissive legacy write
--- policy on agent_task_executions is dropped here.
+-- complete_step, ...). API users only read their own rows.
 
 -- Run rows: owner (for RLS without a join), step progress and cancellation.
 alter table public.agent_task_executions
@@ -67,33 +66,13 @@ create index if not exists agent_task_executions_task_created_idx
 on public.agent_task_executions (task_id, created_at desc);
 
 comment on index public.agent_task_executions_user_id_idx is
-'Serves the owner RLS policy and the cascade from auth.users.';
+'Serves the cascade from auth.users and listings of a user''s runs.';
 comment on index public.agent_task_executions_task_created_idx is
 'Latest run of a task (preview, definition snapshot).';
 
--- Close the legacy hole (any API user could write any run) and read by owner column:
--- one owner policy that needs no join, one for the service. Earlier read policies that
--- went through agent_tasks are replaced.
-drop policy if exists "System can manage task executions" on public.agent_task_executions;
-drop policy if exists "Users can view their task executions" on public.agent_task_executions;
-drop policy if exists "Owners read the runs of their tasks" on public.agent_task_executions;
-drop policy if exists "Owners read their runs" on public.agent_task_executions;
-drop policy if exists "Service role manages runs" on public.agent_task_executions;
-
-create policy "Owners read their runs" on public.agent_task_executions
-for select to authenticated
-using (user_id = (select auth.uid()));
-
-create policy "Service role manages runs" on public.agent_task_executions
-for all to service_role
-using (true) with check (true);
-
-comment on policy "Owners read their runs" on public.agent_task_executions is
-'Owners read their own runs; they change them only through start_task_run and '
-'cancel_task_run.';
-comment on policy "Service role manages runs" on public.agent_task_executions is
-'The service records and advances runs.';
-
+-- Who reads and writes runs is set by 20261126001320_close_legacy_execution_policy.sql
+-- (owners read the runs of their tasks, the service role writes); API users change runs
+-- only through start_task_run and cancel_task_run.
 revoke all on public.agent_task_executions from anon;
 
 -- Fencing tokens: every claim takes a new one, so a stale holder can be told apart.

@@ -17,9 +17,14 @@ as $$
 declare
     step_run_id uuid;
 begin
+    -- A stale token is answered without taking any lock; the UPDATE below checks again
+    -- under the run lock.
     select s.run_id into step_run_id
     from public.task_step_executions as s
-    where s.id = p_step_execution_id;
+    where
+        s.id = p_step_execution_id
+        and s.status = 'running'
+        and s.lease_token = p_lease_token;
     if not found then
         return false;
     end if;
@@ -73,7 +78,10 @@ declare
 begin
     select s.* into step
     from public.task_step_executions as s
-    where s.id = p_step_execution_id;
+    where
+        s.id = p_step_execution_id
+        and s.status = 'running'
+        and s.lease_token = p_lease_token;
     if not found then
         return 'stale';
     end if;

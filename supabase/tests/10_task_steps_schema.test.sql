@@ -16,7 +16,9 @@ select columns_are(
     ],
     'task_steps has exactly the contract columns'
 );
-select col_type_is('public', 'task_steps', 'instructions', 'text', 'instructions is unbounded text');
+select col_type_is(
+    'public', 'task_steps', 'instructions', 'text', 'instructions is unbounded text'
+);
 select col_type_is('public', 'task_steps', 'skip_if', 'jsonpath', 'skip_if is a jsonpath');
 select col_type_is(
     'public', 'task_steps', 'context_paths', 'jsonpath[]', 'context_paths is a jsonpath array'
@@ -44,18 +46,26 @@ select has_index(
     'public', 'audit_log', 'audit_log_owner_id_idx', 'audit owner_id is indexed for RLS'
 );
 select is(
-    (select amname from pg_am
-        inner join pg_class on pg_class.relam = pg_am.oid
-        where relname = 'audit_log_occurred_at_brin'),
+    (
+        select am.amname from pg_am as am
+        inner join pg_class as c on am.oid = c.relam
+        where c.relname = 'audit_log_occurred_at_brin'
+    ),
     'brin',
     'audit time index is BRIN'
 );
 select ok(
-    (select relrowsecurity from pg_class where oid = 'public.task_steps'::regclass),
+    (
+        select relrowsecurity from pg_class
+        where oid = 'public.task_steps'::regclass
+    ),
     'task_steps has RLS'
 );
 select ok(
-    (select relrowsecurity from pg_class where oid = 'public.audit_log'::regclass),
+    (
+        select relrowsecurity from pg_class
+        where oid = 'public.audit_log'::regclass
+    ),
     'audit_log has RLS'
 );
 select policies_are(
@@ -90,7 +100,8 @@ select triggers_are(
     'public',
     'task_steps',
     array[
-        'task_steps_check', 'task_steps_soft_delete', 'task_steps_close_gaps_after_delete',
+        'task_steps_check_insert', 'task_steps_check_update', 'task_steps_soft_delete',
+        'task_steps_close_gaps_after_delete',
         'task_steps_close_gaps_after_soft_delete', 'task_steps_audit_insert',
         'task_steps_audit_update', 'task_steps_audit_delete'
     ],
@@ -108,7 +119,9 @@ select function_returns(
 select function_returns(
     'public', 'validate_task_steps', array['uuid'], 'jsonb', 'validate_task_steps returns jsonb'
 );
-select is_definer('stepsync', 'restore_task_step', array['uuid'], 'the restore helper is a definer');
+select is_definer(
+    'stepsync', 'restore_task_step', array['uuid'], 'the restore helper is a definer'
+);
 select isnt_definer('public', 'save_task_steps', array['uuid', 'jsonb'], 'save is invoker');
 select isnt_definer('public', 'reorder_task_steps', array['uuid', 'uuid[]'], 'reorder is invoker');
 select isnt_definer('public', 'validate_task_steps', array['uuid'], 'validate is invoker');

@@ -76,7 +76,9 @@ select throws_ok(
     'another user cannot add a step to the task'
 );
 select throws_ok(
-    $$select public.save_task_steps('30000000-0000-0000-0000-000000000001', '[{"instructions": "x"}]')$$,
+    $$select public.save_task_steps(
+        '30000000-0000-0000-0000-000000000001', '[{"instructions": "x"}]'
+    )$$,
     'P0002',
     null,
     'another user cannot save the steps of the task'
