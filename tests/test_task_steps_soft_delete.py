@@ -153,6 +153,7 @@ def test_service_role_delete_really_deletes(conn: psycopg.Connection) -> None:
 @pytest.mark.parametrize("role", ["authenticated", "service_role"])
 def test_deleting_the_task_cascades_to_every_step(conn: psycopg.Connection, role: str) -> None:
     w = build_world(conn)
+    mark = conn.execute("select max(id) from public.audit_log").fetchone()[0]
     with acting_as(conn, role, w.owner if role == "authenticated" else None) as c:
         assert c.execute("delete from public.agent_tasks where id = %s", [w.task]).rowcount == 1
     assert conn.execute(
@@ -162,7 +163,7 @@ def test_deleting_the_task_cascades_to_every_step(conn: psycopg.Connection, role
     with acting_as(conn, "authenticated", w.owner) as c:
         deletes = c.execute(
             "select table_name, count(*) from public.audit_log"
-            " where task_id = %s and operation = 'DELETE' group by 1 order by 1",
-            [w.task],
+            " where task_id = %s and operation = 'DELETE' and id > %s group by 1 order by 1",
+            [w.task, mark],
         ).fetchall()
     assert deletes == [("agent_tasks", 1), ("task_steps", 4)]

@@ -1,7 +1,7 @@
 -- The task_steps data model: columns, constraints, indexes, RLS, triggers and RPC shapes.
 begin;
 set local search_path = extensions, public;
-select plan(34);
+select plan(41);
 
 select has_table('public', 'task_steps', 'task_steps exists');
 select columns_are(
@@ -84,10 +84,11 @@ select policy_roles_are(
     'public', 'task_steps', 'Owners read the live steps of their tasks',
     array['authenticated'], 'owner policies are scoped to authenticated'
 );
-select policies_are(
-    'public',
-    'agent_task_executions',
-    array['Owners read the runs of their tasks', 'Service role manages runs'],
+select is_empty(
+    $$select policyname from pg_policies
+      where schemaname = 'public' and tablename = 'agent_task_executions'
+        and (qual = 'true' or with_check = 'true')
+        and not roles <@ array['service_role']::name []$$,
     'the legacy FOR ALL USING (true) policy is gone'
 );
 select policies_are(
@@ -96,17 +97,18 @@ select policies_are(
     array['Owners read the audit rows of their tasks', 'Service role reads the audit log'],
     'audit_log can only be read'
 );
-select triggers_are(
-    'public',
-    'task_steps',
-    array[
-        'task_steps_check_insert', 'task_steps_check_update', 'task_steps_soft_delete',
-        'task_steps_close_gaps_after_delete',
-        'task_steps_close_gaps_after_soft_delete', 'task_steps_audit_insert',
-        'task_steps_audit_update', 'task_steps_audit_delete'
-    ],
-    'task_steps triggers'
+select has_trigger('public', 'task_steps', 'task_steps_check_insert', 'insert rules');
+select has_trigger('public', 'task_steps', 'task_steps_check_update', 'update rules');
+select has_trigger('public', 'task_steps', 'task_steps_soft_delete', 'soft delete');
+select has_trigger(
+    'public', 'task_steps', 'task_steps_close_gaps_after_delete', 'gaps close after DELETE'
 );
+select has_trigger(
+    'public', 'task_steps', 'task_steps_close_gaps_after_soft_delete', 'gaps close after UPDATE'
+);
+select has_trigger('public', 'task_steps', 'task_steps_audit_insert', 'inserts are audited');
+select has_trigger('public', 'task_steps', 'task_steps_audit_update', 'updates are audited');
+select has_trigger('public', 'task_steps', 'task_steps_audit_delete', 'deletes are audited');
 select has_trigger('public', 'agent_tasks', 'agent_tasks_audit_update', 'tasks are audited');
 select function_returns(
     'public', 'save_task_steps', array['uuid', 'jsonb'], 'setof task_steps',
