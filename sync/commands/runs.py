@@ -184,7 +184,7 @@ def _render(run_row: dict, steps: list[dict]) -> Group:
     return Group(*parts)
 
 
-# --- small helpers ----------------------------------------------------------------------
+# --- parsing and formatting ----------------------------------------------------------------
 
 
 def _database(url: str) -> Database:
