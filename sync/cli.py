@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sync.commands import backfill, config, db, demo, embedded, flags, runs, serve
+from sync.commands import backfill, config, db, demo, doctor, embedded, flags, runs, serve
 
 app = typer.Typer(
     help="stepsync: multi-step workflows for Supabase agent tasks.",
@@ -19,3 +19,4 @@ app.command(name="demo")(demo.demo)
 app.command(name="config")(config.config)
 app.command(name="serve")(serve.serve)
 runs.register(app)
+app.command(name="doctor")(doctor.doctor)

@@ -451,6 +451,10 @@ def build_service(
     sources: list[WakeupSource] = []
     if "postgres" in settings.listen:
         sources.append(PostgresWakeups(database_url))
+    if "realtime" in settings.listen:
+        from sync.wakeups.realtime import realtime_source
+
+        sources.append(realtime_source(settings))
     return StepService(
         settings,
         db=db,

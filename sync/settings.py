@@ -14,13 +14,20 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "STEPSYNC_"
 
 # Wake-up sources ``serve`` can listen on besides the poll timer, which always runs.
-LISTEN_MODES = ("postgres",)
+LISTEN_MODES = ("postgres", "realtime")
 
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -144,7 +151,24 @@ class Settings(BaseSettings):
     )
 
     # --- Supabase (wake-ups over Realtime, Edge Function executors) -----------------------
-    # Supabase settings (SUPABASE_URL, service role key) belong in this block.
+    # The plain SUPABASE_* names are accepted too, as a Supabase project already sets them.
+    supabase_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("STEPSYNC_SUPABASE_URL", "SUPABASE_URL"),
+        description="Project URL, e.g. https://<ref>.supabase.co (Realtime and Edge Functions).",
+    )
+    supabase_service_role_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "STEPSYNC_SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_SERVICE_ROLE_KEY"
+        ),
+        description="Service-role key: Realtime apikey and Edge Function bearer token.",
+    )
+    edge_function_name: str = Field(
+        default="chat",
+        description="Edge Function the `agentopia_chat` executor calls "
+        "(`edge:<name>` names its own).",
+    )
 
     @field_validator("listen", mode="before")
     @classmethod

@@ -14,9 +14,10 @@ from sync.db import DatabaseSetupError
 from sync.executors import ExecutorSettingError, executor_from_setting
 from sync.service import build_service
 from sync.settings import Settings, describe_validation_error
+from sync.wakeups.realtime import RealtimeSettingError
 
 ListenOption = typer.Option(
-    None, "--listen", help="Wake-up source besides polling (repeatable): postgres."
+    None, "--listen", help="Wake-up source besides polling (repeatable): postgres, realtime."
 )
 
 
@@ -34,7 +35,8 @@ def serve(
         None, help="Seconds running steps get to finish on SIGTERM before being handed back."
     ),
     executor: str | None = typer.Option(
-        None, help="demo | python:package.module:function | http(s)://…"
+        None,
+        help="demo | python:package.module:function | http(s)://… | edge:<function> | agentopia_chat",
     ),
     metrics_port: int | None = typer.Option(None, help="Port of /metrics and /healthz; 0 = off."),
     worker_id: str | None = typer.Option(None, help="Name leases are claimed under."),
@@ -65,7 +67,10 @@ def serve(
         raise fail(str(exc)) from None
     with user_errors():
         url = database_url(database_url_option, migrate=False)
-    service = build_service(settings, url, executor=built_executor)
+    try:
+        service = build_service(settings, url, executor=built_executor)
+    except RealtimeSettingError as exc:
+        raise fail(str(exc)) from None
     try:
         asyncio.run(service.run(install_signal_handlers=True))
     except DatabaseSetupError as exc:

@@ -37,12 +37,43 @@ def _http(setting: str, settings: Settings) -> Executor:
     return HttpExecutor(setting, timeout_seconds=settings.http_timeout_seconds)
 
 
+def _edge_function(setting: str, settings: Settings) -> Executor:
+    from sync.executors.edge_function import EdgeFunctionExecutor
+
+    return EdgeFunctionExecutor(
+        *_supabase(settings),
+        setting.removeprefix("edge:"),
+        max_timeout_seconds=settings.http_timeout_seconds,
+    )
+
+
+def _agentopia_chat(setting: str, settings: Settings) -> Executor:
+    from sync.executors.agentopia_chat import AgentopiaChatExecutor
+
+    return AgentopiaChatExecutor(
+        *_supabase(settings),
+        settings.edge_function_name,
+        max_timeout_seconds=settings.http_timeout_seconds,
+    )
+
+
+def _supabase(settings: Settings) -> tuple[str, object]:
+    if not settings.supabase_url or not settings.supabase_service_role_key:
+        raise ValueError(
+            "Edge Function executors need STEPSYNC_SUPABASE_URL and "
+            "STEPSYNC_SUPABASE_SERVICE_ROLE_KEY"
+        )
+    return settings.supabase_url, settings.supabase_service_role_key
+
+
 # Setting prefix → factory. Longest prefix wins, so "edge:" and "http" never collide.
 EXECUTORS: dict[str, ExecutorFactory] = {
     "demo": _demo,
     "python:": _python,
     "http://": _http,
     "https://": _http,
+    "edge:": _edge_function,
+    "agentopia_chat": _agentopia_chat,
 }
 
 

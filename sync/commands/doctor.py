@@ -1,0 +1,55 @@
+"""``stepsync doctor``: check the configuration before deploying, say how to fix it."""
+
+from __future__ import annotations
+
+import typer
+from pydantic import ValidationError
+
+from sync import doctor as checks
+from sync.commands.common import DatabaseUrlOption, console, fail, settings_for
+from sync.settings import describe_validation_error
+
+MARKS = {
+    "ok": "[green]✓ ok  [/]",
+    "warn": "[yellow]! warn[/]",
+    "fail": "[bold red]✗ fail[/]",
+    "skip": "[dim]- skip[/]",
+}
+
+
+def doctor(
+    database_url_option: str | None = DatabaseUrlOption,
+    listen: str | None = typer.Option(
+        None,
+        "--listen",
+        help="Wake-up sources to check for, comma separated (postgres,realtime); "
+        "default STEPSYNC_LISTEN.",
+        show_default=False,
+    ),
+) -> None:
+    """Check the database, migrations, pooler mode, Realtime and the executor endpoint."""
+    try:
+        settings = settings_for(database_url_option)
+    except ValidationError as exc:
+        raise fail(f"invalid configuration: {describe_validation_error(exc)}") from None
+    if listen is not None:
+        modes = [mode.strip() for mode in listen.split(",") if mode.strip()]
+        unknown = [mode for mode in modes if mode not in ("postgres", "realtime")]
+        if unknown:
+            raise fail(f"--listen: unknown mode(s) {', '.join(unknown)}; known: postgres, realtime")
+        settings = settings.model_copy(update={"listen": modes})
+    results = checks.run_checks(settings)
+    for check in results:
+        console.print(
+            f"{MARKS[check.verdict]}  [bold]{check.name:<10}[/] {check.detail}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if check.fix and check.verdict in ("warn", "fail"):
+            console.print(f"{'':19}fix: {check.fix}", highlight=False, soft_wrap=True)
+    failed = [c.name for c in results if c.verdict == "fail"]
+    warned = [c.name for c in results if c.verdict == "warn"]
+    if failed:
+        console.print(f"[bold red]{len(failed)} check(s) failed:[/] {', '.join(failed)}")
+        raise typer.Exit(code=1)
+    console.print(f"[green]ready[/] ({len(warned)} warning(s))" if warned else "[green]ready[/]")
