@@ -184,6 +184,10 @@ def start_local_cluster(data_dir: Path, *, fast: bool, persistent: bool) -> Serv
     return server
 
 
+def local_cluster_running(data_dir: Path) -> bool:
+    return _running_port(data_dir.resolve()) is not None
+
+
 def stop_local_cluster(data_dir: Path) -> bool:
     """Stop the cluster running from ``data_dir``; False when none was running."""
     data_dir = data_dir.resolve()

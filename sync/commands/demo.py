@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
-from sync import migrations
-from sync.commands.common import console, database_url, user_errors
-from sync.commands.db import print_status
+from sync import demo as demo_flow
+from sync import devdb
+from sync.commands.common import console, fail, user_errors
 from sync.settings import Settings
+
+DEMO_DATABASE = "stepsync_demo"
 
 
 def demo() -> None:
-    """Start the embedded PostgreSQL, apply the migrations and show the schema status."""
+    """Upgrade a small legacy app to stepsync and run its workflows, live.
+
+    Without STEPSYNC_DATABASE_URL it uses a fresh `stepsync_demo` database on the
+    embedded PostgreSQL (started for the demo and stopped after it, unless it was
+    already running). With it, the demo writes its data set into that database.
+    """
     settings = Settings()
     with user_errors():
-        url = database_url(settings.database_url, migrate=True)
-        console.print(f"embedded database: {settings.data_dir.resolve()}")
-        print_status(migrations.status(url))
+        if settings.database_url:
+            outcome = demo_flow.run_demo(settings.database_url, console)
+        else:
+            outcome = _on_embedded(settings)
+    if not outcome.ok:
+        raise fail("the demo did not complete every run", "see the summary above")
+
+
+def _on_embedded(settings: Settings) -> demo_flow.DemoOutcome:
+    data_dir = settings.data_dir / "pgdata"
+    was_running = devdb.local_cluster_running(data_dir)
+    server = devdb.start_local_cluster(data_dir, fast=False, persistent=True)
+    console.print(f"embedded PostgreSQL {server.version} in {data_dir.resolve()}")
+    try:
+        devdb.drop_database(server.url, DEMO_DATABASE)
+        url = devdb.create_database(server.url, DEMO_DATABASE)
+        devdb.bootstrap_supabase(url)
+        return demo_flow.run_demo(url, console)
+    finally:
+        if not was_running:
+            devdb.stop_local_cluster(data_dir)
