@@ -10,7 +10,7 @@ SUPABASE_CLI_VERSION := 2.117.0
 PG15_BIN := /usr/lib/postgresql/15/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps lint format test test-pg15 test-embedded run bench clean
+.PHONY: help install system-deps lint format docs test test-pg15 test-embedded run bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ format: install  ## fix what the linters can fix
 	$(BIN)/sqlfluff fix supabase sync/sql
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+docs: install  ## regenerate the README's configuration reference
+	$(BIN)/python scripts/update_readme.py
 
 test: install system-deps lint test-pg15 test-embedded  ## everything, on PostgreSQL 15 and the embedded default
 

@@ -11,12 +11,12 @@ from sync.devdb import redact_url
 from sync.settings import Settings
 
 
-def env_name(field, default: str) -> str:
-    """The variable a setting is read from: its alias when it has one (SUPABASE_URL)."""
+def env_names(field, default: str) -> str:
+    """The variables a setting is read from: its aliases when it has some (SUPABASE_URL)."""
     alias = field.validation_alias
-    if isinstance(alias, AliasChoices):
-        alias = next((choice for choice in alias.choices if isinstance(choice, str)), None)
-    return alias.upper() if isinstance(alias, str) else default
+    choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+    names = [f"`{choice.upper()}`" for choice in choices if isinstance(choice, str)]
+    return " or ".join(names) or f"`{default}`"
 
 
 def reference_markdown() -> str:
@@ -25,11 +25,14 @@ def reference_markdown() -> str:
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        if isinstance(default, SecretStr) or default is None:
-            default = ""
-        shown = f"`{default}`" if default != "" else "—"
+        if default != field.get_default(call_default_factory=True):
+            shown = "computed"  # e.g. the worker id: host and process, different every time
+        elif default in (None, "", []) or isinstance(default, SecretStr):
+            shown = "—"
+        else:
+            shown = f"`{','.join(default) if isinstance(default, list) else default}`"
         description = (field.description or "").replace("|", "\\|").replace("\n", " ")
-        rows.append(f"| `{env_name(field, prefix + name.upper())}` | {shown} | {description} |")
+        rows.append(f"| {env_names(field, prefix + name.upper())} | {shown} | {description} |")
     return "\n".join(rows) + "\n"
 
 
