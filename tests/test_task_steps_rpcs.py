@@ -292,6 +292,8 @@ def test_invalid_jsonpath_written_directly_is_refused(conn: psycopg.Connection) 
 
 
 def test_reorder_in_one_statement(conn: psycopg.Connection) -> None:
+    """A rotation succeeds while the order constraint is checked per statement (not
+    deferred), which only a single UPDATE can do."""
     w = build_world(conn)
     s1, s2, s3 = w.steps
     with acting_as(conn, "authenticated", w.owner) as c:
