@@ -60,7 +60,8 @@ select r.id, r.task_id, t.name as task_name, r.status::text as status, r.trigger
 """
 RUN_STEPS = """
 select id, step_order, step_name, status::text as status, attempt, max_attempts,
-       started_at, completed_at, duration_ms, error_message, output, run_after
+       started_at, completed_at, duration_ms, error_message, output, run_after,
+       input_context, skip_reason
   from public.task_step_executions
  where run_id = %(run_id)s
  order by step_order

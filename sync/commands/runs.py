@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import typer
 from rich.console import Group
+from rich.json import JSON
 from rich.live import Live
 from rich.table import Column, Table
 from rich.text import Text
@@ -42,6 +43,7 @@ def register(app: typer.Typer) -> None:
     app.command(name="run")(run)
     app.command(name="runs")(runs)
     app.command(name="show")(show)
+    app.command(name="cancel")(cancel)
 
 
 def run(
@@ -96,6 +98,9 @@ def runs(
 
 def show(
     run_id: str = typer.Argument(..., help="The run to show."),
+    context: bool = typer.Option(
+        False, "--context", help="Also print the input context and output of each step."
+    ),
     database_url_option: str | None = DatabaseUrlOption,
 ) -> None:
     """A run's status and each step's status, attempts, timing and error."""
@@ -110,8 +115,38 @@ def show(
     if run_row is None:
         raise fail(f"no run {run_uuid}")
     console.print(_render(run_row, steps))
+    if context:
+        for step in steps:
+            console.rule(f"step {step['step_order']}: {step['step_name']}")
+            if step["skip_reason"]:
+                console.print(f"skipped: {step['skip_reason']}", highlight=False)
+            console.print("input context:")
+            console.print(JSON.from_data(step["input_context"], default=str))
+            console.print("output:")
+            console.print(JSON.from_data(step["output"], default=str))
     if run_row["status"] in ("failed", "cancelled"):
         raise typer.Exit(code=1)
+
+
+def cancel(
+    run_id: str = typer.Argument(..., help="The run to cancel."),
+    database_url_option: str | None = DatabaseUrlOption,
+) -> None:
+    """Cancel a pending or running run: its running step is stopped, nothing runs after."""
+    run_uuid = _uuid(run_id, "run id")
+    with user_errors():
+        url = database_url(database_url_option, migrate=True)
+
+    async def go(db: Database) -> bool:
+        try:
+            return await db.cancel_task_run(run_uuid)
+        except psycopg.Error as exc:
+            raise fail(f"cannot cancel run {run_uuid}: {_pg_message(exc)}") from None
+
+    if asyncio.run(_with_db(url, go)):
+        console.print(f"run {run_uuid} cancelled")
+    else:
+        raise fail(f"run {run_uuid} was not cancelled (already finished?)")
 
 
 # --- following a run --------------------------------------------------------------------
