@@ -75,6 +75,17 @@ def cases(w: World) -> dict[str, tuple]:
             None,
             {"anon": DENIED, "owner": ("ok", 0), "other": ("ok", 0), "service_role": ("ok", 1)},
         ),
+        "steps: soft delete by PATCH (not the way: DELETE is)": (
+            "update public.task_steps set deleted_at = now() where id = %s",
+            [s3],
+            step_state(s3),
+            {
+                "anon": DENIED,
+                "owner": DENIED,
+                "other": ("ok", (0, "live")),
+                "service_role": ("ok", (1, "soft-deleted")),
+            },
+        ),
         "steps: delete a step": (
             "delete from public.task_steps where id = %s",
             [s3],

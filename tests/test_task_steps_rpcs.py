@@ -292,6 +292,8 @@ def test_invalid_jsonpath_written_directly_is_refused(conn: psycopg.Connection) 
 
 
 def test_reorder_in_one_statement(conn: psycopg.Connection) -> None:
+    """A rotation succeeds while the order constraint is checked per statement (not
+    deferred), which only a single UPDATE can do."""
     w = build_world(conn)
     s1, s2, s3 = w.steps
     with acting_as(conn, "authenticated", w.owner) as c:
@@ -406,3 +408,39 @@ def test_validate_a_task_that_is_not_yours(conn: psycopg.Connection) -> None:
     w = build_world(conn)
     with pytest.raises(psycopg.errors.NoDataFound, match="not found"):
         problems(conn, w.other, w.task)
+
+
+def test_rest_insert_without_a_position_appends(conn: psycopg.Connection) -> None:
+    w = build_world(conn)
+    with acting_as(conn, "authenticated", w.owner) as c:
+        added = c.execute(
+            "insert into public.task_steps (task_id, step_name, instructions)"
+            " values (%s, 'Fourth', 'x'), (%s, 'Fifth', 'y') returning step_name, step_order",
+            [w.task, w.task],
+        ).fetchall()
+    assert added == [("Fourth", 4), ("Fifth", 5)]
+
+
+def test_concurrent_edits_of_one_task_take_turns(conn: psycopg.Connection, db_url: str) -> None:
+    """save_task_steps locks the task row: a second editor waits instead of interleaving."""
+    w = build_world(conn)
+    with (
+        psycopg.connect(db_url, autocommit=True) as second,
+        acting_as(conn, "authenticated", w.owner) as c,
+    ):
+        c.execute(
+            "select public.save_task_steps(%s, %s)",
+            [w.task, Jsonb([{"id": str(w.steps[0])}, {"instructions": "from the first"}])],
+        )
+        with (
+            pytest.raises(psycopg.errors.LockNotAvailable),
+            acting_as(second, "authenticated", w.owner) as c2,
+        ):
+            c2.execute("set local lock_timeout = '50ms'")
+            c2.execute("select public.reorder_task_steps(%s, %s)", [w.task, list(w.steps[::-1])])
+    rows = conn.execute(
+        "select instructions from public.task_steps"
+        " where task_id = %s and deleted_at is null order by step_order",
+        [w.task],
+    ).fetchall()
+    assert rows == [("Do part 1",), ("from the first",)]

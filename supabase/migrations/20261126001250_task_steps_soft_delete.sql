@@ -10,8 +10,9 @@
 -- Closing the gap happens once per statement, after it: a BEFORE DELETE trigger that
 -- renumbered other rows would collide with a DELETE that goes on to visit them. The
 -- trigger notes the task in a transaction-local setting and a statement trigger compacts
--- the noted tasks. An UPDATE that sets deleted_at (the soft_delete_task_step RPC, or a
--- PATCH) compacts through an AFTER row trigger, which runs once the UPDATE is complete.
+-- the noted tasks. An UPDATE that sets deleted_at directly (the service, a test set-up;
+-- RLS refuses it to owners, whose row would leave their view) compacts through an AFTER
+-- row trigger, which runs once the UPDATE is complete.
 
 create or replace function stepsync.close_task_step_gaps(p_task_ids uuid[])
 returns void
