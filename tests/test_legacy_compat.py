@@ -108,7 +108,7 @@ def test_free_text_on_a_multi_step_task_is_refused(conn: psycopg.Connection, own
     task_id = make_task(conn, user_id, agent_id)
     replace_steps(conn, task_id, [{}, {}])
     summary = task_instructions(conn, task_id)
-    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="has 2 steps"):
+    with pytest.raises(psycopg.errors.CheckViolation, match="has 2 steps"):
         legacy_update(conn, user_id, task_id, "Just do it all")
     assert task_instructions(conn, task_id) == summary
     # The earlier variant's marker text is accepted (it says the same thing).

@@ -150,7 +150,7 @@ begin
     elsif new.instructions !~ '^\s*Multi-step task with [0-9]+ step' then
         raise exception 'task % has % steps: its instructions are a summary of them',
             new.id, live_steps
-            using errcode = '55000',
+            using errcode = '23514',
             hint = 'Edit the steps (save_task_steps or task_steps) instead.';
     end if;
     return null;

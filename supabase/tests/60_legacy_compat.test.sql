@@ -53,7 +53,7 @@ select is(
 select throws_ok(
     $$update public.agent_tasks set instructions = 'free text'
       where id = '00000000-0000-0000-0000-0000000071a5'$$,
-    '55000',
+    '23514',
     null,
     'free text on a multi-step task is refused'
 );
