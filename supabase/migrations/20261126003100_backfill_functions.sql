@@ -5,7 +5,7 @@
 -- keyset order of id; the run's checkpoint moves in the same transaction as the steps it
 -- created, so a killed process loses at most the batch in flight.
 --
--- The classification of a task is spelled out inline in each function (no helper call
+-- The classification of a task is spelled out inline in each function (no function call
 -- per row: a function with a fixed search_path cannot be inlined, and at a million rows
 -- the calls would cost more than the inserts). The rules, identical everywhere:
 --   blank:    instructions !~ '\S'                        (empty or whitespace only)

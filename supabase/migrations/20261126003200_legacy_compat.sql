@@ -14,7 +14,7 @@
 -- The trigger functions are SECURITY DEFINER (owner rights) because a legacy writer, an
 -- API user, can neither read the flag nor always see every step; PostgreSQL refuses to
 -- call a trigger function other than as a trigger, and a trigger only fires for rows the
--- writer's own statement reached through RLS. The helpers they call are invokers with
+-- writer's own statement reached through RLS. The functions they call are invokers with
 -- execute revoked from everyone: they run with the trigger's rights and nobody else's.
 
 insert into stepsync.feature_flags (name, enabled, rollout_percent, description)
