@@ -96,9 +96,12 @@ def status(url: str, directory: Path = MIGRATIONS_DIR) -> Status:
     )
 
 
-def push(url: str, directory: Path = MIGRATIONS_DIR, *, on_apply=None) -> list[Migration]:
-    """Apply pending migrations in version order; return the ones applied."""
-    pending = status(url, directory).pending
+def push(
+    url: str, directory: Path = MIGRATIONS_DIR, *, up_to: str | None = None, on_apply=None
+) -> list[Migration]:
+    """Apply pending migrations in version order (through version ``up_to`` if given);
+    return the ones applied."""
+    pending = [m for m in status(url, directory).pending if up_to is None or m.version <= up_to]
     if not pending:
         return []
     with connect(url) as conn:

@@ -98,3 +98,10 @@ def test_unreachable_database_is_one_clear_line() -> None:
 )
 def test_split_statements(script: str, expected: list[str]) -> None:
     assert migrations.split_statements(script) == expected
+
+
+def test_push_up_to_a_version_stops_there(blank_db_url: str) -> None:
+    first, *rest = migrations.local_migrations()
+    applied = migrations.push(blank_db_url, up_to=first.version)
+    assert [m.version for m in applied] == [first.version]
+    assert [m.version for m in migrations.status(blank_db_url).pending] == [m.version for m in rest]
