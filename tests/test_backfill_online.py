@@ -203,3 +203,33 @@ def test_a_terminal_gets_a_progress_bar_with_rate_and_eta(
     # The plain periodic lines are for logs only.
     assert "backfill: 200/200 tasks" not in screen
     assert "completed" in out
+
+
+def test_ctrl_c_rolls_the_batch_back_and_says_how_to_resume(
+    conn: psycopg.Connection, db_url: str
+) -> None:
+    user_id = make_user(conn)
+    generate_legacy_tasks(conn, user_id, make_agent(conn, user_id), 100)
+    blocked_id = conn.execute(
+        "select id from public.agent_tasks order by id offset 30 limit 1"
+    ).fetchone()[0]
+    with psycopg.connect(db_url) as holder:
+        holder.execute("select from public.agent_tasks where id = %s for update", [blocked_id])
+        process = cli(db_url, "--batch-size", "10", "--lock-timeout", "60000")
+        wait_until(
+            lambda: conn.execute(
+                "select 1 from pg_stat_activity where application_name = %s"
+                " and wait_event_type = 'Lock'",
+                [backfill.APPLICATION_NAME],
+            ).fetchone(),
+            what="the backfill to block on the held task",
+        )
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "resume with --resume" in err
+    assert conn.execute("select status, tasks_scanned from stepsync.backfill_runs").fetchone() == (
+        "running",
+        30,
+    )
+    assert conn.execute("select count(*) from public.task_steps").fetchone() == (30,)
