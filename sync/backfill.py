@@ -202,7 +202,7 @@ def connect(url: str) -> psycopg.Connection:
 
 def require_schema(conn: psycopg.Connection) -> None:
     row = conn.execute(
-        "select to_regprocedure('stepsync.backfill_legacy_tasks_batch(uuid)') is not null"
+        "select to_regprocedure('stepsync.backfill_legacy_tasks_batch(uuid, integer)') is not null"
         " and to_regprocedure('stepsync.compat_task_inserted()') is not null as ready"
     ).fetchone()
     if not row["ready"]:
@@ -291,22 +291,20 @@ def run(
     current = get_run(conn, run_id)
     if current.status != "running":
         raise BackfillError(f"backfill run {run_id} is {current.status}, nothing to resume")
+    # Progress (and so the rate and ETA) counts this session's work: the tasks after
+    # the checkpoint.
     progress = Progress(
-        done=current.tasks_scanned,
-        total=max(count_tasks(conn), current.tasks_scanned),
+        done=0,
+        total=max(count_tasks(conn) - current.tasks_scanned, 0),
         created=current.counts["steps_created"],
         batches=current.batches,
     )
-    # Rates count this session's work only.
-    resumed_from = current.tasks_scanned
-    progress.done = 0
-    progress.total -= resumed_from
     while True:
         row = _batch(
             conn,
             settings,
-            "select * from stepsync.backfill_legacy_tasks_batch(%s)",
-            [run_id],
+            "select * from stepsync.backfill_legacy_tasks_batch(%s, %s)",
+            [run_id, settings.batch_size],
         )
         progress.done += row["tasks_scanned"]
         progress.total = max(progress.total, progress.done)

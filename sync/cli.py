@@ -1,4 +1,4 @@
-"""The ``stepsync`` command line."""
+"""The ``stepsync`` command line: one module per command group in ``sync/commands``."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(db.app, name="db")
-app.add_typer(embedded.app, name="embedded")
-app.add_typer(backfill.app, name="backfill")
-app.add_typer(flags.app, name="flags")
-app.command(name="demo")(demo.demo)
-app.command(name="config")(config.config)
 app.command(name="serve")(serve.serve)
 runs.register(app)
+app.command(name="demo")(demo.demo)
 app.command(name="doctor")(doctor.doctor)
+app.command(name="config")(config.config)
+app.add_typer(db.app, name="db")
+app.add_typer(backfill.app, name="backfill")
+app.add_typer(flags.app, name="flags")
+app.add_typer(embedded.app, name="embedded")

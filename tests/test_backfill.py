@@ -319,8 +319,10 @@ def test_a_batch_blocked_by_a_lock_gives_up_cleanly_and_resumes(
         stuck = backfill.get_run(bf, run_id)
         assert stuck.status == "running" and stuck.tasks_scanned == 10
         assert live_steps(conn, blocked_id) == []
-    resumed = backfill.run(bf, run_id, settings)
+    # Resumed with smaller batches: the 10 tasks left go in batches of 3, 3, 3 and 1.
+    resumed = backfill.run(bf, run_id, backfill.Settings(batch_size=3))
     assert resumed.status == "completed" and resumed.counts["steps_created"] == 20
+    assert resumed.batches == 2 + 4
     assert backfill.verify(bf, SMALL).ok
 
 

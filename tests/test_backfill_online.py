@@ -4,6 +4,7 @@ all covered."""
 from __future__ import annotations
 
 import os
+import pty
 import random
 import signal
 import subprocess
@@ -159,3 +160,76 @@ def test_concurrent_legacy_inserts_and_updates_are_all_covered(
         assert task_instructions(conn, task_id) == text
         assert [s[2] for s in live_steps(conn, task_id)] == [text]
     assert all(len(live_steps(conn, t)) == 1 for t in inserted)
+
+
+def test_a_terminal_gets_a_progress_bar_with_rate_and_eta(
+    conn: psycopg.Connection, db_url: str
+) -> None:
+    user_id = make_user(conn)
+    generate_legacy_tasks(conn, user_id, make_agent(conn, user_id), 200)
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sync",
+            "backfill",
+            "legacy-tasks",
+            "--database-url",
+            db_url,
+            "--batch-size",
+            "20",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
+    )
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    out = process.stdout.read().decode()
+    assert process.wait(timeout=60) == 0
+    screen = shown.decode(errors="replace")
+    assert "200/200" in screen and "tasks/s" in screen and "ETA" in screen
+    # The plain periodic lines are for logs only.
+    assert "backfill: 200/200 tasks" not in screen
+    assert "completed" in out
+
+
+def test_ctrl_c_rolls_the_batch_back_and_says_how_to_resume(
+    conn: psycopg.Connection, db_url: str
+) -> None:
+    user_id = make_user(conn)
+    generate_legacy_tasks(conn, user_id, make_agent(conn, user_id), 100)
+    blocked_id = conn.execute(
+        "select id from public.agent_tasks order by id offset 30 limit 1"
+    ).fetchone()[0]
+    with psycopg.connect(db_url) as holder:
+        holder.execute("select from public.agent_tasks where id = %s for update", [blocked_id])
+        process = cli(db_url, "--batch-size", "10", "--lock-timeout", "60000")
+        wait_until(
+            lambda: conn.execute(
+                "select 1 from pg_stat_activity where application_name = %s"
+                " and wait_event_type = 'Lock'",
+                [backfill.APPLICATION_NAME],
+            ).fetchone(),
+            what="the backfill to block on the held task",
+        )
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "resume with --resume" in err
+    assert conn.execute("select status, tasks_scanned from stepsync.backfill_runs").fetchone() == (
+        "running",
+        30,
+    )
+    assert conn.execute("select count(*) from public.task_steps").fetchone() == (30,)

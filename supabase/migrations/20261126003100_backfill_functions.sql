@@ -5,7 +5,7 @@
 -- keyset order of id; the run's checkpoint moves in the same transaction as the steps it
 -- created, so a killed process loses at most the batch in flight.
 --
--- The classification of a task is spelled out inline in each function (no helper call
+-- The classification of a task is spelled out inline in each function (no function call
 -- per row: a function with a fixed search_path cannot be inlined, and at a million rows
 -- the calls would cost more than the inserts). The rules, identical everywhere:
 --   blank:    instructions !~ '\S'                        (empty or whitespace only)
@@ -43,7 +43,9 @@ $$;
 comment on function stepsync.backfill_start_run(integer, jsonb) is
 'Record a new legacy-task backfill run (status running, no checkpoint yet); returns its id.';
 
-create or replace function stepsync.backfill_legacy_tasks_batch(p_run_id uuid)
+create or replace function stepsync.backfill_legacy_tasks_batch(
+    p_run_id uuid, p_batch_size integer default null
+)
 returns table (tasks_scanned integer, steps_created integer, last_task_id uuid, done boolean)
 language plpgsql
 volatile
@@ -52,6 +54,7 @@ as $$
 declare
     run stepsync.backfill_runs;
     ids uuid[];
+    batch_limit integer;
     scanned integer;
     created integer;
 begin
@@ -66,6 +69,12 @@ begin
         raise exception 'backfill run % is %, it cannot continue', p_run_id, run.status
             using errcode = '55000';
     end if;
+    -- A resumed run may go on with a different batch size (smaller, after timeouts).
+    batch_limit := coalesce(p_batch_size, run.batch_size);
+    if batch_limit not between 1 and 100000 then
+        raise exception 'batch size must be between 1 and 100000, got %', batch_limit
+            using errcode = '22023';
+    end if;
 
     -- Audit rows written by this transaction name the run; the compatibility triggers
     -- have nothing to add to what the batch writes itself.
@@ -79,7 +88,7 @@ begin
         from (
             select t.id from public.agent_tasks as t
             order by t.id
-            limit run.batch_size
+            limit batch_limit
             for share
         ) as locked;
     else
@@ -88,7 +97,7 @@ begin
             select t.id from public.agent_tasks as t
             where t.id > run.last_task_id
             order by t.id
-            limit run.batch_size
+            limit batch_limit
             for share
         ) as locked;
     end if;
@@ -206,8 +215,8 @@ begin
         status_failed = r.status_failed + f.status_failed,
         status_cancelled = r.status_cancelled + f.status_cancelled,
         updated_at = now(),
-        status = case when scanned < r.batch_size then 'completed' else r.status end,
-        finished_at = case when scanned < r.batch_size then now() end
+        status = case when scanned < batch_limit then 'completed' else r.status end,
+        finished_at = case when scanned < batch_limit then now() end
     from counted as c, flagged as f
     where r.id = p_run_id
     returning f.steps_created into created;
@@ -216,14 +225,15 @@ begin
         scanned,
         created,
         coalesce(ids[cardinality(ids)], run.last_task_id),
-        scanned < run.batch_size;
+        scanned < batch_limit;
 end
 $$;
 
-comment on function stepsync.backfill_legacy_tasks_batch(uuid) is
-'One batch of a backfill run: the next batch_size tasks after the checkpoint get step 1 '
-'where they have no live step and their instructions make a valid step; counters, '
-'exceptions and the checkpoint move in the same transaction. Call once per transaction.';
+comment on function stepsync.backfill_legacy_tasks_batch(uuid, integer) is
+'One batch of a backfill run: the next p_batch_size tasks (default: the run''s batch '
+'size) after the checkpoint get step 1 where they have no live step and their '
+'instructions make a valid step; counters, exceptions and the checkpoint move in the '
+'same transaction. Call once per transaction.';
 
 create or replace function stepsync.backfill_plan_batch(
     p_after uuid, p_batch_size integer, p_samples integer default 5
@@ -527,12 +537,12 @@ comment on function stepsync.backfill_rollback_batch(uuid, uuid, integer) is
 'of this run are considered.';
 
 revoke all on function stepsync.backfill_start_run(integer, jsonb) from public;
-revoke all on function stepsync.backfill_legacy_tasks_batch(uuid) from public;
+revoke all on function stepsync.backfill_legacy_tasks_batch(uuid, integer) from public;
 revoke all on function stepsync.backfill_plan_batch(uuid, integer, integer) from public;
 revoke all on function stepsync.backfill_verify_batch(uuid, integer, integer) from public;
 revoke all on function stepsync.backfill_rollback_batch(uuid, uuid, integer) from public;
 grant execute on function stepsync.backfill_start_run(integer, jsonb) to service_role;
-grant execute on function stepsync.backfill_legacy_tasks_batch(uuid) to service_role;
+grant execute on function stepsync.backfill_legacy_tasks_batch(uuid, integer) to service_role;
 grant execute on function stepsync.backfill_plan_batch(uuid, integer, integer) to service_role;
 grant execute on function stepsync.backfill_verify_batch(uuid, integer, integer)
 to service_role;

@@ -10,6 +10,12 @@
 -- stepsync.compat_sync is 'off' and every trigger here returns at once. The backfill sets
 -- it too, since it writes both sides consistently itself. The flag legacy_task_compat
 -- switches all of this off (for a full rollback to the legacy behaviour).
+--
+-- The trigger functions are SECURITY DEFINER (owner rights) because a legacy writer, an
+-- API user, can neither read the flag nor always see every step; PostgreSQL refuses to
+-- call a trigger function other than as a trigger, and a trigger only fires for rows the
+-- writer's own statement reached through RLS. The functions they call are invokers with
+-- execute revoked from everyone: they run with the trigger's rights and nobody else's.
 
 insert into stepsync.feature_flags (name, enabled, rollout_percent, description)
 values (
@@ -43,7 +49,6 @@ create or replace function stepsync.create_legacy_step(p_task public.agent_tasks
 returns void
 language plpgsql
 volatile
-security definer
 set search_path = ''
 as $$
 declare
@@ -145,7 +150,7 @@ begin
     elsif new.instructions !~ '^\s*Multi-step task with [0-9]+ step' then
         raise exception 'task % has % steps: its instructions are a summary of them',
             new.id, live_steps
-            using errcode = '55000',
+            using errcode = '23514',
             hint = 'Edit the steps (save_task_steps or task_steps) instead.';
     end if;
     return null;
@@ -161,7 +166,6 @@ create or replace function stepsync.sync_task_instructions(p_task_ids uuid[])
 returns void
 language plpgsql
 volatile
-security definer
 set search_path = ''
 as $$
 declare

@@ -53,7 +53,7 @@ select is(
 select throws_ok(
     $$update public.agent_tasks set instructions = 'free text'
       where id = '00000000-0000-0000-0000-0000000071a5'$$,
-    '55000',
+    '23514',
     null,
     'free text on a multi-step task is refused'
 );
@@ -74,7 +74,7 @@ select is_empty(
 
 select ok(
     not has_function_privilege(
-        'authenticated', 'stepsync.backfill_legacy_tasks_batch(uuid)', 'execute'
+        'authenticated', 'stepsync.backfill_legacy_tasks_batch(uuid, integer)', 'execute'
     ),
     'authenticated cannot run a backfill batch'
 );
@@ -86,7 +86,7 @@ select ok(
 );
 select ok(
     has_function_privilege(
-        'service_role', 'stepsync.backfill_legacy_tasks_batch(uuid)', 'execute'
+        'service_role', 'stepsync.backfill_legacy_tasks_batch(uuid, integer)', 'execute'
     ),
     'service_role runs the backfill'
 );
