@@ -68,11 +68,19 @@ select id, step_order, step_name, status::text as status, attempt, max_attempts,
 """
 
 RUN_FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
+CONNECT_HINT = (
+    "check --database-url / STEPSYNC_DATABASE_URL, or unset it to use the embedded database"
+)
 
 
 class DatabaseSetupError(Exception):
     """The service cannot start: database unreachable, wrong role, not migrated, or a
-    resource it needs (the metrics port) unavailable. The message says which."""
+    resource it needs (the metrics port) unavailable. The message says which, the hint
+    what to do about it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -157,7 +165,7 @@ class Database:
             )
         except psycopg.Error as exc:
             raise DatabaseSetupError(
-                f"cannot connect to the database: {str(exc).strip()}"
+                f"cannot connect to the database: {str(exc).strip()}", CONNECT_HINT
             ) from None
         async with conn:
             try:
@@ -170,12 +178,13 @@ class Database:
                     ).fetchone()
             except psycopg.Error as exc:
                 raise DatabaseSetupError(
-                    f"cannot switch to role {self.role!r} (STEPSYNC_DB_ROLE): {str(exc).strip()}"
+                    f"cannot switch to role {self.role!r} (STEPSYNC_DB_ROLE): {str(exc).strip()}",
+                    "the login role must be a member of that role (Supabase's postgres is)",
                 ) from None
             if installed[0] is None:
                 raise DatabaseSetupError(
-                    "the run engine is not installed (stepsync.claim_steps is missing); "
-                    "apply the migrations with `stepsync db push`"
+                    "the run engine is not installed (stepsync.claim_steps is missing)",
+                    "apply the migrations: `stepsync db push` or `supabase db push`",
                 )
         await self.pool.open(wait=True, timeout=timeout)
 

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from sync.database import resolve_database_url
+from sync.db import CONNECT_HINT, DatabaseSetupError
 from sync.devdb import ProvisionError
 from sync.migrations import MigrationError
 from sync.settings import Settings
@@ -34,6 +35,7 @@ def settings_for(database_url: str | None) -> Settings:
 
 def fail(message: str, hint: str | None = None) -> typer.Exit:
     """Print one clear error line (and a hint) and return the exit to raise."""
+    message = " ".join(message.split())  # libpq spreads one error over several lines
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     if hint:
         err_console.print(f"[dim]hint:[/] {hint}", highlight=False)
@@ -45,8 +47,11 @@ def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one line instead of a traceback."""
     try:
         yield
-    except (MigrationError, ProvisionError) as exc:
-        raise fail(str(exc)) from None
+    except (MigrationError, ProvisionError, DatabaseSetupError) as exc:
+        hint = getattr(exc, "hint", None)
+        if hint is None and "cannot connect" in str(exc):
+            hint = CONNECT_HINT
+        raise fail(str(exc), hint) from None
 
 
 def database_url(option: str | None, *, migrate: bool = False) -> str:

@@ -159,13 +159,16 @@ async def _start_and_follow(url: str, task_id: uuid.UUID, data: dict, wait: bool
         try:
             run_id = await db.start_task_run(task_id, "manual", data)
         except psycopg.Error as exc:
-            raise fail(f"cannot start a run of task {task_id}: {_pg_message(exc)}") from None
+            raise fail(
+                f"cannot start a run of task {task_id}: {_pg_message(exc)}",
+                "task ids are agent_tasks.id; `stepsync runs` lists recent runs",
+            ) from None
         console.print(f"run {run_id} started")
         if not wait:
             return "running"
         return await _follow(db, url, run_id)
     except DatabaseSetupError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), exc.hint) from None
     finally:
         await db.close()
 
@@ -232,7 +235,7 @@ async def _with_db(url: str, work: Any) -> Any:
         await db.open()
         return await work(db)
     except DatabaseSetupError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), exc.hint) from None
     finally:
         await db.close()
 

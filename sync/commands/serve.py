@@ -66,7 +66,7 @@ def serve(
     except ExecutorSettingError as exc:
         raise fail(str(exc)) from None
     with user_errors():
-        url = database_url(database_url_option, migrate=False)
+        url = database_url(database_url_option, migrate=True)  # migrates the embedded one only
     try:
         service = build_service(settings, url, executor=built_executor)
     except RealtimeSettingError as exc:
@@ -74,7 +74,7 @@ def serve(
     try:
         asyncio.run(service.run(install_signal_handlers=True))
     except DatabaseSetupError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), exc.hint) from None
 
 
 def load_settings(overrides: dict[str, Any]) -> Settings:
