@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_configuration_reference_is_current() -> None:
-    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts/update_readme.py")
+    spec = importlib.util.spec_from_file_location(
+        "update_readme", ROOT / "scripts/update_readme.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     readme = (ROOT / "README.md").read_text()
