@@ -124,6 +124,9 @@ language plpgsql
 set search_path = ''
 as $$
 begin
+    -- Every lookup is a scalar subquery on a primary key (or the task's history), so it
+    -- stays an index probe per audited row however large the tables grow; a join here
+    -- was planned as a hash of the whole agent_tasks table.
     insert into public.audit_log (
         table_schema, table_name, operation, record_id, task_id, owner_id,
         actor_id, actor_role, tag, old_record, new_record
@@ -132,11 +135,11 @@ begin
         p_table_schema,
         p_table_name,
         p_operation,
-        (c.row_json ->> 'id')::uuid,
+        owned.record_id,
         owned.task_id,
         coalesce(
-            case when p_task_column = 'id' then (c.row_json ->> 'user_id')::uuid end,
-            task.user_id,
+            owned.own_user_id,
+            (select t.user_id from public.agent_tasks as t where t.id = owned.task_id),
             (
                 select a.owner_id from public.audit_log as a
                 where a.task_id = owned.task_id and a.owner_id is not null
@@ -144,28 +147,40 @@ begin
                 limit 1
             )
         ),
-        auth.uid(),
-        coalesce(nullif(current_setting('role', true), 'none'), session_user::text),
-        nullif(current_setting('stepsync.audit_tag', true), ''),
-        c.old_record,
-        c.new_record
+        actor.actor_id,
+        actor.actor_role,
+        actor.tag,
+        owned.old_record,
+        owned.new_record
     from (
         select
             pair.old_record,
             pair.new_record,
-            coalesce(pair.new_record, pair.old_record) as row_json
+            (coalesce(pair.new_record, pair.old_record) ->> 'id')::uuid as record_id,
+            case
+                when p_task_column = 'id'
+                    then (coalesce(pair.new_record, pair.old_record) ->> 'user_id')::uuid
+            end as own_user_id,
+            coalesce(
+                (coalesce(pair.new_record, pair.old_record) ->> p_task_column)::uuid,
+                (
+                    select e.task_id from public.agent_task_executions as e
+                    where
+                        e.id
+                        = (coalesce(pair.new_record, pair.old_record) ->> 'run_id')::uuid
+                )
+            ) as task_id
         from unnest(p_old_records, p_new_records) as pair (old_record, new_record)
-    ) as c
-    cross join lateral (
-        select coalesce(
-            (c.row_json ->> p_task_column)::uuid,
-            (
-                select e.task_id from public.agent_task_executions as e
-                where e.id = (c.row_json ->> 'run_id')::uuid
-            )
-        ) as task_id
-    ) as owned
-    left join public.agent_tasks as task on owned.task_id = task.id;
+        offset 0
+    ) as owned,
+    lateral (
+        select
+            auth.uid() as actor_id,
+            coalesce(
+                nullif(current_setting('role', true), 'none'), session_user::text
+            ) as actor_role,
+            nullif(current_setting('stepsync.audit_tag', true), '') as tag
+    ) as actor;
 end
 $$;
 
