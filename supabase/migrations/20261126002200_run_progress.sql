@@ -128,23 +128,21 @@ begin
     end if;
 
     loop
-        -- Steps run one at a time, in order: nothing to do while one is in flight.
-        if exists (
-            select from public.task_step_executions as s
-            where s.run_id = p_run_id and s.status in ('queued', 'running')
-        ) then
-            return;
-        end if;
-
+        -- Steps run one at a time, in order, so the first unfinished step says it all:
+        -- queued or running means one is in flight (nothing to do), pending is the next
+        -- one. One probe of the (run_id, step_order) index. No row lock is needed: a
+        -- pending step only changes under the run lock, which this transaction holds.
         select s.* into next_step
         from public.task_step_executions as s
-        where s.run_id = p_run_id and s.status = 'pending'
+        where s.run_id = p_run_id and s.status in ('pending', 'queued', 'running')
         order by s.step_order
-        limit 1
-        for update;
+        limit 1;
 
         if not found then
             perform stepsync.finish_run(p_run_id, 'completed');
+            return;
+        end if;
+        if next_step.status <> 'pending' then
             return;
         end if;
 
