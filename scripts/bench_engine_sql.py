@@ -6,14 +6,15 @@ Prints, for N runs of M steps (each step passing full context on):
   the same claim/complete loop on a bare table (FOR UPDATE SKIP LOCKED, no context,
   no triggers) as the floor the engine is measured against.
 
-Usage: .venv/bin/python scripts/bench_engine_sql.py [runs] [steps]   (default 400 5)
-Uses STEPSYNC_DATABASE_URL if set (a scratch database is created and dropped there),
-else an embedded PostgreSQL in a temporary directory.
+Usage: .venv/bin/python scripts/bench_engine_sql.py [runs] [steps] [--migrations DIR]
+(default 400 5; DIR: another set of migrations, e.g. an earlier commit's, to compare
+before/after on the same machine). Runs on an embedded PostgreSQL in a temporary
+directory.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 import time
 import uuid
@@ -156,15 +157,19 @@ def bench(url: str, runs: int, steps: int) -> None:
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 400
-    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=int, nargs="?", default=400)
+    parser.add_argument("steps", type=int, nargs="?", default=5)
+    parser.add_argument("--migrations", type=Path, default=migrations.MIGRATIONS_DIR)
+    args = parser.parse_args()
+    runs, steps = args.runs, args.steps
     with tempfile.TemporaryDirectory() as scratch:
         server = devdb.provision(Path(scratch) / "data", fast=True)
         name = f"stepsync_bench_{uuid.uuid4().hex[:8]}"
         url = devdb.create_database(server.url, name)
         try:
             devdb.bootstrap_supabase(url)
-            migrations.push(url)
+            migrations.push(url, args.migrations)
             bench(url, runs, steps)
         finally:
             devdb.drop_database(server.url, name)
