@@ -121,6 +121,10 @@ create or replace function stepsync.write_audit_rows(
 )
 returns void
 language plpgsql
+-- The INSERT's plan does not depend on the arguments (every lookup is a per-row index
+-- probe), but with array arguments PostgreSQL would otherwise plan it afresh on every
+-- call, which cost several times the insert itself.
+set plan_cache_mode = force_generic_plan
 set search_path = ''
 as $$
 begin
