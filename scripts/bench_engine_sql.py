@@ -6,14 +6,17 @@ Prints, for N runs of M steps (each step passing full context on):
   the same claim/complete loop on a bare table (FOR UPDATE SKIP LOCKED, no context,
   no triggers) as the floor the engine is measured against.
 
-Usage: .venv/bin/python scripts/bench_engine_sql.py [runs] [steps]   (default 400 5)
-Uses STEPSYNC_DATABASE_URL if set (a scratch database is created and dropped there),
-else an embedded PostgreSQL in a temporary directory.
+Usage: .venv/bin/python scripts/bench_engine_sql.py [runs] [steps] [--migrations DIR]
+       [--profile]
+(default 400 5; DIR: another set of migrations, e.g. an earlier commit's, to compare
+before/after on the same machine; --profile: track_functions = all during the batch-1
+loop, then each function's time per step). Runs on an embedded PostgreSQL in a
+temporary directory.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 import time
 import uuid
@@ -87,21 +90,27 @@ def setup_tasks(conn: psycopg.Connection, tasks: int, steps: int) -> list[uuid.U
     return task_ids
 
 
-def engine_loop(conn: psycopg.Connection, batch: int) -> int:
+def engine_loop(conn: psycopg.Connection, batch: int, spent: dict[str, float]) -> int:
+    """Claims and completes until nothing is left; adds the seconds spent in claim and in
+    complete transactions (round trips and commit included) to ``spent``."""
     done = 0
     while True:
+        started = time.perf_counter()
         with conn.transaction():
             claimed = conn.execute(
                 "select step_execution_id, lease_token from stepsync.claim_steps('bench', %s, 60)",
                 [batch],
             ).fetchall()
+        spent["claim"] += time.perf_counter() - started
         if not claimed:
             return done
         for step_id, token in claimed:
+            started = time.perf_counter()
             with conn.transaction():
                 conn.execute(
                     "select stepsync.complete_step(%s, %s, '{\"ok\": true}')", [step_id, token]
                 )
+            spent["complete"] += time.perf_counter() - started
             done += 1
 
 
@@ -118,11 +127,27 @@ def raw_loop(conn: psycopg.Connection, batch: int) -> int:
             done += 1
 
 
-def bench(url: str, runs: int, steps: int) -> None:
+def print_profile(conn: psycopg.Connection, steps_done: int) -> None:
+    """Each function's total and own time per step, from pg_stat_user_functions."""
+    conn.execute("select pg_stat_force_next_flush()")
+    conn.execute("select 1")  # a new transaction reads the flushed statistics
+    print(f"    {'function':<34} {'calls':>6} {'total ms/step':>14} {'self ms/step':>13}")
+    for name, calls, total_ms, self_ms in conn.execute(
+        "select schemaname || '.' || funcname, calls, total_time / %s, self_time / %s"
+        " from pg_stat_user_functions where total_time / %s >= 0.005"
+        " order by total_time desc",
+        [steps_done, steps_done, steps_done],
+    ):
+        print(f"    {name:<34} {calls:>6} {total_ms:>14.3f} {self_ms:>13.3f}")
+
+
+def bench(url: str, runs: int, steps: int, profile: bool) -> None:
     total = runs * steps
     with psycopg.connect(url, autocommit=True) as conn:
         tasks = setup_tasks(conn, 2 * runs, steps)
         conn.execute(RAW_TABLE)
+        if profile:
+            conn.execute("set track_functions = 'all'")
         conn.execute("set role service_role")
 
         def start(batch_tasks: list[uuid.UUID]) -> None:
@@ -134,15 +159,30 @@ def bench(url: str, runs: int, steps: int) -> None:
             f" {steps} no-op steps (full context), one transaction per claim and per completion"
         )
         timed("start_task_run", runs, lambda: start(tasks[:runs]))
+        if profile:
+            conn.execute("reset role")
+            # The loops only: flush what start_task_run counted, then reset.
+            conn.execute("select pg_stat_force_next_flush()")
+            conn.execute("select 1")
+            conn.execute("select pg_stat_reset()")
+            conn.execute("set role service_role")
         for batch, batch_tasks in ((1, None), (10, tasks[runs:])):
             if batch_tasks:
                 start(batch_tasks)
+            spent = {"claim": 0.0, "complete": 0.0}
             timed(
                 f"engine: claim_steps(batch {batch}) + complete_step",
                 total,
-                lambda b=batch: engine_loop(conn, b),
+                lambda b=batch, s=spent: engine_loop(conn, b, s),
+            )
+            print(
+                f"    per step: claim transaction {spent['claim'] / total * 1000:.2f} ms,"
+                f" complete transaction {spent['complete'] / total * 1000:.2f} ms"
             )
             conn.execute("reset role")
+            if profile and batch == 1:
+                print_profile(conn, total)
+                conn.execute("set track_functions = 'none'")
             conn.execute(
                 "insert into bench_jobs (status) select 'queued' from generate_series(1, %s)",
                 [total],
@@ -156,16 +196,21 @@ def bench(url: str, runs: int, steps: int) -> None:
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 400
-    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=int, nargs="?", default=400)
+    parser.add_argument("steps", type=int, nargs="?", default=5)
+    parser.add_argument("--migrations", type=Path, default=migrations.MIGRATIONS_DIR)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    runs, steps = args.runs, args.steps
     with tempfile.TemporaryDirectory() as scratch:
         server = devdb.provision(Path(scratch) / "data", fast=True)
         name = f"stepsync_bench_{uuid.uuid4().hex[:8]}"
         url = devdb.create_database(server.url, name)
         try:
             devdb.bootstrap_supabase(url)
-            migrations.push(url)
-            bench(url, runs, steps)
+            migrations.push(url, args.migrations)
+            bench(url, runs, steps, args.profile)
         finally:
             devdb.drop_database(server.url, name)
             server.stop()

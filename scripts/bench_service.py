@@ -11,6 +11,8 @@
    step of the same run entering it (p50/p99).
 
 Usage: python scripts/bench_service.py [--runs 300] [--steps 5] [--connections 4] [--rounds 3]
+       [--migrations DIR]   (another set of migrations, e.g. an earlier commit's, to
+                             compare before/after on the same machine)
 """
 
 from __future__ import annotations
@@ -332,6 +334,7 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--migrations", type=Path, default=migrations.MIGRATIONS_DIR)
     args = parser.parse_args()
     logging.getLogger("sync").setLevel(logging.WARNING)
 
@@ -340,7 +343,7 @@ async def main() -> None:
         try:
             url = devdb.create_database(server.url, "bench")
             devdb.bootstrap_supabase(url)
-            migrations.push(url)
+            migrations.push(url, args.migrations)
             # Alternating rounds, each on fresh work, and the median of each: the
             # machine may be busy with other things during any one of them.
             measured: dict[str, list[float]] = {"raw": [], "direct": [], "service": []}

@@ -1,5 +1,6 @@
--- Run progress: how a run moves forward between steps, and the bookkeeping every step
--- transition does (run counters, the definition's latest-run snapshot).
+-- Run progress: how a run moves forward between steps, the bookkeeping every step
+-- transition does (run counters), and what a finished run leaves behind (the task's
+-- counters, the definition's latest-run snapshot).
 --
 -- Lock order, everywhere: the run row first (for no key update), then its step rows.
 -- cancel, complete, fail and the reaper all follow it, so they cannot deadlock.
@@ -59,12 +60,55 @@ begin
             updated_at = now()
         where t.id = run.task_id;
     end if;
+
+    -- The definition keeps the latest run's final status and result for the UI (live
+    -- progress is on task_step_executions), written once per run, for all its steps in
+    -- one statement: every statement on task_steps runs its checks and is audited, and a
+    -- write per step transition cost more than the rest of the transition. An older run
+    -- finishing late does not overwrite a newer one's; a row already holding exactly
+    -- this is not rewritten.
+    if not exists (
+        select from public.agent_task_executions as newer
+        where newer.task_id = run.task_id and newer.created_at > run.created_at
+    ) then
+        update public.task_steps as d
+        set
+            status = snapshot.status,
+            execution_result = snapshot.result
+        from (
+            select
+                s.step_id,
+                s.status,
+                jsonb_build_object(
+                    'run_id', s.run_id,
+                    'step_execution_id', s.id,
+                    'status', s.status,
+                    'attempt', s.attempt,
+                    'output', s.output,
+                    'error', s.error_message,
+                    'started_at', s.started_at,
+                    'completed_at', s.completed_at,
+                    'duration_ms', s.duration_ms
+                ) as result
+            from public.task_step_executions as s
+            where
+                s.run_id = p_run_id
+                and s.step_id is not null
+                and s.status in ('completed', 'failed', 'skipped', 'cancelled')
+        ) as snapshot
+        where
+            d.id = snapshot.step_id
+            and (d.status, d.execution_result)
+            is distinct from (snapshot.status, snapshot.result);
+    end if;
 end
 $$;
 
 comment on function stepsync.finish_run(uuid, public.task_execution_status_enum, text) is
 'Ends a pending/running run with p_status: output from its last completed step, timings, '
-'and the task''s execution counters (completed and failed runs only).';
+'the task''s execution counters (completed and failed runs only) and, unless a newer run '
+'of the task exists, the definitions'' latest-run snapshot (task_steps.status, '
+'execution_result) from its steps, in one statement.';
 
 create or replace function stepsync.advance_run(p_run_id uuid)
 returns void
@@ -84,23 +128,21 @@ begin
     end if;
 
     loop
-        -- Steps run one at a time, in order: nothing to do while one is in flight.
-        if exists (
-            select from public.task_step_executions as s
-            where s.run_id = p_run_id and s.status in ('queued', 'running')
-        ) then
-            return;
-        end if;
-
+        -- Steps run one at a time, in order, so the first unfinished step says it all:
+        -- queued or running means one is in flight (nothing to do), pending is the next
+        -- one. One probe of the (run_id, step_order) index. No row lock is needed: a
+        -- pending step only changes under the run lock, which this transaction holds.
         select s.* into next_step
         from public.task_step_executions as s
-        where s.run_id = p_run_id and s.status = 'pending'
+        where s.run_id = p_run_id and s.status in ('pending', 'queued', 'running')
         order by s.step_order
-        limit 1
-        for update;
+        limit 1;
 
         if not found then
             perform stepsync.finish_run(p_run_id, 'completed');
+            return;
+        end if;
+        if next_step.status <> 'pending' then
             return;
         end if;
 
@@ -140,65 +182,34 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-    -- Run counters follow final step statuses (cancelled steps are not counted).
-    if new.status <> 'cancelled' then
-        update public.agent_task_executions as r
-        set
-            steps_completed = r.steps_completed + (new.status = 'completed')::integer,
-            steps_failed = r.steps_failed + (new.status = 'failed')::integer,
-            steps_skipped = r.steps_skipped + (new.status = 'skipped')::integer,
-            updated_at = now()
-        where r.id = new.run_id;
-    end if;
-
-    -- The definition keeps the latest run's final status and result for the UI (live
-    -- progress is on task_step_executions); an older run still finishing does not
-    -- overwrite a newer one's. Final statuses only, and no UPDATE statement at all when
-    -- there is nothing to write: every statement on task_steps is audited.
-    if new.step_id is not null
-        and not exists (
-            select from public.agent_task_executions as newer
-            where newer.task_id = new.task_id
-                and newer.created_at > (
-                    select r.created_at from public.agent_task_executions as r
-                    where r.id = new.run_id
-                )
-        ) then
-        update public.task_steps as d
-        set
-            status = new.status,
-            execution_result = jsonb_build_object(
-                'run_id', new.run_id,
-                'step_execution_id', new.id,
-                'status', new.status,
-                'attempt', new.attempt,
-                'output', new.output,
-                'error', new.error_message,
-                'started_at', new.started_at,
-                'completed_at', new.completed_at,
-                'duration_ms', new.duration_ms
-            )
-        where d.id = new.step_id;
-    end if;
+    -- Run counters follow final step statuses (cancelled steps are not counted). The run
+    -- row is already locked by whoever moves the step (lock order: run, then steps).
+    update public.agent_task_executions as r
+    set
+        steps_completed = r.steps_completed + (new.status = 'completed')::integer,
+        steps_failed = r.steps_failed + (new.status = 'failed')::integer,
+        steps_skipped = r.steps_skipped + (new.status = 'skipped')::integer,
+        updated_at = now()
+    where r.id = new.run_id;
     return null;
 end
 $$;
 
 comment on function stepsync.on_step_status_change() is
-'Trigger: after a step execution reaches a final status, update its run''s step counters '
-'and the definition''s latest-run snapshot (task_steps.status, execution_result).';
+'Trigger: after a step execution reaches a counted final status (completed, failed, '
+'skipped), add it to its run''s step counters.';
 
 create or replace trigger task_step_executions_status_change
 after update of status on public.task_step_executions
 for each row
 when (
     old.status is distinct from new.status
-    and new.status in ('completed', 'failed', 'skipped', 'cancelled')
+    and new.status in ('completed', 'failed', 'skipped')
 )
 execute function stepsync.on_step_status_change();
 
 comment on trigger task_step_executions_status_change on public.task_step_executions is
-'Keeps run counters and the definition snapshot in step with final step statuses.';
+'Keeps the run''s step counters in step with final step statuses.';
 
 revoke all on function stepsync.finish_run(
     uuid, public.task_execution_status_enum, text

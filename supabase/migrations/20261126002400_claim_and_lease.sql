@@ -28,6 +28,13 @@ returns table (
 )
 language plpgsql
 volatile
+-- The claim must walk task_step_executions_claim_idx in (run_after, id) order and stop
+-- after p_batch rows. When the statistics still describe a nearly empty queue (a burst of
+-- new runs before autovacuum has analyzed the table) the planner prefers a bitmap scan
+-- that reads and sorts every due step on every claim instead: measured 0.7 ms against
+-- 0.05 ms with 400 due steps, growing with the backlog. Without bitmap scans the ordered
+-- index scan is the cheapest plan whatever the statistics say.
+set enable_bitmapscan = off
 set search_path = ''
 as $$
 begin
