@@ -9,8 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sync.cli import app
-from tests.legacy_data import generate_legacy_tasks, legacy_task
-from tests.support import make_agent, make_user
+from tests.support import generate_legacy_tasks, legacy_task, make_agent, make_user
 
 runner = CliRunner()
 
