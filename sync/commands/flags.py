@@ -16,8 +16,14 @@ import typer
 from psycopg.rows import dict_row
 from rich.table import Table
 
-from sync.commands.common import DatabaseUrlOption, console, database_url, fail, user_errors
-from sync.devdb import redact_url
+from sync.commands.common import (
+    DatabaseUrlOption,
+    console,
+    database_error,
+    database_url,
+    fail,
+    user_errors,
+)
 
 app = typer.Typer(help="View and change feature flags (gradual rollout).", no_args_is_help=True)
 
@@ -40,7 +46,7 @@ def flags_connection(option: str | None) -> Iterator[psycopg.Connection]:
                 raise fail("stepsync.feature_flags does not exist", "run `stepsync db push` first")
             yield conn
     except psycopg.OperationalError as exc:
-        raise fail(redact_url(str(exc).strip().splitlines()[0])) from None
+        raise database_error(exc) from None
 
 
 def known_flag(conn: psycopg.Connection, name: str) -> dict:
