@@ -107,6 +107,16 @@ def replace_steps(
     return ids
 
 
+def run_statuses(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> dict[str, int]:
+    """How many of the runs are in each status."""
+    rows = conn.execute(
+        "select status::text, count(*) from public.agent_task_executions"
+        " where id = any(%s) group by 1",
+        [run_ids],
+    ).fetchall()
+    return dict(rows)
+
+
 def legacy_task(
     conn: psycopg.Connection,
     user_id: uuid.UUID,

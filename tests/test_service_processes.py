@@ -15,7 +15,14 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.support import acting_as, make_agent, make_task, make_user, replace_steps
+from tests.support import (
+    acting_as,
+    make_agent,
+    make_task,
+    make_user,
+    replace_steps,
+    run_statuses,
+)
 from tests.workers import (
     HOLD_ENV,
     Worker,
@@ -41,15 +48,6 @@ def start_runs(conn: psycopg.Connection, task_ids: list[uuid.UUID]) -> list[uuid
                 "select public.start_task_run(t) from unnest(%s::uuid[]) as t", [task_ids]
             ).fetchall()
         ]
-
-
-def run_statuses(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> dict[str, int]:
-    rows = conn.execute(
-        "select status::text, count(*) from public.agent_task_executions"
-        " where id = any(%s) group by 1",
-        [run_ids],
-    ).fetchall()
-    return dict(rows)
 
 
 def all_finished(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> bool:
