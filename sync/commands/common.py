@@ -7,16 +7,19 @@ from collections.abc import Iterator
 
 import psycopg
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from sync.database import resolve_database_url
 from sync.db import CONNECT_HINT, DatabaseSetupError
 from sync.devdb import ProvisionError, redact_url
 from sync.migrations import MigrationError
-from sync.settings import Settings
+from sync.settings import Settings, describe_validation_error
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
+
+CONFIG_HINT = "see `stepsync config --reference`"
 
 DatabaseUrlOption = typer.Option(
     None,
@@ -50,6 +53,14 @@ def database_error(exc: psycopg.Error) -> typer.Exit:
     the URL."""
     hint = CONNECT_HINT if exc.sqlstate is None else None
     return fail(redact_url(str(exc).strip().splitlines()[0]), hint)
+
+
+def configuration_error(exc: ValidationError) -> typer.Exit:
+    """``fail`` naming each bad setting the way it is set (secrets not echoed)."""
+    return fail(
+        f"invalid configuration: {describe_validation_error(exc)}",
+        CONFIG_HINT,
+    )
 
 
 @contextlib.contextmanager

@@ -6,8 +6,7 @@ import typer
 from pydantic import ValidationError
 
 from sync import doctor as checks
-from sync.commands.common import DatabaseUrlOption, console, fail, settings_for
-from sync.settings import describe_validation_error
+from sync.commands.common import DatabaseUrlOption, configuration_error, console, fail, settings_for
 
 MARKS = {
     "ok": "[green]✓ ok  [/]",
@@ -31,7 +30,7 @@ def doctor(
     try:
         settings = settings_for(database_url_option)
     except ValidationError as exc:
-        raise fail(f"invalid configuration: {describe_validation_error(exc)}") from None
+        raise configuration_error(exc) from None
     if listen is not None:
         modes = [mode.strip() for mode in listen.split(",") if mode.strip()]
         unknown = [mode for mode in modes if mode not in ("postgres", "realtime")]
