@@ -6,7 +6,7 @@ import typer
 from pydantic import ValidationError
 
 from sync import doctor as checks
-from sync.commands.common import DatabaseUrlOption, configuration_error, console, fail, settings_for
+from sync.commands.common import configuration_error, console, fail, settings_for
 
 MARKS = {
     "ok": "[green]✓ ok  [/]",
@@ -17,7 +17,13 @@ MARKS = {
 
 
 def doctor(
-    database_url_option: str | None = DatabaseUrlOption,
+    database_url_option: str | None = typer.Option(
+        None,
+        "--database-url",
+        envvar="STEPSYNC_DATABASE_URL",
+        help="PostgreSQL URL the service will use (the embedded database is not checked).",
+        show_default=False,
+    ),
     listen: str | None = typer.Option(
         None,
         "--listen",
