@@ -109,7 +109,7 @@ class RealtimeWakeups:
         self.timeout_seconds = timeout_seconds
         self.heartbeat_seconds = heartbeat_seconds
         self.watchdog_seconds = watchdog_seconds
-        # Set while subscribed; tests and /healthz can wait on it.
+        # Set while subscribed, so a caller (the tests) can wait until wake-ups flow.
         self.subscribed = asyncio.Event()
         self.subscriptions = 0  # successful (re)subscribes so far
 
