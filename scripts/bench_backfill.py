@@ -55,7 +55,7 @@ select
     end,
     (array['active', 'active', 'active', 'paused', 'completed', 'failed', 'cancelled'])
         [1 + n %% 7]::public.task_status_enum
-from generate_series(%(start)s, %(stop)s) as n
+from generate_series(%(start)s::integer, %(stop)s::integer) as n
 inner join public.agents as a on a.name = 'Bench agent ' || (n %% 1000)
 """
 
