@@ -55,7 +55,7 @@ select
     end,
     (array['active', 'active', 'active', 'paused', 'completed', 'failed', 'cancelled'])
         [1 + n %% 7]::public.task_status_enum
-from generate_series(%(start)s, %(stop)s) as n
+from generate_series(%(start)s::integer, %(stop)s::integer) as n
 inner join public.agents as a on a.name = 'Bench agent ' || (n %% 1000)
 """
 
@@ -135,7 +135,7 @@ def baseline(url: str) -> tuple[float, int]:
     return elapsed, rows
 
 
-def table_floor(server_url: str, url: str) -> float:
+def table_floor(server_url: str) -> float:
     """The same INSERT … SELECT into public.task_steps itself (foreign key, triggers and
     any audit trigger of the schema), on a copy of the database: what one statement
     costs on the real table, without batches."""
@@ -210,7 +210,7 @@ def main() -> int:
             # and the faster of the two counts (the stricter comparison).
             base_seconds, base_rows = baseline(url)
             print(f"baseline INSERT … SELECT: {base_rows:,} rows in {base_seconds:.1f}s")
-            floor_seconds = table_floor(server_url, url)
+            floor_seconds = table_floor(server_url)
             print(f"one INSERT … SELECT into task_steps itself: {floor_seconds:.1f}s")
             result = run_backfill(url, settings, args.tasks)
             print(f"backfill: {result['steps']:,} steps in {result['seconds']:.1f}s")

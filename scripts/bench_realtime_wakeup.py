@@ -24,6 +24,7 @@ from sync import devdb, migrations
 from sync.wakeups.postgres import PostgresWakeups
 from sync.wakeups.realtime import RealtimeWakeups
 from tests.standins.realtime_server import RealtimeStandIn
+from tests.support import make_agent, make_task, make_user
 
 KEY = "bench-service-role-key"
 
@@ -33,9 +34,11 @@ async def measure(source, url: str, task_id, agent_id, changes: int) -> list[flo
     ready = asyncio.Event()
 
     def wake(reason: str) -> None:
+        # A run inserted as cancelled is announced by both sources: "run_cancelled" from
+        # LISTEN (it ignores other run changes), "run_created" from Realtime.
         if reason == "sweep":
             ready.set()
-        elif reason in ("run_created", "run_changed"):
+        elif reason in ("run_created", "run_cancelled"):
             arrived.put_nowait(time.perf_counter())
 
     runner = asyncio.create_task(source.run(wake))
@@ -47,8 +50,9 @@ async def measure(source, url: str, task_id, agent_id, changes: int) -> list[flo
             # insert's own reply has been processed, so "after commit" is not observable.
             sent = time.perf_counter()
             await conn.execute(
-                "insert into public.agent_task_executions (task_id, agent_id, instructions_used)"
-                " values (%s, %s, 'bench')",
+                "insert into public.agent_task_executions"
+                " (task_id, agent_id, instructions_used, status)"
+                " values (%s, %s, 'bench', 'cancelled')",
                 [task_id, agent_id],
             )
             latencies.append(await asyncio.wait_for(arrived.get(), 10) - sent)
@@ -70,19 +74,9 @@ async def main(changes: int) -> None:
             devdb.bootstrap_supabase(url)
             migrations.push(url)
             with psycopg.connect(url, autocommit=True) as conn:
-                user = conn.execute(
-                    "insert into auth.users (id, email) values (gen_random_uuid(), 'b@x.test')"
-                    " returning id"
-                ).fetchone()[0]
-                agent = conn.execute(
-                    "insert into public.agents (user_id, name) values (%s, 'a') returning id",
-                    [user],
-                ).fetchone()[0]
-                task = conn.execute(
-                    "insert into public.agent_tasks (agent_id, user_id, name, instructions)"
-                    " values (%s, %s, 't', 'i') returning id",
-                    [agent, user],
-                ).fetchone()[0]
+                user = make_user(conn)
+                agent = make_agent(conn, user)
+                task = make_task(conn, user, agent)
             report("postgres", await measure(PostgresWakeups(url), url, task, agent, changes))
             async with RealtimeStandIn(url, KEY) as realtime:
                 source = RealtimeWakeups(realtime.url, KEY)

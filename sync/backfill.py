@@ -97,6 +97,14 @@ class Progress:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def advance(self, done: int, created: int) -> None:
+        """One more batch: ``done`` more items seen, ``created`` in all so far."""
+        self.done += done
+        # The count taken at the start can be passed by tasks inserted since.
+        self.total = max(self.total, self.done)
+        self.created = created
+        self.batches += 1
+
     @property
     def rate(self) -> float:
         return self.done / self.elapsed if self.elapsed > 0 else 0.0
@@ -281,6 +289,20 @@ def _batch(
     raise AssertionError("unreachable")
 
 
+def _read_only_batch(
+    conn: psycopg.Connection, settings: Settings, query: str, params: list[Any]
+) -> dict[str, Any]:
+    """One batch of a scan that writes nothing, in a read-only transaction (so a bug in
+    the SQL cannot write either), bounded by the statement timeout."""
+    with conn.transaction():
+        conn.execute("set transaction read only")
+        conn.execute(
+            "select set_config('statement_timeout', %s, true)",
+            [f"{settings.statement_timeout_ms}ms"],
+        )
+        return conn.execute(query, params).fetchone()
+
+
 def run(
     conn: psycopg.Connection,
     run_id: uuid.UUID,
@@ -306,10 +328,7 @@ def run(
             "select * from stepsync.backfill_legacy_tasks_batch(%s, %s)",
             [run_id, settings.batch_size],
         )
-        progress.done += row["tasks_scanned"]
-        progress.total = max(progress.total, progress.done)
-        progress.created += row["steps_created"]
-        progress.batches += 1
+        progress.advance(row["tasks_scanned"], progress.created + row["steps_created"])
         on_progress(progress)
         if row["done"]:
             break
@@ -330,16 +349,12 @@ def plan(
     progress = Progress(done=0, total=count_tasks(conn), created=0, batches=0)
     after = None
     while True:
-        with conn.transaction():
-            conn.execute("set transaction read only")
-            conn.execute(
-                "select set_config('statement_timeout', %s, true)",
-                [f"{settings.statement_timeout_ms}ms"],
-            )
-            row = conn.execute(
-                "select * from stepsync.backfill_plan_batch(%s, %s, %s)",
-                [after, settings.batch_size, samples],
-            ).fetchone()
+        row = _read_only_batch(
+            conn,
+            settings,
+            "select * from stepsync.backfill_plan_batch(%s, %s, %s)",
+            [after, settings.batch_size, samples],
+        )
         result.tasks_scanned += row["tasks_scanned"]
         for key, count in row["counts"].items():
             key = PLAN_KEYS.get(key, key)
@@ -347,10 +362,7 @@ def plan(
         for key, ids in row["samples"].items():
             kept = result.samples.setdefault(PLAN_KEYS.get(key, key), [])
             kept.extend(uuid.UUID(i) for i in ids[: samples - len(kept)])
-        progress.done += row["tasks_scanned"]
-        progress.total = max(progress.total, progress.done)
-        progress.created = result.counts["steps_created"]
-        progress.batches += 1
+        progress.advance(row["tasks_scanned"], result.counts["steps_created"])
         on_progress(progress)
         if row["tasks_scanned"] < settings.batch_size:
             return result
@@ -369,16 +381,12 @@ def verify(
     progress = Progress(done=0, total=count_tasks(conn), created=0, batches=0)
     after = None
     while True:
-        with conn.transaction():
-            conn.execute("set transaction read only")
-            conn.execute(
-                "select set_config('statement_timeout', %s, true)",
-                [f"{settings.statement_timeout_ms}ms"],
-            )
-            row = conn.execute(
-                "select * from stepsync.backfill_verify_batch(%s, %s, %s)",
-                [after, settings.batch_size, max_exceptions],
-            ).fetchone()
+        row = _read_only_batch(
+            conn,
+            settings,
+            "select * from stepsync.backfill_verify_batch(%s, %s, %s)",
+            [after, settings.batch_size, max_exceptions],
+        )
         report.tasks_scanned += row["tasks_scanned"]
         report.eligible += row["eligible"]
         report.verified += row["verified"]
@@ -390,10 +398,7 @@ def verify(
             {"task_id": uuid.UUID(e["task_id"]), "problem": e["problem"]}
             for e in row["exceptions"][:room]
         )
-        progress.done += row["tasks_scanned"]
-        progress.total = max(progress.total, progress.done)
-        progress.created = report.verified
-        progress.batches += 1
+        progress.advance(row["tasks_scanned"], report.verified)
         on_progress(progress)
         if row["tasks_scanned"] < settings.batch_size:
             return report
@@ -425,10 +430,7 @@ def rollback(
         )
         report.removed += row["steps_removed"]
         report.kept += row["steps_kept"]
-        progress.done += row["steps_seen"]
-        progress.total = max(progress.total, progress.done)
-        progress.created = report.removed
-        progress.batches += 1
+        progress.advance(row["steps_seen"], report.removed)
         on_progress(progress)
         if row["done"]:
             return report

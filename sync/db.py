@@ -94,6 +94,14 @@ class Lease:
 FailOutcome = Literal["retrying", "failed", "stale"]
 
 
+def _lease_arrays(leases: list[Lease]) -> dict[str, list]:
+    """The ``ids`` and ``tokens`` parameters of the functions that take leases in bulk."""
+    return {
+        "ids": [lease.step_execution_id for lease in leases],
+        "tokens": [lease.token for lease in leases],
+    }
+
+
 def step_request(row: dict[str, Any]) -> StepRequest:
     return StepRequest(
         run_id=row["run_id"],
@@ -223,12 +231,7 @@ class Database:
             return set()
         rows = await self._all(
             HEARTBEAT_STEPS,
-            {
-                "worker": worker,
-                "ids": [lease.step_execution_id for lease in leases],
-                "tokens": [lease.token for lease in leases],
-                "lease_seconds": lease_seconds,
-            },
+            {"worker": worker, **_lease_arrays(leases), "lease_seconds": lease_seconds},
         )
         return {row["held"] for row in rows}
 
@@ -257,11 +260,7 @@ class Database:
             return 0
         return await self._one(
             RELEASE_STEPS,
-            {
-                "worker": worker,
-                "ids": [lease.step_execution_id for lease in leases],
-                "tokens": [lease.token for lease in leases],
-            },
+            {"worker": worker, **_lease_arrays(leases)},
         )
 
     async def reap_expired_leases(self) -> int:

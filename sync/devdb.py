@@ -19,10 +19,9 @@ import contextlib
 import importlib.util
 import os
 import pwd
-import shutil
 import socket
 import subprocess
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -47,13 +46,13 @@ class Server:
     kind: str  # "external", "container" or "local"
     version: str = ""
     data_dir: Path | None = None
-    _stop: object = field(default=None, repr=False)
+    _stop: Callable[[], None] | None = field(default=None, repr=False)
 
     def database_url(self, dbname: str) -> str:
         return with_database(self.url, dbname)
 
     def stop(self) -> None:
-        if callable(self._stop):
+        if self._stop is not None:
             self._stop()
 
 
@@ -313,21 +312,3 @@ def database_exists(server_url: str, name: str) -> bool:
     with psycopg.connect(server_url, autocommit=True) as conn:
         found = conn.execute("select 1 from pg_database where datname = %s", [name]).fetchone()
     return found is not None
-
-
-def wait_for(url: str, timeout: float = 30) -> None:
-    """Block until ``url`` accepts connections."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            psycopg.connect(url, connect_timeout=2).close()
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def remove_cluster(data_dir: Path) -> None:
-    stop_local_cluster(data_dir)
-    shutil.rmtree(data_dir, ignore_errors=True)

@@ -61,7 +61,7 @@ def check_database(url: str | None) -> Check:
         return Check(
             "database",
             "fail",
-            "STEPSYNC_DATABASE_URL is not set",
+            "STEPSYNC_DATABASE_URL (--database-url) is not set",
             "set it to the project's connection string (Supabase dashboard → Connect); "
             "the direct or session-pooler URL (port 5432) keeps LISTEN working",
         )

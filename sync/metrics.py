@@ -84,9 +84,10 @@ class MetricsServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.split("?")[0] == "/metrics":
+                path = self.path.split("?")[0]
+                if path == "/metrics":
                     body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
-                elif self.path.split("?")[0] == "/healthz":
+                elif path == "/healthz":
                     ok = healthy()
                     body = b"ok\n" if ok else b"unhealthy\n"
                     ctype, code = "text/plain; charset=utf-8", 200 if ok else 503

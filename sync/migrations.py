@@ -9,6 +9,7 @@ in its own transaction: one that fails leaves nothing behind and is not recorded
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,11 @@ def status(url: str, directory: Path = MIGRATIONS_DIR) -> Status:
 
 
 def push(
-    url: str, directory: Path = MIGRATIONS_DIR, *, up_to: str | None = None, on_apply=None
+    url: str,
+    directory: Path = MIGRATIONS_DIR,
+    *,
+    up_to: str | None = None,
+    on_apply: Callable[[Migration], None] | None = None,
 ) -> list[Migration]:
     """Apply pending migrations in version order (through version ``up_to`` if given);
     return the ones applied."""

@@ -140,7 +140,8 @@ class Settings(BaseSettings):
     executor: str = Field(
         default="demo",
         description="Runs each step: `demo`, `python:package.module:function`, "
-        "or an `http(s)://` URL that receives each step as a JSON POST.",
+        "an `http(s)://` URL that receives each step as a JSON POST, "
+        "`edge:<function>` (a Supabase Edge Function) or `agentopia_chat`.",
     )
     http_timeout_seconds: float = Field(
         default=30.0,

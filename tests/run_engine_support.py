@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from tests.support import make_agent, make_task, make_user, replace_steps
-
-
-@contextlib.contextmanager
-def as_service(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
-    """One transaction as the service runs it: ``set role service_role``, no JWT claims."""
-    with conn.transaction():
-        conn.execute("set local role service_role")
-        yield conn
+from tests.support import as_service, make_agent, make_task, make_user, replace_steps
 
 
 def make_workflow(

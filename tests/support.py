@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: acting as a PostgREST caller, making users and tasks."""
+"""Shared by the tests: acting as a PostgREST caller or as the service, making users,
+agents, tasks and steps, and legacy data as it exists before the compatibility triggers."""
 
 from __future__ import annotations
 
@@ -23,6 +24,23 @@ def acting_as(
     with conn.transaction():
         conn.execute(f"set local role {role}")
         conn.execute("select set_config('request.jwt.claims', %s, true)", [json.dumps(claims)])
+        yield conn
+
+
+@contextlib.contextmanager
+def as_service(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """One transaction as the service runs it: ``set role service_role``, no JWT claims."""
+    with conn.transaction():
+        conn.execute("set local role service_role")
+        yield conn
+
+
+@contextlib.contextmanager
+def triggers_off(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """One transaction with ``session_replication_role = replica``: rows written in it
+    are in the state a project is in before the backfill migrations (no step made)."""
+    with conn.transaction():
+        conn.execute("set local session_replication_role = replica")
         yield conn
 
 
@@ -87,3 +105,59 @@ def replace_steps(
             ).fetchone()[0]
         )
     return ids
+
+
+def run_statuses(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> dict[str, int]:
+    """How many of the runs are in each status."""
+    rows = conn.execute(
+        "select status::text, count(*) from public.agent_task_executions"
+        " where id = any(%s) group by 1",
+        [run_ids],
+    ).fetchall()
+    return dict(rows)
+
+
+def legacy_task(
+    conn: psycopg.Connection,
+    user_id: uuid.UUID,
+    agent_id: uuid.UUID,
+    *,
+    name: str = "Legacy task",
+    instructions: str = "Summarise the inbox",
+    status: str = "active",
+) -> uuid.UUID:
+    """One pre-existing legacy task (no step, no trigger fired)."""
+    with triggers_off(conn):
+        return make_task(
+            conn, user_id, agent_id, name=name, instructions=instructions, status=status
+        )
+
+
+def generate_legacy_tasks(
+    conn: psycopg.Connection, user_id: uuid.UUID, agent_id: uuid.UUID, count: int
+) -> None:
+    """``count`` plain legacy tasks in one statement (names and texts numbered)."""
+    with triggers_off(conn):
+        conn.execute(
+            "insert into public.agent_tasks (agent_id, user_id, name, instructions, status)"
+            " select %s, %s, 'Task ' || n, 'Do thing number ' || n,"
+            " (array['active','paused','completed','failed','cancelled'])[1 + n %% 5]"
+            "::public.task_status_enum"
+            " from generate_series(1, %s) as n",
+            [agent_id, user_id, count],
+        )
+
+
+def live_steps(conn: psycopg.Connection, task_id: uuid.UUID) -> list[tuple]:
+    """(step_order, step_name, instructions, status) of the task's live steps, in order."""
+    return conn.execute(
+        "select step_order, step_name, instructions, status::text from public.task_steps"
+        " where task_id = %s and deleted_at is null order by step_order",
+        [task_id],
+    ).fetchall()
+
+
+def task_instructions(conn: psycopg.Connection, task_id: uuid.UUID) -> str:
+    return conn.execute(
+        "select instructions from public.agent_tasks where id = %s", [task_id]
+    ).fetchone()[0]

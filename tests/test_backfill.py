@@ -9,14 +9,17 @@ import psycopg
 import pytest
 
 from sync import backfill
-from tests.legacy_data import (
+from tests.support import (
     generate_legacy_tasks,
     legacy_task,
     live_steps,
+    make_agent,
+    make_task,
+    make_user,
+    replace_steps,
     task_instructions,
     triggers_off,
 )
-from tests.support import make_agent, make_task, make_user, replace_steps
 
 SMALL = backfill.Settings(batch_size=7)
 

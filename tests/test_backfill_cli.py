@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from sync.cli import app
-from tests.legacy_data import generate_legacy_tasks, legacy_task
-from tests.support import make_agent, make_user
+from tests.support import generate_legacy_tasks, legacy_task, make_agent, make_user
 
 runner = CliRunner()
 
@@ -98,11 +100,7 @@ def test_a_database_without_the_migrations_is_refused(blank_db_url: str) -> None
     assert "migrations are not applied" in result.stderr
 
 
-def test_the_script_entry_point_runs_the_same_command(conn: psycopg.Connection, db_url: str):
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def test_the_script_entry_point_runs_the_same_command(db_url: str):
     script = Path(__file__).parents[1] / "scripts" / "backfill_legacy_tasks.py"
     result = subprocess.run(
         [sys.executable, str(script), "--dry-run", "--database-url", db_url],

@@ -17,8 +17,14 @@ import psycopg
 import pytest
 
 from sync import backfill
-from tests.legacy_data import generate_legacy_tasks, live_steps, task_instructions
-from tests.support import acting_as, make_agent, make_user
+from tests.support import (
+    acting_as,
+    generate_legacy_tasks,
+    live_steps,
+    make_agent,
+    make_user,
+    task_instructions,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,15 @@ import uuid
 import psycopg
 import pytest
 
-from tests.legacy_data import live_steps, task_instructions
-from tests.support import acting_as, make_agent, make_task, make_user, replace_steps
+from tests.support import (
+    acting_as,
+    live_steps,
+    make_agent,
+    make_task,
+    make_user,
+    replace_steps,
+    task_instructions,
+)
 
 
 @pytest.fixture
@@ -21,11 +28,7 @@ def legacy_insert(conn, user_id, agent_id, **values) -> uuid.UUID:
     """Insert a task the way the legacy app does: through PostgREST, as its owner."""
     row = {"name": "Morning digest", "instructions": "Digest it", "status": "active", **values}
     with acting_as(conn, "authenticated", user_id):
-        return conn.execute(
-            "insert into public.agent_tasks (agent_id, user_id, name, instructions, status)"
-            " values (%s, %s, %s, %s, %s) returning id",
-            [agent_id, user_id, row["name"], row["instructions"], row["status"]],
-        ).fetchone()[0]
+        return make_task(conn, user_id, agent_id, **row)
 
 
 def legacy_update(conn, user_id, task_id, instructions: str) -> None:

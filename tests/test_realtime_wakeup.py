@@ -17,14 +17,14 @@ import pytest
 
 from sync.wakeups.realtime import BINDINGS, RealtimeWakeups
 from tests.realtime_support import WakeLog
-from tests.standins.realtime_server import RealtimeStandIn
+from tests.standins.realtime_server import RealtimeStandIn, make_jwt
+from tests.support import acting_as, make_agent, make_task, make_user, replace_steps
+from tests.workers import serving, wait_for_run
 
 KEY = "service-role-key-for-tests"
 
 
 def make_run_target(conn: psycopg.Connection) -> tuple[uuid.UUID, uuid.UUID]:
-    from tests.support import make_agent, make_task, make_user
-
     user = make_user(conn)
     agent = make_agent(conn, user)
     return make_task(conn, user, agent), agent
@@ -288,8 +288,6 @@ SLOW_POLL = 60.0
 
 
 def workflow(conn: psycopg.Connection, steps: int = 2) -> tuple[uuid.UUID, uuid.UUID]:
-    from tests.support import make_agent, make_task, make_user, replace_steps
-
     user_id = make_user(conn)
     task_id = make_task(conn, user_id, make_agent(conn, user_id))
     replace_steps(conn, task_id, [{} for _ in range(steps)])
@@ -297,8 +295,6 @@ def workflow(conn: psycopg.Connection, steps: int = 2) -> tuple[uuid.UUID, uuid.
 
 
 def start_run(conn: psycopg.Connection, user_id: uuid.UUID, task_id: uuid.UUID) -> uuid.UUID:
-    from tests.support import acting_as
-
     with acting_as(conn, "authenticated", user_id):
         return conn.execute("select public.start_task_run(%s)", [task_id]).fetchone()[0]
 
@@ -324,8 +320,6 @@ def wakeups(service, reason: str) -> float:
 @contextlib.asynccontextmanager
 async def realtime_service(db_url: str, steps: Steps):
     """The Realtime stand-in and a service listening to it through supabase-py."""
-    from tests.workers import serving
-
     async with (
         RealtimeStandIn(db_url, KEY) as server,
         serving(
@@ -356,8 +350,6 @@ async def idle(service) -> None:
 
 
 def test_a_queued_step_wakes_the_service_through_realtime(db_url, conn):
-    from tests.workers import wait_for_run
-
     user_id, task_id = workflow(conn, steps=2)
     steps = Steps()
 
@@ -384,8 +376,6 @@ def test_a_queued_step_wakes_the_service_through_realtime(db_url, conn):
 
 
 def test_service_reconnects_after_a_dropped_socket_and_sweeps_up_missed_work(db_url, conn):
-    from tests.workers import wait_for_run
-
     user_id, task_id = workflow(conn, steps=1)
     steps = Steps()
 
@@ -412,8 +402,6 @@ def test_service_reconnects_after_a_dropped_socket_and_sweeps_up_missed_work(db_
 
 
 def test_malformed_frames_never_stop_the_service(db_url, conn, caplog):
-    from tests.workers import wait_for_run
-
     user_id, task_id = workflow(conn, steps=2)
     steps = Steps()
 
@@ -447,8 +435,6 @@ JWT_SECRET = "jwt-secret-for-tests-only"
 
 def test_a_browser_hears_its_own_runs_and_steps_and_nobody_elses(db_url, conn):
     from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
-
-    from tests.standins.realtime_server import make_jwt
 
     alice, alice_task = workflow(conn, steps=2)
     bob, bob_task = workflow(conn, steps=1)
@@ -501,8 +487,6 @@ def test_a_browser_hears_its_own_runs_and_steps_and_nobody_elses(db_url, conn):
 
 def test_a_forged_token_is_refused_at_join(db_url):
     from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
-
-    from tests.standins.realtime_server import make_jwt
 
     async def scenario():
         async with RealtimeStandIn(db_url, KEY, anon_key=ANON_KEY, jwt_secret=JWT_SECRET) as server:

@@ -8,6 +8,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from tests.run_engine_support import claim, claim_one, complete, make_workflow, start_run
+from tests.support import as_service
 
 
 def test_an_open_claim_does_not_block_or_share_its_steps(
@@ -93,8 +94,7 @@ def test_notifications_announce_ready_steps_and_run_changes(
         assert complete(conn, claim_one(conn), {})
         assert received(1) == [("stepsync_step_ready", second)]
         step = claim_one(conn)
-        with conn.transaction():
-            conn.execute("set local role service_role")
+        with as_service(conn):
             conn.execute(
                 "select stepsync.fail_step(%s, %s, 'flaky')",
                 [step["step_execution_id"], step["lease_token"]],
@@ -114,8 +114,7 @@ def test_notifications_announce_ready_steps_and_run_changes(
             "stepsync_step_ready",
         ]
         step = claim_one(conn)
-        with conn.transaction():
-            conn.execute("set local role service_role")
+        with as_service(conn):
             conn.execute(
                 "select stepsync.fail_step(%s, %s, 'later')",
                 [step["step_execution_id"], step["lease_token"]],

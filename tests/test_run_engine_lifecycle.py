@@ -10,7 +10,6 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from tests.run_engine_support import (
-    as_service,
     claim,
     claim_one,
     complete,
@@ -22,7 +21,7 @@ from tests.run_engine_support import (
     statuses,
     step_rows,
 )
-from tests.support import make_agent, make_task, make_user, replace_steps
+from tests.support import acting_as, as_service, make_agent, make_task, make_user, replace_steps
 
 
 def task_counters(conn: psycopg.Connection, task_id) -> tuple:
@@ -316,8 +315,6 @@ def test_cancel_while_running_rejects_the_workers_late_result(
     user_id, task_id, _ = make_workflow(conn, [{}, {}])
     run_id = start_run(conn, task_id)
     step = claim_one(conn)
-    from tests.support import acting_as
-
     with acting_as(conn, "authenticated", user_id):
         assert conn.execute("select public.cancel_task_run(%s)", [run_id]).fetchone()[0]
     assert statuses(conn, run_id) == ["cancelled", "cancelled"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 
 from typer.testing import CliRunner
 
 from sync.cli import app
-from tests.support import make_agent, make_task, make_user, replace_steps
-from tests.workers import create_step_log, workers
+from tests.support import make_agent, make_task, make_user, replace_steps, run_statuses
+from tests.workers import HOLD_ENV, create_step_log, wait_until, workers
 
 runner = CliRunner(env={"COLUMNS": "160"})
 
@@ -53,7 +54,7 @@ def test_run_wait_follows_a_run_to_the_end_and_runs_and_show_report_it(conn, db_
     assert '"worker": "w0"' in detailed.output  # and the outputs
 
 
-def test_run_names_a_task_that_cannot_run(conn, db_url):
+def test_run_names_a_task_that_cannot_run(db_url):
     missing = uuid.uuid4()
     result = runner.invoke(app, ["run", str(missing), "--database-url", db_url])
     assert result.exit_code == 1
@@ -64,11 +65,6 @@ def test_run_names_a_task_that_cannot_run(conn, db_url):
 
 
 def test_cancel_stops_a_running_run(conn, db_url, tmp_path):
-    import signal
-
-    from tests.test_service_processes import run_statuses
-    from tests.workers import HOLD_ENV, wait_until
-
     create_step_log(conn)
     user_id = make_user(conn)
     task_id = make_task(conn, user_id, make_agent(conn, user_id))

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import signal
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.support import acting_as, make_agent, make_task, make_user, replace_steps
+from tests.support import (
+    acting_as,
+    make_agent,
+    make_task,
+    make_user,
+    replace_steps,
+    run_statuses,
+)
 from tests.workers import (
     HOLD_ENV,
+    Worker,
     create_step_log,
     start_worker,
     wait_until,
@@ -39,15 +48,6 @@ def start_runs(conn: psycopg.Connection, task_ids: list[uuid.UUID]) -> list[uuid
                 "select public.start_task_run(t) from unnest(%s::uuid[]) as t", [task_ids]
             ).fetchall()
         ]
-
-
-def run_statuses(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> dict[str, int]:
-    rows = conn.execute(
-        "select status::text, count(*) from public.agent_task_executions"
-        " where id = any(%s) group by 1",
-        [run_ids],
-    ).fetchall()
-    return dict(rows)
 
 
 def all_finished(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> bool:
@@ -222,13 +222,12 @@ def test_without_any_notification_polling_still_finishes_every_run(step_log, db_
     assert set(completions_per_step(conn, run_ids).values()) == {1}
 
 
-def test_sigterm_lets_a_running_step_finish_then_exits_cleanly(step_log, db_url, tmp_path):
-    conn = step_log
-    task_id = setup_task(conn, ["hold"])
-    (run_id,) = start_runs(conn, [task_id])
-    worker = start_worker(
-        db_url, tmp_path, "graceful", "--shutdown-grace", "30", env={HOLD_ENV: "1"}
-    )
+def sigterm_once_the_step_holds(
+    conn: psycopg.Connection, db_url: str, tmp_path: Path, name: str, *, grace: str, hold: str
+) -> Worker:
+    """Start a worker whose ``hold`` step lasts ``hold`` seconds, send it SIGTERM once the
+    step has started, and check that it exits cleanly."""
+    worker = start_worker(db_url, tmp_path, name, "--shutdown-grace", grace, env={HOLD_ENV: hold})
     try:
         wait_until(
             lambda: conn.execute("select 1 from public.test_step_log").fetchone(),
@@ -238,6 +237,14 @@ def test_sigterm_lets_a_running_step_finish_then_exits_cleanly(step_log, db_url,
         assert worker.proc.wait(30) == 0
     finally:
         worker.proc.kill()
+    return worker
+
+
+def test_sigterm_lets_a_running_step_finish_then_exits_cleanly(step_log, db_url, tmp_path):
+    conn = step_log
+    task_id = setup_task(conn, ["hold"])
+    (run_id,) = start_runs(conn, [task_id])
+    sigterm_once_the_step_holds(conn, db_url, tmp_path, "graceful", grace="30", hold="1")
     assert run_statuses(conn, [run_id]) == {"completed": 1}
     assert dangling_leases(conn) == 0
 
@@ -246,18 +253,9 @@ def test_sigterm_hands_back_a_step_that_outlives_the_grace_period(step_log, db_u
     conn = step_log
     task_id = setup_task(conn, ["hold"], max_attempts=1)
     (run_id,) = start_runs(conn, [task_id])
-    worker = start_worker(
-        db_url, tmp_path, "impatient", "--shutdown-grace", "0.5", env={HOLD_ENV: "3600"}
+    worker = sigterm_once_the_step_holds(
+        conn, db_url, tmp_path, "impatient", grace="0.5", hold="3600"
     )
-    try:
-        wait_until(
-            lambda: conn.execute("select 1 from public.test_step_log").fetchone(),
-            what="the step to start",
-        )
-        worker.signal(signal.SIGTERM)
-        assert worker.proc.wait(30) == 0
-    finally:
-        worker.proc.kill()
     with conn.cursor(row_factory=dict_row) as cur:
         step = cur.execute(
             "select status::text as status, attempt, lease_owner from public.task_step_executions"

@@ -62,7 +62,7 @@ def test_cli_push_then_stepsync_agrees(blank_db_url: str) -> None:
     assert history(blank_db_url) == recorded
 
 
-def test_stepsync_push_then_cli_agrees(blank_db_url: str, pg_server) -> None:
+def test_stepsync_push_then_cli_agrees(blank_db_url: str) -> None:
     migrations.push(blank_db_url)
     ours = history(blank_db_url)
     assert "up to date" in supabase("db", "push", "--yes", db_url=blank_db_url)

@@ -7,7 +7,7 @@ import json
 
 import psycopg
 
-from tests.support import acting_as, make_user
+from tests.support import acting_as, make_user, triggers_off
 
 
 def plan_nodes(plan: dict) -> list[dict]:
@@ -20,22 +20,21 @@ def plan_nodes(plan: dict) -> list[dict]:
 def test_owner_listing_is_an_index_scan_among_200k_steps(conn: psycopg.Connection) -> None:
     owner = make_user(conn)
     # 4,000 tasks of 50 steps, set-based; triggers off for the bulk set-up only.
-    conn.execute("set session_replication_role = replica")
-    conn.execute(
-        "insert into auth.users (id) select gen_random_uuid() from generate_series(1, 200)"
-    )
-    conn.execute("insert into public.agents (user_id, name) select id, 'Agent' from auth.users")
-    conn.execute(
-        "insert into public.agent_tasks (agent_id, user_id, name, instructions)"
-        " select a.id, a.user_id, 'Task ' || g, 'Work' from public.agents as a"
-        " cross join generate_series(1, 20) as g"
-    )
-    conn.execute(
-        "insert into public.task_steps (task_id, step_order, step_name, instructions)"
-        " select t.id, o, 'Step ' || o, 'Do part ' || o from public.agent_tasks as t"
-        " cross join generate_series(1, 50) as o"
-    )
-    conn.execute("reset session_replication_role")
+    with triggers_off(conn):
+        conn.execute(
+            "insert into auth.users (id) select gen_random_uuid() from generate_series(1, 200)"
+        )
+        conn.execute("insert into public.agents (user_id, name) select id, 'Agent' from auth.users")
+        conn.execute(
+            "insert into public.agent_tasks (agent_id, user_id, name, instructions)"
+            " select a.id, a.user_id, 'Task ' || g, 'Work' from public.agents as a"
+            " cross join generate_series(1, 20) as g"
+        )
+        conn.execute(
+            "insert into public.task_steps (task_id, step_order, step_name, instructions)"
+            " select t.id, o, 'Step ' || o, 'Do part ' || o from public.agent_tasks as t"
+            " cross join generate_series(1, 50) as o"
+        )
     assert conn.execute("select count(*) from public.task_steps").fetchone()[0] >= 200_000
     task = conn.execute(
         "select t.id from public.agent_tasks as t join public.agents as a on a.id = t.agent_id"

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from sync.executors.base import PermanentStepError, RetryableStepError, StepRequest
@@ -291,25 +292,38 @@ async def serving(db_url: str, function: Callable[[StepRequest], Any], **overrid
         await task
 
 
-async def wait_for_run(db_url: str, run_id: Any, timeout: float = 30) -> dict[str, Any]:
-    """Wait (without blocking the loop) until the run has finished; return its row."""
-    from psycopg.rows import dict_row
-
+async def _wait_for_row(
+    db_url: str,
+    query: str,
+    params: list[Any],
+    done: Callable[[dict[str, Any] | None], bool],
+    timeout: float,
+    what: str,
+) -> dict[str, Any]:
+    """Poll ``query`` (without blocking the loop) until ``done`` holds for its row."""
     async with await psycopg.AsyncConnection.connect(
         db_url, autocommit=True, row_factory=dict_row
     ) as conn:
         deadline = time.monotonic() + timeout
         while True:
-            row = await (
-                await conn.execute(
-                    "select * from public.agent_task_executions where id = %s", [run_id]
-                )
-            ).fetchone()
-            if row["status"] in ("completed", "failed", "cancelled"):
+            row = await (await conn.execute(query, params)).fetchone()
+            if done(row):
                 return row
             if time.monotonic() > deadline:
-                raise AssertionError(f"run {run_id} still {row['status']} after {timeout}s")
+                raise AssertionError(f"{what} after {timeout}s (last seen: {row})")
             await asyncio.sleep(0.05)
+
+
+async def wait_for_run(db_url: str, run_id: Any, timeout: float = 30) -> dict[str, Any]:
+    """Wait until the run has finished; return its row."""
+    return await _wait_for_row(
+        db_url,
+        "select * from public.agent_task_executions where id = %s",
+        [run_id],
+        lambda row: row["status"] in ("completed", "failed", "cancelled"),
+        timeout,
+        f"run {run_id} not finished",
+    )
 
 
 async def wait_for_step(
@@ -321,22 +335,11 @@ async def wait_for_step(
     where: Callable[[dict[str, Any]], bool] = lambda row: True,
 ) -> dict[str, Any]:
     """Wait until the step is in one of ``statuses`` (and ``where`` holds); return its row."""
-    from psycopg.rows import dict_row
-
-    async with await psycopg.AsyncConnection.connect(
-        db_url, autocommit=True, row_factory=dict_row
-    ) as conn:
-        deadline = time.monotonic() + timeout
-        while True:
-            row = await (
-                await conn.execute(
-                    "select * from public.task_step_executions"
-                    " where run_id = %s and step_order = %s",
-                    [run_id, step_order],
-                )
-            ).fetchone()
-            if row is not None and row["status"] in statuses and where(row):
-                return row
-            if time.monotonic() > deadline:
-                raise AssertionError(f"step {step_order} not in {statuses} after {timeout}s")
-            await asyncio.sleep(0.05)
+    return await _wait_for_row(
+        db_url,
+        "select * from public.task_step_executions where run_id = %s and step_order = %s",
+        [run_id, step_order],
+        lambda row: row is not None and row["status"] in statuses and where(row),
+        timeout,
+        f"step {step_order} not in {statuses}",
+    )

@@ -24,12 +24,12 @@ from sync import backfill
 from sync.commands.common import (
     DatabaseUrlOption,
     console,
+    database_error,
     database_url,
     err_console,
     fail,
     user_errors,
 )
-from sync.devdb import redact_url
 
 app = typer.Typer(help="Backfill legacy data into the multi-step schema.", no_args_is_help=True)
 
@@ -125,7 +125,7 @@ def backfill_errors() -> Iterator[None]:
     except backfill.BackfillError as exc:
         raise fail(str(exc)) from None
     except psycopg.OperationalError as exc:
-        raise fail(redact_url(str(exc).strip().splitlines()[0])) from None
+        raise database_error(exc) from None
     except KeyboardInterrupt:
         err_console.print("interrupted: the batch in flight rolled back; resume with --resume")
         raise typer.Exit(code=130) from None

@@ -5,17 +5,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import psycopg
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from sync.database import resolve_database_url
 from sync.db import CONNECT_HINT, DatabaseSetupError
-from sync.devdb import ProvisionError
+from sync.devdb import ProvisionError, redact_url
 from sync.migrations import MigrationError
-from sync.settings import Settings
+from sync.settings import Settings, describe_validation_error
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
+
+CONFIG_HINT = "see `stepsync config --reference`"
 
 DatabaseUrlOption = typer.Option(
     None,
@@ -40,6 +44,23 @@ def fail(message: str, hint: str | None = None) -> typer.Exit:
     if hint:
         err_console.print(f"[dim]hint:[/] {hint}", highlight=False)
     return typer.Exit(code=1)
+
+
+def database_error(exc: psycopg.Error) -> typer.Exit:
+    """``fail`` with the first line of a database error, any password in it hidden.
+
+    An error without a SQLSTATE is the connection itself failing, so the hint is about
+    the URL."""
+    hint = CONNECT_HINT if exc.sqlstate is None else None
+    return fail(redact_url(str(exc).strip().splitlines()[0]), hint)
+
+
+def configuration_error(exc: ValidationError) -> typer.Exit:
+    """``fail`` naming each bad setting the way it is set (secrets not echoed)."""
+    return fail(
+        f"invalid configuration: {describe_validation_error(exc)}",
+        CONFIG_HINT,
+    )
 
 
 @contextlib.contextmanager

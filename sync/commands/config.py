@@ -6,7 +6,7 @@ import typer
 from pydantic import AliasChoices, SecretStr, ValidationError
 from rich.table import Table
 
-from sync.commands.common import console, fail
+from sync.commands.common import configuration_error, console
 from sync.devdb import redact_url
 from sync.settings import Settings
 
@@ -48,7 +48,7 @@ def config(
     try:
         settings = Settings()
     except ValidationError as exc:
-        raise fail(str(exc).replace("\n", " "), "see `stepsync config --reference`") from None
+        raise configuration_error(exc) from None
     table = Table("setting", "value")
     for name, value in settings.model_dump().items():
         if isinstance(value, str) and "://" in value:

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from sync import demo as demo_flow
 from sync import devdb
-from sync.commands.common import console, fail, user_errors
+from sync.commands.common import DatabaseUrlOption, console, fail, settings_for, user_errors
 from sync.settings import Settings
 
 DEMO_DATABASE = "stepsync_demo"
 
 
-def demo() -> None:
+def demo(database_url_option: str | None = DatabaseUrlOption) -> None:
     """Upgrade a small legacy app to stepsync and run its workflows, live.
 
-    Without STEPSYNC_DATABASE_URL it uses a fresh `stepsync_demo` database on the
+    Without --database-url (STEPSYNC_DATABASE_URL) it uses a fresh `stepsync_demo` database on the
     embedded PostgreSQL (started for the demo and stopped after it, unless it was
     already running). With it, the demo writes its data set into that database.
     """
-    settings = Settings()
+    settings = settings_for(database_url_option)
     with user_errors():
         if settings.database_url:
             outcome = demo_flow.run_demo(settings.database_url, console)

@@ -6,8 +6,7 @@ import typer
 from pydantic import ValidationError
 
 from sync import doctor as checks
-from sync.commands.common import DatabaseUrlOption, console, fail, settings_for
-from sync.settings import describe_validation_error
+from sync.commands.common import configuration_error, console, fail, settings_for
 
 MARKS = {
     "ok": "[green]✓ ok  [/]",
@@ -18,7 +17,13 @@ MARKS = {
 
 
 def doctor(
-    database_url_option: str | None = DatabaseUrlOption,
+    database_url_option: str | None = typer.Option(
+        None,
+        "--database-url",
+        envvar="STEPSYNC_DATABASE_URL",
+        help="PostgreSQL URL the service will use (the embedded database is not checked).",
+        show_default=False,
+    ),
     listen: str | None = typer.Option(
         None,
         "--listen",
@@ -31,7 +36,7 @@ def doctor(
     try:
         settings = settings_for(database_url_option)
     except ValidationError as exc:
-        raise fail(f"invalid configuration: {describe_validation_error(exc)}") from None
+        raise configuration_error(exc) from None
     if listen is not None:
         modes = [mode.strip() for mode in listen.split(",") if mode.strip()]
         unknown = [mode for mode in modes if mode not in ("postgres", "realtime")]

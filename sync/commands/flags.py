@@ -16,8 +16,14 @@ import typer
 from psycopg.rows import dict_row
 from rich.table import Table
 
-from sync.commands.common import DatabaseUrlOption, console, database_url, fail, user_errors
-from sync.devdb import redact_url
+from sync.commands.common import (
+    DatabaseUrlOption,
+    console,
+    database_error,
+    database_url,
+    fail,
+    user_errors,
+)
 
 app = typer.Typer(help="View and change feature flags (gradual rollout).", no_args_is_help=True)
 
@@ -40,7 +46,7 @@ def flags_connection(option: str | None) -> Iterator[psycopg.Connection]:
                 raise fail("stepsync.feature_flags does not exist", "run `stepsync db push` first")
             yield conn
     except psycopg.OperationalError as exc:
-        raise fail(redact_url(str(exc).strip().splitlines()[0])) from None
+        raise database_error(exc) from None
 
 
 def known_flag(conn: psycopg.Connection, name: str) -> dict:
@@ -53,7 +59,7 @@ def known_flag(conn: psycopg.Connection, name: str) -> dict:
     return row
 
 
-def change(conn: psycopg.Connection, name: str, assignment: str, params: list) -> dict:
+def change(conn: psycopg.Connection, name: str, assignment: str, params: list) -> None:
     known_flag(conn, name)
     row = conn.execute(
         f"update stepsync.feature_flags set {assignment}, updated_at = now()"
@@ -61,7 +67,30 @@ def change(conn: psycopg.Connection, name: str, assignment: str, params: list) -
         [*params, name],
     ).fetchone()
     print_flag(row)
-    return row
+
+
+def edit_list(
+    conn: psycopg.Connection,
+    name: str,
+    users: list[uuid.UUID],
+    *,
+    listed: str,
+    other: str,
+    remove: bool,
+) -> None:
+    """Take ``users`` off the ``listed`` column or put them on it; a user put on one list
+    comes off the ``other``, so the two never contradict each other."""
+    without = "array(select u from unnest({}) as u where u <> all(%s::uuid[]))"
+    if remove:
+        change(conn, name, f"{listed} = {without.format(listed)}", [users])
+    else:
+        change(
+            conn,
+            name,
+            f"{listed} = array(select distinct u from unnest({listed} || %s::uuid[]) as u"
+            f" order by u), {other} = {without.format(other)}",
+            [users, users],
+        )
 
 
 def print_flag(row: dict) -> None:
@@ -146,21 +175,7 @@ def allow(
 ) -> None:
     """Put users on the allow-list (and off the deny-list), or take them off with --remove."""
     with flags_connection(database_url_option) as conn:
-        if remove:
-            change(
-                conn,
-                name,
-                "allow_list = array(select u from unnest(allow_list) as u where u <> all(%s::uuid[]))",
-                [users],
-            )
-        else:
-            change(
-                conn,
-                name,
-                "allow_list = array(select distinct u from unnest(allow_list || %s::uuid[]) as u order by u),"
-                " deny_list = array(select u from unnest(deny_list) as u where u <> all(%s::uuid[]))",
-                [users, users],
-            )
+        edit_list(conn, name, users, listed="allow_list", other="deny_list", remove=remove)
 
 
 @app.command()
@@ -172,18 +187,4 @@ def deny(
 ) -> None:
     """Put users on the deny-list (and off the allow-list), or take them off with --remove."""
     with flags_connection(database_url_option) as conn:
-        if remove:
-            change(
-                conn,
-                name,
-                "deny_list = array(select u from unnest(deny_list) as u where u <> all(%s::uuid[]))",
-                [users],
-            )
-        else:
-            change(
-                conn,
-                name,
-                "deny_list = array(select distinct u from unnest(deny_list || %s::uuid[]) as u order by u),"
-                " allow_list = array(select u from unnest(allow_list) as u where u <> all(%s::uuid[]))",
-                [users, users],
-            )
+        edit_list(conn, name, users, listed="deny_list", other="allow_list", remove=remove)

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import typer
@@ -27,6 +28,8 @@ from sync.commands.common import (
 )
 from sync.db import RUN_FINISHED_STATUSES, Database, DatabaseSetupError
 from sync.wakeups.postgres import RUN_CHANGED, STEP_READY
+
+T = TypeVar("T")
 
 STATUS_STYLE = {
     "pending": "dim",
@@ -62,7 +65,7 @@ def run(
         raise fail("--trigger-data must be a JSON object")
     with user_errors():
         url = database_url(database_url_option, migrate=True)
-    status = asyncio.run(_start_and_follow(url, task, data, wait))
+    status = asyncio.run(_with_db(url, lambda db: _start_and_follow(db, url, task, data, wait)))
     if status in ("failed", "cancelled"):
         raise typer.Exit(code=1)
 
@@ -152,25 +155,20 @@ def cancel(
 # --- following a run --------------------------------------------------------------------
 
 
-async def _start_and_follow(url: str, task_id: uuid.UUID, data: dict, wait: bool) -> str:
-    db = _database(url)
+async def _start_and_follow(
+    db: Database, url: str, task_id: uuid.UUID, data: dict, wait: bool
+) -> str:
     try:
-        await db.open()
-        try:
-            run_id = await db.start_task_run(task_id, "manual", data)
-        except psycopg.Error as exc:
-            raise fail(
-                f"cannot start a run of task {task_id}: {_pg_message(exc)}",
-                "task ids are agent_tasks.id; `stepsync runs` lists recent runs",
-            ) from None
-        console.print(f"run {run_id} started")
-        if not wait:
-            return "running"
-        return await _follow(db, url, run_id)
-    except DatabaseSetupError as exc:
-        raise fail(str(exc), exc.hint) from None
-    finally:
-        await db.close()
+        run_id = await db.start_task_run(task_id, "manual", data)
+    except psycopg.Error as exc:
+        raise fail(
+            f"cannot start a run of task {task_id}: {_pg_message(exc)}",
+            "task ids are agent_tasks.id; `stepsync runs` lists recent runs",
+        ) from None
+    console.print(f"run {run_id} started")
+    if not wait:
+        return "running"
+    return await _follow(db, url, run_id)
 
 
 async def _follow(db: Database, url: str, run_id: uuid.UUID) -> str:
@@ -225,12 +223,9 @@ def _render(run_row: dict, steps: list[dict]) -> Group:
 # --- parsing and formatting ----------------------------------------------------------------
 
 
-def _database(url: str) -> Database:
-    return Database(url, role=settings_for(None).db_role, size=2)
-
-
-async def _with_db(url: str, work: Any) -> Any:
-    db = _database(url)
+async def _with_db(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Open a small pool, do ``work`` with it, close it; setup problems become one line."""
+    db = Database(url, role=settings_for(None).db_role, size=2)
     try:
         await db.open()
         return await work(db)

@@ -9,11 +9,18 @@ import typer
 from pydantic import ValidationError
 
 from sync import logging as structured_logging
-from sync.commands.common import DatabaseUrlOption, database_url, fail, user_errors
+from sync.commands.common import (
+    CONFIG_HINT,
+    DatabaseUrlOption,
+    configuration_error,
+    database_url,
+    fail,
+    user_errors,
+)
 from sync.db import DatabaseSetupError
 from sync.executors import ExecutorSettingError, executor_from_setting
 from sync.service import build_service
-from sync.settings import Settings, describe_validation_error
+from sync.settings import Settings
 from sync.wakeups.realtime import RealtimeSettingError
 
 ListenOption = typer.Option(
@@ -64,13 +71,13 @@ def serve(
     try:
         built_executor = executor_from_setting(settings.executor, settings)
     except ExecutorSettingError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), CONFIG_HINT) from None
     with user_errors():
         url = database_url(database_url_option, migrate=True)  # migrates the embedded one only
     try:
         service = build_service(settings, url, executor=built_executor)
     except RealtimeSettingError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), CONFIG_HINT) from None
     try:
         asyncio.run(service.run(install_signal_handlers=True))
     except DatabaseSetupError as exc:
@@ -82,4 +89,4 @@ def load_settings(overrides: dict[str, Any]) -> Settings:
     try:
         return Settings(**overrides)  # keyword values take precedence over the environment
     except ValidationError as exc:
-        raise fail(f"invalid configuration: {describe_validation_error(exc)}") from None
+        raise configuration_error(exc) from None

@@ -23,6 +23,7 @@ import httpx
 from pydantic import SecretStr
 
 from sync.executors.base import PermanentStepError, RetryableStepError, StepRequest
+from sync.executors.http import request_body
 
 logger = logging.getLogger(__name__)
 
@@ -40,22 +41,11 @@ def functions_url(supabase_url: str, function_name: str) -> str:
 
 
 def step_payload(request: StepRequest) -> dict[str, Any]:
-    """The step as the generic executor sends it: every field of the request, as JSON."""
-    return {
-        "run_id": str(request.run_id),
-        "step_execution_id": str(request.step_execution_id),
-        "task_id": str(request.task_id),
-        "user_id": str(request.user_id),
-        "agent_id": str(request.agent_id),
-        "step_order": request.step_order,
-        "step_name": request.step_name,
-        "instructions": request.instructions,
-        "context": request.context,
-        "attempt": request.attempt,
-        "idempotency_key": request.idempotency_key,
-        "conversation_id": str(request.conversation_id) if request.conversation_id else None,
-        "trigger_data": request.trigger_data,
-    }
+    """The step as JSON: what the generic HTTP executor sends, less ``timeout_seconds``
+    (the call's own timeout enforces it)."""
+    body = request_body(request)
+    del body["timeout_seconds"]
+    return body
 
 
 class EdgeFunctionExecutor:

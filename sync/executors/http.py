@@ -20,6 +20,7 @@ from sync.executors.output import json_output
 
 
 def request_body(request: StepRequest) -> dict[str, Any]:
+    """Every field of the request, ids as strings."""
     body = dataclasses.asdict(request)
     return {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in body.items()}
 

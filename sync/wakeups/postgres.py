@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 
 import psycopg
 
-from sync.wakeups.base import Wake
+from sync.wakeups.base import Wake, reconnect_delay
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +30,19 @@ class PostgresWakeups:
         *,
         channels: tuple[str, ...] = (STEP_READY, RUN_CHANGED),
         health_check_seconds: float = 15.0,
+        initial_backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 30.0,
     ) -> None:
         self.url = url
         self.channels = channels
         self.health_check_seconds = health_check_seconds
+        self.initial_backoff_seconds = initial_backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self.connected = asyncio.Event()
         self.connections = 0  # successful (re)connects so far
 
     async def run(self, wake: Wake) -> None:
-        backoff = 0.5
+        failures = 0  # in a row, since the last successful connect
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -53,19 +54,21 @@ class PostgresWakeups:
                         )
                     self.connected.set()
                     self.connections += 1
-                    backoff = 0.5
+                    failures = 0
                     log.info("listening", extra={"channels": list(self.channels)})
                     wake("sweep")
                     await self._deliver(conn, wake)
             except (psycopg.Error, OSError) as exc:
                 self.connected.clear()
-                delay = backoff * (0.5 + random.random())
+                failures += 1
+                delay = reconnect_delay(
+                    failures, self.initial_backoff_seconds, self.max_backoff_seconds
+                )
                 log.warning(
                     "listen connection lost; reconnecting",
                     extra={"error": str(exc).strip(), "retry_in_seconds": round(delay, 2)},
                 )
                 await asyncio.sleep(delay)
-                backoff = min(backoff * 2, self.max_backoff_seconds)
 
     async def _deliver(self, conn: psycopg.AsyncConnection, wake: Wake) -> None:
         while True:

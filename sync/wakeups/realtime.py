@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +40,7 @@ from pydantic import SecretStr
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
 from sync.settings import Settings
-from sync.wakeups.base import Wake
+from sync.wakeups.base import Wake, reconnect_delay
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ class RealtimeWakeups:
         self.timeout_seconds = timeout_seconds
         self.heartbeat_seconds = heartbeat_seconds
         self.watchdog_seconds = watchdog_seconds
-        # Set while subscribed; tests and /healthz can wait on it.
+        # Set while subscribed, so a caller (the tests) can wait until wake-ups flow.
         self.subscribed = asyncio.Event()
         self.subscriptions = 0  # successful (re)subscribes so far
 
@@ -129,13 +128,11 @@ class RealtimeWakeups:
                     _one_line(exc),
                 )
             failures = 1 if was_subscribed else failures + 1
-            delay = self._backoff(failures)
+            delay = reconnect_delay(
+                failures, self.initial_backoff_seconds, self.max_backoff_seconds
+            )
             log.info("realtime reconnecting in %.1fs", delay)
             await asyncio.sleep(delay)
-
-    def _backoff(self, failures: int) -> float:
-        base = min(self.initial_backoff_seconds * 2 ** (failures - 1), self.max_backoff_seconds)
-        return base * (0.5 + random.random() / 2)
 
     async def _session(self, wake: Wake) -> bool:
         """One client, one subscription, until it is lost. Returns whether it subscribed."""
