@@ -154,7 +154,9 @@ class Database:
             max_size=size,
             kwargs=kwargs,
             configure=None if transaction_pooler else self._configure,
-            check=AsyncConnectionPool.check_connection,
+            # No check on checkout: it would cost a round trip per query (two per step).
+            # A connection that broke while idle fails its first query instead; the
+            # service retries after connection errors and calls recover() first.
             open=False,
             name="stepsync",
         )
@@ -198,6 +200,11 @@ class Database:
 
     async def close(self) -> None:
         await self.pool.close()
+
+    async def recover(self) -> None:
+        """After a connection error: test the idle connections and replace the broken
+        ones (a server restart breaks them all at once), so the retry gets a live one."""
+        await self.pool.check()
 
     async def _one(self, query: str, params: dict[str, Any] | None = None) -> Any:
         rows = await self._all(query, params)

@@ -208,6 +208,8 @@ class StepService:
         except (psycopg.Error, OSError) as exc:
             log.warning("claim failed; retrying", extra={"error": str(exc).strip()})
             claimed = None
+            if isinstance(exc, (psycopg.OperationalError, OSError)):
+                await self._recover()
         finally:
             # Give the slots and the claim back before the loop looks again.
             self._reserved -= batch
@@ -352,6 +354,7 @@ class StepService:
                         extra={**running.log_fields, "error": str(exc).strip()},
                     )
                     return None
+                await self._recover()
                 await asyncio.sleep(delay)
                 delay *= 2
         return None
@@ -381,6 +384,8 @@ class StepService:
                 )
             except (psycopg.Error, OSError) as exc:
                 log.warning("heartbeat failed", extra={"error": str(exc).strip()})
+                if isinstance(exc, (psycopg.OperationalError, OSError)):
+                    await self._recover()
                 continue
             self._last_db_ok = time.monotonic()
             for running in beating:
@@ -413,6 +418,14 @@ class StepService:
                         running.stop_reason = "shutdown"
                         running.exec_task.cancel()
                 await asyncio.wait(pending, timeout=10)
+
+    async def _recover(self) -> None:
+        # Pooled connections are not checked on checkout; after a connection error
+        # replace the broken idle ones before the retry.
+        try:
+            await self.db.recover()
+        except Exception as exc:  # the retry reports the database's state itself
+            log.warning("pool check failed", extra={"error": str(exc).strip()})
 
     async def _on_poll(self, reaped: int) -> None:
         if reaped:
