@@ -302,13 +302,23 @@ def test_sigterm_does_not_wait_for_a_blocked_thread_of_a_plain_function(step_log
 
 
 def test_a_paused_worker_s_completion_after_take_over_is_refused(step_log, db_url, tmp_path):
-    # The stale worker is a real `stepsync serve` frozen with SIGSTOP mid-step: no
-    # heartbeats, its lease expires, another worker takes the step over and completes
-    # it. Thawed, the first worker finishes its attempt and its completion is refused.
+    # The stale worker is a real `stepsync serve` frozen with SIGSTOP mid-step; its lease
+    # then runs out and another worker takes the step over and completes it. Thawed, the
+    # first worker finishes its attempt and its completion is refused. Its lease is long
+    # and expired by hand, so no heartbeat of its own falls due after the thaw: otherwise
+    # the heartbeat could notice the lost lease first and cancel the attempt before it
+    # reports, and the refusal this test is about would never be sent.
     conn = step_log
     task_id = setup_task(conn, ["hold", "noop"], max_attempts=2)
     (run_id,) = start_runs(conn, [task_id])
-    paused = start_worker(db_url, tmp_path, "paused", env={HOLD_ENV: "1"})
+    paused = start_worker(
+        db_url,
+        tmp_path,
+        "paused",
+        "--lease-seconds",
+        "600",
+        env={HOLD_ENV: "1", "STEPSYNC_HEARTBEAT_INTERVAL_SECONDS": "300"},
+    )
     try:
         wait_until(
             lambda: conn.execute(
@@ -317,6 +327,11 @@ def test_a_paused_worker_s_completion_after_take_over_is_refused(step_log, db_ur
             what="the paused worker to start step 1",
         )
         paused.signal(signal.SIGSTOP)
+        conn.execute(
+            "update public.task_step_executions set lease_expires_at = now() - interval '1 second'"
+            " where run_id = %s and step_order = 1 and status = 'running'",
+            [run_id],
+        )
         with workers(db_url, tmp_path, 1):
             wait_until(lambda: all_finished(conn, [run_id]), what="the take-over")
             paused.signal(signal.SIGCONT)

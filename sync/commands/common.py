@@ -76,7 +76,15 @@ def user_errors() -> Iterator[None]:
 
 
 def database_url(option: str | None, *, migrate: bool = False) -> str:
-    settings = settings_for(option)
+    try:
+        settings = settings_for(option)
+    except ValidationError as exc:
+        raise configuration_error(exc) from None
+    return settings_database_url(settings, migrate=migrate)
+
+
+def settings_database_url(settings: Settings, *, migrate: bool = False) -> str:
+    """The database ``settings`` name, or the embedded one (announced on stderr)."""
     if not settings.database_url:
         err_console.print(f"[dim]using the embedded database in {settings.data_dir}/[/]")
     return resolve_database_url(settings, migrate=migrate)

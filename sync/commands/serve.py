@@ -13,8 +13,8 @@ from sync.commands.common import (
     CONFIG_HINT,
     DatabaseUrlOption,
     configuration_error,
-    database_url,
     fail,
+    settings_database_url,
     user_errors,
 )
 from sync.db import DatabaseSetupError
@@ -63,6 +63,7 @@ def serve(
         "metrics_port": metrics_port,
         "worker_id": worker_id,
         "listen": [] if poll_only else listen,
+        "database_url": database_url_option,
     }
     if poll_only and listen:
         raise fail("--poll-only and --listen contradict each other; pick one")
@@ -73,7 +74,7 @@ def serve(
     except ExecutorSettingError as exc:
         raise fail(str(exc), CONFIG_HINT) from None
     with user_errors():
-        url = database_url(database_url_option, migrate=True)  # migrates the embedded one only
+        url = settings_database_url(settings, migrate=True)  # migrates the embedded one only
     try:
         service = build_service(settings, url, executor=built_executor)
     except RealtimeSettingError as exc:
