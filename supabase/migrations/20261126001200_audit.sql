@@ -116,7 +116,8 @@ comment on trigger audit_log_no_truncate on public.audit_log is
 --
 -- One static INSERT … SELECT straight from the transition table per operation (the three
 -- differ only in where the old and new rows come from): PL/pgSQL keeps the plans (a
--- trigger function gets its own cached copy per table) and each row goes to jsonb once.
+-- trigger function gets its own cached copy per table), each row goes to jsonb once and
+-- its id is read from the row, not from the jsonb.
 -- Gathering the rows into jsonb arrays and unnesting them in a second function cost
 -- more than the audit rows themselves on bulk writes (a backfill batch). Every lookup is
 -- a scalar subquery on a primary key (or the task's history), so it stays an index probe
@@ -167,7 +168,7 @@ begin
         from (
             select
                 changed.new_record,
-                (changed.new_record ->> 'id')::uuid as record_id,
+                changed.record_id,
                 case
                     when task_column = 'id' then (changed.new_record ->> 'user_id')::uuid
                 end as own_user_id,
@@ -178,7 +179,11 @@ begin
                         where e.id = (changed.new_record ->> 'run_id')::uuid
                     )
                 ) as task_id
-            from (select to_jsonb(n) as new_record from new_rows as n offset 0) as changed
+            from (
+                select n.id as record_id, to_jsonb(n) as new_record
+                from new_rows as n
+                offset 0
+            ) as changed
             offset 0
         ) as owned;
     elsif tg_op = 'UPDATE' then
@@ -211,7 +216,7 @@ begin
             select
                 changed.old_record,
                 changed.new_record,
-                (changed.new_record ->> 'id')::uuid as record_id,
+                changed.record_id,
                 case
                     when task_column = 'id' then (changed.new_record ->> 'user_id')::uuid
                 end as own_user_id,
@@ -223,7 +228,7 @@ begin
                     )
                 ) as task_id
             from (
-                select to_jsonb(o) as old_record, to_jsonb(n) as new_record
+                select n.id as record_id, to_jsonb(o) as old_record, to_jsonb(n) as new_record
                 from old_rows as o inner join new_rows as n on o.id = n.id
                 offset 0
             ) as changed
@@ -259,7 +264,7 @@ begin
         from (
             select
                 changed.old_record,
-                (changed.old_record ->> 'id')::uuid as record_id,
+                changed.record_id,
                 case
                     when task_column = 'id' then (changed.old_record ->> 'user_id')::uuid
                 end as own_user_id,
@@ -270,7 +275,11 @@ begin
                         where e.id = (changed.old_record ->> 'run_id')::uuid
                     )
                 ) as task_id
-            from (select to_jsonb(o) as old_record from old_rows as o offset 0) as changed
+            from (
+                select o.id as record_id, to_jsonb(o) as old_record
+                from old_rows as o
+                offset 0
+            ) as changed
             offset 0
         ) as owned;
     end if;
