@@ -32,7 +32,6 @@ create index if not exists audit_log_occurred_at_brin on public.audit_log
 using brin (occurred_at);
 create index if not exists audit_log_owner_id_idx on public.audit_log (owner_id);
 create index if not exists audit_log_task_id_idx on public.audit_log (task_id, id);
-create index if not exists audit_log_record_idx on public.audit_log (table_name, record_id);
 
 comment on table public.audit_log is
 'Append-only history of changes to the workflow tables, written only by audit triggers.';
@@ -59,7 +58,6 @@ comment on index public.audit_log_occurred_at_brin is
 'Time-range scans over the append-only history (BRIN: tiny, insertion ordered).';
 comment on index public.audit_log_owner_id_idx is 'Serves the owners'' read policy.';
 comment on index public.audit_log_task_id_idx is 'History of one task, in order.';
-comment on index public.audit_log_record_idx is 'History of one row.';
 
 alter table public.audit_log enable row level security;
 revoke all on public.audit_log from public, anon, authenticated, service_role;
@@ -107,139 +105,183 @@ comment on trigger audit_log_append_only on public.audit_log is
 comment on trigger audit_log_no_truncate on public.audit_log is
 'The audit log is never emptied.';
 
--- Writes the audit rows of one statement. Static SQL throughout, so PL/pgSQL keeps the
--- plans (a trigger function gets its own cached copy per table), instead of planning a
--- dynamic statement on every write. The statement trigger only collects the changed rows
--- as jsonb; stepsync.write_audit_rows turns them into audit_log rows in one INSERT.
-create or replace function stepsync.write_audit_rows(
-    p_table_schema text,
-    p_table_name text,
-    p_operation text,
-    p_task_column text,
-    p_old_records jsonb[],
-    p_new_records jsonb[]
-)
-returns void
-language plpgsql
--- The INSERT's plan does not depend on the arguments (every lookup is a per-row index
--- probe), but with array arguments PostgreSQL would otherwise plan it afresh on every
--- call, which cost several times the insert itself.
-set plan_cache_mode = force_generic_plan
-set search_path = ''
-as $$
-begin
-    -- Every lookup is a scalar subquery on a primary key (or the task's history), so it
-    -- stays an index probe per audited row however large the tables grow; a join here
-    -- was planned as a hash of the whole agent_tasks table.
-    insert into public.audit_log (
-        table_schema, table_name, operation, record_id, task_id, owner_id,
-        actor_id, actor_role, tag, old_record, new_record
-    )
-    select
-        p_table_schema,
-        p_table_name,
-        p_operation,
-        owned.record_id,
-        owned.task_id,
-        coalesce(
-            owned.own_user_id,
-            (select t.user_id from public.agent_tasks as t where t.id = owned.task_id),
-            (
-                select a.owner_id from public.audit_log as a
-                where a.task_id = owned.task_id and a.owner_id is not null
-                order by a.id desc
-                limit 1
-            )
-        ),
-        actor.actor_id,
-        actor.actor_role,
-        actor.tag,
-        owned.old_record,
-        owned.new_record
-    from (
-        select
-            pair.old_record,
-            pair.new_record,
-            (coalesce(pair.new_record, pair.old_record) ->> 'id')::uuid as record_id,
-            case
-                when p_task_column = 'id'
-                    then (coalesce(pair.new_record, pair.old_record) ->> 'user_id')::uuid
-            end as own_user_id,
-            coalesce(
-                (coalesce(pair.new_record, pair.old_record) ->> p_task_column)::uuid,
-                (
-                    select e.task_id from public.agent_task_executions as e
-                    where
-                        e.id
-                        = (coalesce(pair.new_record, pair.old_record) ->> 'run_id')::uuid
-                )
-            ) as task_id
-        from unnest(p_old_records, p_new_records) as pair (old_record, new_record)
-        offset 0
-    ) as owned,
-    lateral (
-        select
-            auth.uid() as actor_id,
-            coalesce(
-                nullif(current_setting('role', true), 'none'), session_user::text
-            ) as actor_role,
-            nullif(current_setting('stepsync.audit_tag', true), '') as tag
-    ) as actor;
-end
-$$;
-
-revoke all on function stepsync.write_audit_rows(
-    text, text, text, text, jsonb[], jsonb[]
-) from public, anon, authenticated, service_role;
-
-comment on function stepsync.write_audit_rows(text, text, text, text, jsonb[], jsonb[]) is
-'Inserts one audit_log row per (old, new) record pair, finding the task (p_task_column, or '
-'the run''s task through run_id) and its owner. Called only by stepsync.audit_statement.';
-
 -- SECURITY DEFINER so that the caller needs no privilege on audit_log (a trigger function
 -- cannot be called directly, and execute is revoked anyway). The database role comes
 -- from the role setting, which SET ROLE changes and a definer does not. TG_ARGV[0] names
 -- the column holding the task id (default task_id; agent_tasks passes id); a row with
 -- only a run_id finds its task through agent_task_executions. The owner comes from the
--- task, or for a row removed together with its task, from that task's earlier audit rows.
--- An UPDATE that leaves a row exactly as it was writes nothing for that row.
+-- row itself (agent_tasks), else from the task, or for a row removed together with its
+-- task, from that task's earlier audit rows. An UPDATE that leaves a row exactly as it was
+-- writes nothing for that row.
+--
+-- One static INSERT … SELECT straight from the transition table per operation (the three
+-- differ only in where the old and new rows come from): PL/pgSQL keeps the plans (a
+-- trigger function gets its own cached copy per table), each row goes to jsonb once and
+-- its id is read from the row, not from the jsonb.
+-- Gathering the rows into jsonb arrays and unnesting them in a second function cost
+-- more than the audit rows themselves on bulk writes (a backfill batch). Every lookup is
+-- a scalar subquery on a primary key (or the task's history), so it stays an index probe
+-- per audited row however large the tables grow; a join here was planned as a hash of the
+-- whole agent_tasks table. The plan does not depend on the arguments, so it is generic:
+-- custom planning on every small write cost several times the insert itself.
 create or replace function stepsync.audit_statement()
 returns trigger
 language plpgsql
 security definer
+set plan_cache_mode = force_generic_plan
 set search_path = ''
 as $$
 declare
-    old_records jsonb[];
-    new_records jsonb[];
+    task_column text := coalesce(tg_argv[0], 'task_id');
+    actor_id uuid := auth.uid();
+    actor_role text := coalesce(
+        nullif(current_setting('role', true), 'none'), session_user::text
+    );
+    tag text := nullif(current_setting('stepsync.audit_tag', true), '');
 begin
     if tg_op = 'INSERT' then
-        select array_agg(to_jsonb(n)), array_agg(null::jsonb)
-        into new_records, old_records
-        from new_rows as n;
-    elsif tg_op = 'UPDATE' then
-        select array_agg(pair.old_record), array_agg(pair.new_record)
-        into old_records, new_records
-        from (
-            select to_jsonb(o) as old_record, to_jsonb(n) as new_record
-            from old_rows as o inner join new_rows as n on o.id = n.id
-            offset 0
-        ) as pair
-        where pair.old_record is distinct from pair.new_record;
-    else
-        select array_agg(to_jsonb(o)), array_agg(null::jsonb)
-        into old_records, new_records
-        from old_rows as o;
-    end if;
-    if old_records is not null then
-        perform stepsync.write_audit_rows(
+        insert into public.audit_log (
+            table_schema, table_name, operation, record_id, task_id, owner_id,
+            actor_id, actor_role, tag, old_record, new_record
+        )
+        select
             tg_table_schema,
             tg_table_name,
             tg_op,
-            coalesce(tg_argv[0], 'task_id'),
-            old_records,
-            new_records
-        );
+            owned.record_id,
+            owned.task_id,
+            coalesce(
+                owned.own_user_id,
+                (select t.user_id from public.agent_tasks as t where t.id = owned.task_id),
+                (
+                    select a.owner_id from public.audit_log as a
+                    where a.task_id = owned.task_id and a.owner_id is not null
+                    order by a.id desc
+                    limit 1
+                )
+            ),
+            actor_id,
+            actor_role,
+            tag,
+            null,
+            owned.new_record
+        from (
+            select
+                changed.new_record,
+                changed.record_id,
+                case
+                    when task_column = 'id' then (changed.new_record ->> 'user_id')::uuid
+                end as own_user_id,
+                coalesce(
+                    (changed.new_record ->> task_column)::uuid,
+                    (
+                        select e.task_id from public.agent_task_executions as e
+                        where e.id = (changed.new_record ->> 'run_id')::uuid
+                    )
+                ) as task_id
+            from (
+                select n.id as record_id, to_jsonb(n) as new_record
+                from new_rows as n
+                offset 0
+            ) as changed
+            offset 0
+        ) as owned;
+    elsif tg_op = 'UPDATE' then
+        insert into public.audit_log (
+            table_schema, table_name, operation, record_id, task_id, owner_id,
+            actor_id, actor_role, tag, old_record, new_record
+        )
+        select
+            tg_table_schema,
+            tg_table_name,
+            tg_op,
+            owned.record_id,
+            owned.task_id,
+            coalesce(
+                owned.own_user_id,
+                (select t.user_id from public.agent_tasks as t where t.id = owned.task_id),
+                (
+                    select a.owner_id from public.audit_log as a
+                    where a.task_id = owned.task_id and a.owner_id is not null
+                    order by a.id desc
+                    limit 1
+                )
+            ),
+            actor_id,
+            actor_role,
+            tag,
+            owned.old_record,
+            owned.new_record
+        from (
+            select
+                changed.old_record,
+                changed.new_record,
+                changed.record_id,
+                case
+                    when task_column = 'id' then (changed.new_record ->> 'user_id')::uuid
+                end as own_user_id,
+                coalesce(
+                    (changed.new_record ->> task_column)::uuid,
+                    (
+                        select e.task_id from public.agent_task_executions as e
+                        where e.id = (changed.new_record ->> 'run_id')::uuid
+                    )
+                ) as task_id
+            from (
+                select n.id as record_id, to_jsonb(o) as old_record, to_jsonb(n) as new_record
+                from old_rows as o inner join new_rows as n on o.id = n.id
+                offset 0
+            ) as changed
+            where changed.old_record is distinct from changed.new_record
+            offset 0
+        ) as owned;
+    else
+        insert into public.audit_log (
+            table_schema, table_name, operation, record_id, task_id, owner_id,
+            actor_id, actor_role, tag, old_record, new_record
+        )
+        select
+            tg_table_schema,
+            tg_table_name,
+            tg_op,
+            owned.record_id,
+            owned.task_id,
+            coalesce(
+                owned.own_user_id,
+                (select t.user_id from public.agent_tasks as t where t.id = owned.task_id),
+                (
+                    select a.owner_id from public.audit_log as a
+                    where a.task_id = owned.task_id and a.owner_id is not null
+                    order by a.id desc
+                    limit 1
+                )
+            ),
+            actor_id,
+            actor_role,
+            tag,
+            owned.old_record,
+            null
+        from (
+            select
+                changed.old_record,
+                changed.record_id,
+                case
+                    when task_column = 'id' then (changed.old_record ->> 'user_id')::uuid
+                end as own_user_id,
+                coalesce(
+                    (changed.old_record ->> task_column)::uuid,
+                    (
+                        select e.task_id from public.agent_task_executions as e
+                        where e.id = (changed.old_record ->> 'run_id')::uuid
+                    )
+                ) as task_id
+            from (
+                select o.id as record_id, to_jsonb(o) as old_record
+                from old_rows as o
+                offset 0
+            ) as changed
+            offset 0
+        ) as owned;
     end if;
     return null;
 end
@@ -248,8 +290,8 @@ $$;
 revoke all on function stepsync.audit_statement() from public;
 
 comment on function stepsync.audit_statement() is
-'Statement trigger: writes one audit_log row per changed row (set-based, static SQL). '
-'TG_ARGV[0] = column holding the task id (default task_id).';
+'Statement trigger: writes one audit_log row per changed row with one static INSERT … SELECT '
+'from the transition table. TG_ARGV[0] = column holding the task id (default task_id).';
 
 create or replace function stepsync.attach_audit(
     p_table regclass, p_task_column text default 'task_id'
