@@ -32,7 +32,10 @@ select held from stepsync.heartbeat_steps(
     %(worker)s, %(ids)s::uuid[], %(tokens)s::bigint[], %(lease_seconds)s
 ) as held
 """
-COMPLETE_STEP = "select stepsync.complete_step(%(id)s, %(token)s, %(output)s)"
+COMPLETE_STEPS = """
+select step_execution_id, completed
+  from stepsync.complete_steps(%(ids)s::uuid[], %(tokens)s::bigint[], %(outputs)s::jsonb[])
+"""
 FAIL_STEP = "select stepsync.fail_step(%(id)s, %(token)s, %(error)s, %(retryable)s)"
 RELEASE_STEPS = "select stepsync.release_steps(%(worker)s, %(ids)s::uuid[], %(tokens)s::bigint[])"
 REAP_EXPIRED_LEASES = "select stepsync.reap_expired_leases()"
@@ -244,12 +247,19 @@ class Database:
 
     async def complete_step(self, lease: Lease, output: Any) -> bool:
         """False: the lease is no longer ours (expired, cancelled); nothing changed."""
-        return bool(
-            await self._one(
-                COMPLETE_STEP,
-                {"id": lease.step_execution_id, "token": lease.token, "output": Jsonb(output)},
-            )
+        return (await self.complete_steps([(lease, output)]))[lease.step_execution_id]
+
+    async def complete_steps(self, results: list[tuple[Lease, Any]]) -> dict[uuid.UUID, bool]:
+        """Complete several steps in one transaction; per step id, False where the lease
+        is no longer ours (nothing changed for that step)."""
+        rows = await self._all(
+            COMPLETE_STEPS,
+            {
+                **_lease_arrays([lease for lease, _ in results]),
+                "outputs": [Jsonb(output) for _, output in results],
+            },
         )
+        return {row["step_execution_id"]: row["completed"] for row in rows}
 
     async def fail_step(self, lease: Lease, error: str, *, retryable: bool) -> FailOutcome:
         return await self._one(

@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from sync.completions import CompletionBatcher
 from sync.db import Database, DatabaseSetupError, Lease
 from sync.executors.base import Executor, PermanentStepError, StepError, StepRequest
 from sync.executors.output import json_output
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 # Reporting a result is retried this many times on connection errors; after that the
 # lease runs out and the step is attempted again elsewhere.
 REPORT_ATTEMPTS = 5
+# Completions written at once: while one batch commits, the next one is already written
+# rather than only gathered, and one slow commit does not hold back every result.
+COMPLETION_WRITERS = 2
 
 
 @dataclass
@@ -74,6 +78,9 @@ class StepService:
         self.db = db
         self.executor = executor
         self.metrics = metrics or Metrics()
+        self.completions = CompletionBatcher(
+            db, max_batch=settings.concurrency, writers=COMPLETION_WRITERS
+        )
         self.poller = PollWakeups(db, settings.poll_interval_seconds, on_tick=self._on_poll)
         self.wakeup_sources: list[WakeupSource] = [*(wakeup_sources or []), self.poller]
         self.running: dict[uuid.UUID, RunningStep] = {}
@@ -303,7 +310,7 @@ class StepService:
         if kind == "ok":
             try:
                 committed = await self._with_retries(
-                    running, lambda: self.db.complete_step(running.lease, value)
+                    running, lambda: self.completions.complete(running.lease, value)
                 )
             except psycopg.Error as exc:
                 # Valid JSON that jsonb still refuses (a \u0000 in a string, say): retrying

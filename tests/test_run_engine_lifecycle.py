@@ -487,3 +487,69 @@ def test_a_lapsed_lease_renewed_before_the_reaper_runs_is_kept(conn: psycopg.Con
     assert reap(conn) == 0
     assert complete(conn, step, {"kept": True})
     assert step_rows(conn, run_id)[0]["attempt"] == 1
+
+
+def complete_many(conn: psycopg.Connection, results: list[tuple[dict, object]]) -> list[tuple]:
+    with as_service(conn):
+        return conn.execute(
+            "select step_execution_id, completed"
+            " from stepsync.complete_steps(%s::uuid[], %s::bigint[], %s::jsonb[])",
+            [
+                [step["step_execution_id"] for step, _ in results],
+                [step["lease_token"] for step, _ in results],
+                [Jsonb(output) for _, output in results],
+            ],
+        ).fetchall()
+
+
+def test_complete_steps_records_a_batch_and_moves_each_run_on(conn: psycopg.Connection) -> None:
+    _, two_steps, _ = make_workflow(conn, [{}, {}])
+    _, one_step, _ = make_workflow(conn, [{}])
+    _, skipping, _ = make_workflow(conn, [{}, {"skip_if": "$.previous.output.skip"}, {}])
+    runs = [start_run(conn, task_id) for task_id in (two_steps, one_step, skipping)]
+    claimed = {row["run_id"]: row for row in claim(conn)}
+    stale = {**claimed[runs[0]], "lease_token": claimed[runs[0]]["lease_token"] + 1000}
+
+    answer = complete_many(
+        conn,
+        [
+            (claimed[runs[0]], {"n": 1}),
+            (stale, {"n": "stale"}),
+            (claimed[runs[1]], "done"),
+            (claimed[runs[2]], {"skip": True}),
+        ],
+    )
+
+    ids = [claimed[runs[0]]["step_execution_id"]] * 2 + [
+        claimed[runs[1]]["step_execution_id"],
+        claimed[runs[2]]["step_execution_id"],
+    ]
+    # One answer per given step and token, in the given order.
+    assert [row[0] for row in answer] == ids
+    assert [row[1] for row in answer] == [True, False, True, True]
+    assert statuses(conn, runs[0]) == ["completed", "queued"]
+    assert step_rows(conn, runs[0])[0]["output"] == {"n": 1}, "the stale twin changed nothing"
+    assert (run_row(conn, runs[1])["status"], run_row(conn, runs[1])["output"]) == (
+        "completed",
+        "done",
+    )
+    assert statuses(conn, runs[2]) == ["completed", "skipped", "queued"]
+
+
+def test_complete_steps_answers_false_for_stale_tokens_only(conn: psycopg.Connection) -> None:
+    _, first_task, _ = make_workflow(conn, [{}])
+    _, second_task, _ = make_workflow(conn, [{}])
+    runs = [start_run(conn, task_id) for task_id in (first_task, second_task)]
+    claimed = {row["run_id"]: row for row in claim(conn)}
+    stale = {**claimed[runs[1]], "lease_token": claimed[runs[1]]["lease_token"] + 1000}
+
+    answer = complete_many(conn, [(claimed[runs[0]], {"ok": 1}), (stale, {"ok": 2})])
+
+    assert [row[1] for row in answer] == [True, False]
+    assert run_row(conn, runs[0])["status"] == "completed"
+    assert statuses(conn, runs[1]) == ["running"]
+
+
+def test_complete_steps_refuses_arrays_of_different_lengths(conn: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="same length"), as_service(conn):
+        conn.execute("select * from stepsync.complete_steps(array[gen_random_uuid()], '{}', '{}')")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -390,3 +391,59 @@ def test_output_that_is_not_json_fails_the_step_permanently(conn, db_url, output
     (row,) = step_rows(conn, run_id)
     assert row["attempt"] == 1  # permanent: no retry despite max_attempts = 3
     assert message in row["error_message"]
+
+
+def single_step_runs(conn: psycopg.Connection, count: int) -> list[uuid.UUID]:
+    return [start_run(conn, *make_workflow(conn, [{"max_attempts": 3}])) for _ in range(count)]
+
+
+def returning_together(count: int, output: Callable[[StepRequest], Any]) -> Callable:
+    """A step function whose first ``count`` executions all return at the same moment."""
+    entered: list[StepRequest] = []
+    everyone_in = asyncio.Event()
+
+    async def step(request: StepRequest) -> Any:
+        entered.append(request)
+        if len(entered) == count:
+            everyone_in.set()
+        await everyone_in.wait()
+        return output(request)
+
+    return step
+
+
+def test_results_returned_together_are_written_in_one_transaction(conn, db_url) -> None:
+    runs = single_step_runs(conn, 6)
+    step = returning_together(6, lambda request: {"run": str(request.run_id)})
+
+    async def scenario() -> None:
+        async with serving(db_url, step, concurrency=6, batch_size=6):
+            for run_id in runs:
+                assert (await wait_for_run(db_url, run_id))["status"] == "completed"
+
+    asyncio.run(scenario())
+    # Rows written by one transaction carry its id: one per completion if unbatched.
+    writers = conn.execute(
+        "select count(distinct xmin::text) from public.task_step_executions where run_id = any(%s)",
+        [runs],
+    ).fetchone()[0]
+    assert writers <= 2
+    outputs = [step_rows(conn, run_id)[0]["output"] for run_id in runs]
+    assert outputs == [{"run": str(run_id)} for run_id in runs]
+
+
+def test_an_output_refused_in_a_batch_fails_only_its_own_step(conn, db_url) -> None:
+    runs = single_step_runs(conn, 4)
+    step = returning_together(
+        4,
+        lambda request: {"text": "a\u0000b"} if request.run_id == runs[0] else {"ok": True},
+    )
+
+    async def scenario() -> list[str]:
+        async with serving(db_url, step, concurrency=4, batch_size=4):
+            return [(await wait_for_run(db_url, run_id))["status"] for run_id in runs]
+
+    assert asyncio.run(scenario()) == ["failed", "completed", "completed", "completed"]
+    (refused,) = step_rows(conn, runs[0])
+    assert refused["attempt"] == 1
+    assert "output refused by the database" in refused["error_message"]
