@@ -19,7 +19,8 @@ SERVICE_CALLS = [
     "select stepsync.queue_depth()",
     "select stepsync.advance_run(gen_random_uuid())",
     "select stepsync.run_context(gen_random_uuid())",
-    "select stepsync.run_context(gen_random_uuid(), 2)",
+    "select * from stepsync.run_context_heads",
+    "select * from stepsync.run_context_entries",
 ]
 
 

@@ -1,23 +1,25 @@
 -- Context assembly at claim time, cheaper; same results.
 --
--- Building a step's input context was most of what a claim cost, and with many workers
--- the largest share of the engine's per-step work. Three changes, none visible in the
--- result:
--- - run_context(run, before) assembles only the steps before the claimed one, so
---   nothing is built for steps that context_before would drop again;
--- - context_before leaves a context alone when all its steps are already earlier;
+-- Building a step's input context was most of what a claim cost. Most of that was not the
+-- work itself but calling SQL-language helpers once per claimed step: a SQL function
+-- with its own search_path is never inlined, and its query is planned again for every
+-- statement that calls it. So:
+-- - the run context's two parts are views (stepsync.run_context_heads: task and run;
+--   stepsync.run_context_entries: one entry per step run), which the planner inlines.
+--   claim_steps joins them into its single statement, run_context reads them too: one
+--   definition of the shape, no per-step call;
+-- - context_before is PL/pgSQL (its plan is kept for the session) and leaves a context
+--   alone when all its steps are already earlier;
 -- - build_step_context calls truncate_json and redact_secrets only for values that need
 --   them (a value whose text fits the budget is its own truncation; an empty
---   context_data has nothing to redact). Each call of a function with its own
---   search_path costs more than the check that avoids it.
+--   context_data has nothing to redact), and prepares the step list only for the modes
+--   that show it.
 
-create or replace function stepsync.run_context(p_run_id uuid, p_before_order integer)
-returns jsonb
-language sql
-stable
-set search_path = ''
-as $$
-    select jsonb_build_object(
+create or replace view stepsync.run_context_heads
+with (security_invoker = true) as
+select
+    r.id as run_id,
+    jsonb_build_object(
         'task', jsonb_build_object(
             'id', r.task_id,
             'name', coalesce(r.metadata ->> 'task_name', t.name)
@@ -26,39 +28,46 @@ as $$
             'id', r.id,
             'trigger_type', r.trigger_type,
             'trigger_data', r.trigger_data
-        ),
-        'steps', coalesce(
-            (
-                select jsonb_agg(
-                    jsonb_build_object(
-                        'order', s.step_order,
-                        'name', s.step_name,
-                        'status', s.status,
-                        'output', s.output,
-                        'error', s.error_message,
-                        'started_at', s.started_at,
-                        'completed_at', s.completed_at,
-                        'duration_ms', s.duration_ms,
-                        'attempts', s.attempt
-                    )
-                    order by s.step_order
-                )
-                from public.task_step_executions as s
-                where
-                    s.run_id = r.id
-                    and (p_before_order is null or s.step_order < p_before_order)
-            ),
-            '[]'::jsonb
         )
-    )
-    from public.agent_task_executions as r
-    inner join public.agent_tasks as t on r.task_id = t.id
-    where r.id = p_run_id
-$$;
+    ) as head
+from public.agent_task_executions as r
+inner join public.agent_tasks as t on r.task_id = t.id;
 
-comment on function stepsync.run_context(uuid, integer) is
-'Run context of a run (task, run, its steps in order: status, output, error, timings, '
-'attempts), with only the steps before step p_before_order (all steps when null).';
+comment on view stepsync.run_context_heads is
+'The task and run parts of each run''s context (see run_context).';
+comment on column stepsync.run_context_heads.run_id is 'The run.';
+comment on column stepsync.run_context_heads.head is
+'{"task": {"id", "name"}, "run": {"id", "trigger_type", "trigger_data"}}.';
+
+create or replace view stepsync.run_context_entries
+with (security_invoker = true) as
+select
+    s.run_id,
+    s.step_order,
+    jsonb_build_object(
+        'order', s.step_order,
+        'name', s.step_name,
+        'status', s.status,
+        'output', s.output,
+        'error', s.error_message,
+        'started_at', s.started_at,
+        'completed_at', s.completed_at,
+        'duration_ms', s.duration_ms,
+        'attempts', s.attempt
+    ) as entry
+from public.task_step_executions as s;
+
+comment on view stepsync.run_context_entries is
+'Each step run as it appears in the "steps" list of its run''s context (see run_context).';
+comment on column stepsync.run_context_entries.run_id is 'The run.';
+comment on column stepsync.run_context_entries.step_order is 'Position of the step in the run.';
+comment on column stepsync.run_context_entries.entry is
+'{"order", "name", "status", "output", "error", "started_at", "completed_at", '
+'"duration_ms", "attempts"}.';
+
+revoke all on stepsync.run_context_heads, stepsync.run_context_entries
+from public, anon, authenticated;
+grant select on stepsync.run_context_heads, stepsync.run_context_entries to service_role;
 
 create or replace function stepsync.run_context(p_run_id uuid)
 returns jsonb
@@ -66,41 +75,42 @@ language sql
 stable
 set search_path = ''
 as $$
-    select stepsync.run_context(p_run_id, null)
+    select h.head || jsonb_build_object(
+        'steps', coalesce(
+            (
+                select jsonb_agg(e.entry order by e.step_order)
+                from stepsync.run_context_entries as e
+                where e.run_id = h.run_id
+            ),
+            '[]'::jsonb
+        )
+    )
+    from stepsync.run_context_heads as h
+    where h.run_id = p_run_id
 $$;
-
-comment on function stepsync.run_context(uuid) is
-'Run context of a run with all its steps: run_context(p_run_id, null).';
 
 create or replace function stepsync.context_before(p_run_context jsonb, p_step_order integer)
 returns jsonb
-language sql
+language plpgsql
 immutable
 parallel safe
 set search_path = ''
 as $$
+declare
+    earlier jsonb;
+begin
     -- Run contexts list their steps in order, so when the last one is earlier, all are.
-    with earlier as (
-        select case
-            when coalesce((p_run_context #>> '{steps,-1,order}')::integer < p_step_order, true)
-                then coalesce(p_run_context -> 'steps', '[]'::jsonb)
-            else (
-                select coalesce(
-                    jsonb_agg(s.step order by (s.step ->> 'order')::integer),
-                    '[]'::jsonb
-                )
-                from jsonb_array_elements(p_run_context -> 'steps') as s (step)
-                where (s.step ->> 'order')::integer < p_step_order
-            )
-        end as steps
-    )
-
-    select p_run_context
-        || jsonb_build_object(
-            'steps', earlier.steps,
-            'previous', earlier.steps -> -1
-        )
-    from earlier
+    if p_step_order is not null
+        and coalesce((p_run_context #>> '{steps,-1,order}')::integer < p_step_order, true) then
+        earlier := coalesce(p_run_context -> 'steps', '[]'::jsonb);
+    else
+        select coalesce(jsonb_agg(s.step order by (s.step ->> 'order')::integer), '[]'::jsonb)
+        into earlier
+        from jsonb_array_elements(p_run_context -> 'steps') as s (step)
+        where (s.step ->> 'order')::integer < p_step_order;
+    end if;
+    return p_run_context || jsonb_build_object('steps', earlier, 'previous', earlier -> -1);
+end
 $$;
 
 comment on function stepsync.context_before(jsonb, integer) is
@@ -160,6 +170,8 @@ begin
             else stepsync.redact_secrets(p_context_data)
         end
     );
+    -- The step list, outputs truncated, only as far as the mode shows it: all steps, only
+    -- the last one (previous), or none (none, selective: those read visible itself).
     steps := coalesce(
         (
             select jsonb_agg(
@@ -171,7 +183,15 @@ begin
                 end
                 order by s.position
             )
-            from jsonb_array_elements(visible -> 'steps') with ordinality as s (step, position)
+            from jsonb_array_elements(
+                case
+                    when mode in ('none', 'selective') then '[]'::jsonb
+                    when mode = 'previous' and jsonb_array_length(visible -> 'steps') > 0
+                        then jsonb_build_array(visible #> '{steps,-1}')
+                    when mode = 'previous' then '[]'::jsonb
+                    else visible -> 'steps'
+                end
+            ) with ordinality as s (step, position)
         ),
         '[]'::jsonb
     );
@@ -330,13 +350,31 @@ begin
     -- worker holds, lease them, and build each step's context from its run.
     return query
     with candidate as (
-        select s.id
+        select s.id, s.run_id, s.step_order
         from public.task_step_executions as s
         inner join public.agent_task_executions as r on s.run_id = r.id
         where s.status = 'queued' and s.run_after <= now() and r.status = 'running'
         order by s.run_after, s.id
         limit p_batch
         for update of s skip locked
+    ),
+
+    -- Each claimed step's run context: its run's head and the steps before it.
+    step_context as (
+        select
+            c.id,
+            h.head || jsonb_build_object(
+                'steps', coalesce(
+                    (
+                        select jsonb_agg(e.entry order by e.step_order)
+                        from stepsync.run_context_entries as e
+                        where e.run_id = c.run_id and e.step_order < c.step_order
+                    ),
+                    '[]'::jsonb
+                )
+            ) as run_context
+        from candidate as c
+        inner join stepsync.run_context_heads as h on c.run_id = h.run_id
     ),
 
     claimed as (
@@ -349,7 +387,7 @@ begin
             lease_token = nextval('stepsync.lease_token_seq'),
             started_at = now(),
             input_context = stepsync.build_step_context(
-                stepsync.run_context(s.run_id, s.step_order),
+                step_context.run_context,
                 s.step_order,
                 s.include_previous_context,
                 s.context_mode,
@@ -358,8 +396,8 @@ begin
                 s.context_data
             ),
             updated_at = now()
-        from candidate
-        where s.id = candidate.id
+        from step_context
+        where s.id = step_context.id
         returning s.*
     )
 
@@ -384,6 +422,3 @@ begin
     order by c.run_after, c.id;
 end
 $$;
-
-revoke all on function stepsync.run_context(uuid, integer) from public;
-grant execute on function stepsync.run_context(uuid, integer) to service_role;
