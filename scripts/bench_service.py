@@ -11,7 +11,7 @@
 3. step N done → step N+1 started: the executor returning for one step to the next
    step of the same run entering it (p50/p99).
 
-Usage: python scripts/bench_service.py [--runs 300] [--steps 5] [--connections 4] [--rounds 3]
+Usage: python scripts/bench_service.py [--runs 1000] [--steps 5] [--connections 4] [--rounds 5]
        [--migrations DIR]   (another set of migrations, e.g. an earlier commit's, to
                              compare before/after on the same machine)
 """
@@ -337,11 +337,11 @@ async def latencies(url: str, samples: int, chain_runs: int, chain_steps: int):
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--latency-samples", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--migrations", type=Path, default=migrations.MIGRATIONS_DIR)
     args = parser.parse_args()
     logging.getLogger("sync").setLevel(logging.WARNING)

@@ -39,9 +39,12 @@ log = logging.getLogger(__name__)
 # Reporting a result is retried this many times on connection errors; after that the
 # lease runs out and the step is attempted again elsewhere.
 REPORT_ATTEMPTS = 5
-# Completions written at once: while one batch commits, the next one is already written
-# rather than only gathered, and one slow commit does not hold back every result.
-COMPLETION_WRITERS = 2
+# Result writes in flight at once: while one batch commits, the next ones are already
+# being written rather than only gathered, and one slow commit does not hold back every
+# result. Measured with a no-op executor and 4 connections: three writers kept three or
+# four statements active most of the time, two mostly two (0.43–0.54 against 0.35–0.39
+# of the raw loop's rate).
+COMPLETION_WRITERS = 3
 
 
 @dataclass
