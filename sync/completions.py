@@ -3,7 +3,8 @@
 Steps that finish while a completion is being written wait for it, then go together in
 one ``stepsync.complete_steps`` call: under load one round trip and one commit carry
 many results; when the service is idle the first result goes out at once, alone, so a
-lone step's hand-off to the next is not delayed.
+lone step's hand-off to the next is not delayed. While ``hand_off`` is on, each run's
+next step comes back leased to this worker with the result that made it due.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from sync.db import Database, Lease
+from sync.db import Completion, Database, Lease
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +25,33 @@ log = logging.getLogger(__name__)
 class _Result:
     lease: Lease
     output: Any
-    done: asyncio.Future[bool]
+    done: asyncio.Future[Completion]
 
 
 class CompletionBatcher:
-    """Queues results and writes them ``max_batch`` at a time, ``writers`` writes at once."""
+    """Queues results and writes them ``max_batch`` at a time, ``writers`` writes at once;
+    next steps are handed to ``worker`` with leases of ``lease_seconds``."""
 
-    def __init__(self, db: Database, *, max_batch: int, writers: int = 1) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_batch: int,
+        writers: int,
+        worker: str,
+        lease_seconds: int,
+    ) -> None:
         self.db = db
         self.max_batch = max_batch
         self.writers = writers
+        self.worker = worker
+        self.lease_seconds = lease_seconds
+        self.hand_off = True  # off once the service stops taking work
         self._queued: list[_Result] = []
         self._writing: set[asyncio.Task] = set()
 
-    async def complete(self, lease: Lease, output: Any) -> bool:
-        """True once committed; False: the lease was no longer ours, nothing changed.
+    async def complete(self, lease: Lease, output: Any) -> Completion:
+        """What completing the step did, once committed.
 
         Raises what the write raised (connection errors: the caller retries).
         """
@@ -58,7 +71,11 @@ class CompletionBatcher:
 
     async def _write(self, batch: list[_Result]) -> None:
         try:
-            completed = await self.db.complete_steps([(r.lease, r.output) for r in batch])
+            completions = await self.db.complete_steps(
+                [(r.lease, r.output) for r in batch],
+                worker=self.worker if self.hand_off else None,
+                lease_seconds=self.lease_seconds,
+            )
         except (psycopg.OperationalError, OSError) as exc:
             _settle(batch, error=exc)
         except psycopg.Error as exc:
@@ -80,7 +97,7 @@ class CompletionBatcher:
         else:
             for result in batch:
                 if not result.done.done():
-                    result.done.set_result(completed[result.lease.step_execution_id])
+                    result.done.set_result(completions[result.lease.step_execution_id])
 
 
 def _settle(batch: list[_Result], *, error: BaseException) -> None:

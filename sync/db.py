@@ -33,8 +33,10 @@ select held from stepsync.heartbeat_steps(
 ) as held
 """
 COMPLETE_STEPS = """
-select step_execution_id, completed
-  from stepsync.complete_steps(%(ids)s::uuid[], %(tokens)s::bigint[], %(outputs)s::jsonb[])
+select step_execution_id, completed, next_step
+  from stepsync.complete_steps(
+      %(ids)s::uuid[], %(tokens)s::bigint[], %(outputs)s::jsonb[], %(worker)s, %(lease_seconds)s
+  )
 """
 FAIL_STEP = "select stepsync.fail_step(%(id)s, %(token)s, %(error)s, %(retryable)s)"
 RELEASE_STEPS = "select stepsync.release_steps(%(worker)s, %(ids)s::uuid[], %(tokens)s::bigint[])"
@@ -95,6 +97,17 @@ class Lease:
 
 
 FailOutcome = Literal["retrying", "failed", "stale"]
+# Columns of a claimed step that hold uuids (text when the step arrives as JSON).
+_UUID_COLUMNS = ("step_execution_id", "run_id", "task_id", "user_id", "agent_id", "conversation_id")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What completing one step did. ``completed`` False: the lease was no longer ours and
+    nothing changed. ``next_step``: the run's next step, leased to this worker (hand-off)."""
+
+    completed: bool
+    next_step: tuple[StepRequest, Lease] | None = None
 
 
 def _lease_arrays(leases: list[Lease]) -> dict[str, list]:
@@ -103,6 +116,17 @@ def _lease_arrays(leases: list[Lease]) -> dict[str, list]:
         "ids": [lease.step_execution_id for lease in leases],
         "tokens": [lease.token for lease in leases],
     }
+
+
+def leased_step(row: dict[str, Any]) -> tuple[StepRequest, Lease]:
+    """A claimed or handed-off step: what to run and the lease that proves it is ours."""
+    return step_request(row), Lease(row["step_execution_id"], row["lease_token"])
+
+
+def handed_off_step(step: dict[str, Any]) -> tuple[StepRequest, Lease]:
+    """A step that complete_steps handed to this worker (the claim columns, as JSON)."""
+    ids = {name: uuid.UUID(step[name]) if step[name] else None for name in _UUID_COLUMNS}
+    return leased_step({**step, **ids})
 
 
 def step_request(row: dict[str, Any]) -> StepRequest:
@@ -229,9 +253,7 @@ class Database:
         rows = await self._all(
             CLAIM_STEPS, {"worker": worker, "batch": batch, "lease_seconds": lease_seconds}
         )
-        return [
-            (step_request(row), Lease(row["step_execution_id"], row["lease_token"])) for row in rows
-        ]
+        return [leased_step(row) for row in rows]
 
     async def heartbeat_steps(
         self, worker: str, leases: list[Lease], lease_seconds: int
@@ -247,19 +269,33 @@ class Database:
 
     async def complete_step(self, lease: Lease, output: Any) -> bool:
         """False: the lease is no longer ours (expired, cancelled); nothing changed."""
-        return (await self.complete_steps([(lease, output)]))[lease.step_execution_id]
+        return (await self.complete_steps([(lease, output)]))[lease.step_execution_id].completed
 
-    async def complete_steps(self, results: list[tuple[Lease, Any]]) -> dict[uuid.UUID, bool]:
-        """Complete several steps in one transaction; per step id, False where the lease
-        is no longer ours (nothing changed for that step)."""
+    async def complete_steps(
+        self,
+        results: list[tuple[Lease, Any]],
+        *,
+        worker: str | None = None,
+        lease_seconds: int | None = None,
+    ) -> dict[uuid.UUID, Completion]:
+        """Complete several steps in one transaction, per step id what it did. With
+        ``worker``, each run's plainly due next step is leased to it (hand-off)."""
         rows = await self._all(
             COMPLETE_STEPS,
             {
                 **_lease_arrays([lease for lease, _ in results]),
                 "outputs": [Jsonb(output) for _, output in results],
+                "worker": worker,
+                "lease_seconds": lease_seconds,
             },
         )
-        return {row["step_execution_id"]: row["completed"] for row in rows}
+        return {
+            row["step_execution_id"]: Completion(
+                row["completed"],
+                handed_off_step(row["next_step"]) if row["next_step"] else None,
+            )
+            for row in rows
+        }
 
     async def fail_step(self, lease: Lease, error: str, *, retryable: bool) -> FailOutcome:
         return await self._one(

@@ -30,6 +30,11 @@ class Metrics:
         self.steps_claimed = Counter(
             "stepsync_steps_claimed", "Step attempts claimed by this worker.", registry=r
         )
+        self.steps_handed_off = Counter(
+            "stepsync_steps_handed_off",
+            "Steps leased to this worker with the result of the step before them (no claim).",
+            registry=r,
+        )
         self.steps_completed = Counter(
             "stepsync_steps_completed", "Step attempts completed and committed.", registry=r
         )

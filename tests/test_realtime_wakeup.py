@@ -363,16 +363,18 @@ def test_a_queued_step_wakes_the_service_through_realtime(db_url, conn):
 
     assert run["status"] == "completed"
     assert steps.ran == [(run_id, 1), (run_id, 2)]
-    # Step 1 was claimed after a step_ready wake-up, which only Realtime sends here (step 2
-    # is claimed at once by the service itself when step 1 completes).
+    # Step 1 was claimed after a step_ready wake-up, which only Realtime sends here (the
+    # service subscribes to queued steps). Step 2 was handed to the service with step 1's
+    # result, so it was never queued and nothing announced it.
     assert step_ready_wakeups >= 1
     queued = [
         f["payload"]["data"]["record"]
         for f in frames
         if f["payload"]["data"]["table"] == "task_step_executions"
     ]
-    assert [r["status"] for r in queued].count("queued") >= 2
-    assert {r["run_id"] for r in queued} == {str(run_id)}
+    assert {(r["run_id"], r["step_order"], r["status"]) for r in queued} == {
+        (str(run_id), 1, "queued")
+    }
 
 
 def test_service_reconnects_after_a_dropped_socket_and_sweeps_up_missed_work(db_url, conn):

@@ -489,15 +489,19 @@ def test_a_lapsed_lease_renewed_before_the_reaper_runs_is_kept(conn: psycopg.Con
     assert step_rows(conn, run_id)[0]["attempt"] == 1
 
 
-def complete_many(conn: psycopg.Connection, results: list[tuple[dict, object]]) -> list[tuple]:
+def complete_many(
+    conn: psycopg.Connection, results: list[tuple[dict, object]], worker: str | None = None
+) -> list[tuple]:
+    """complete_steps; with ``worker``, next steps are handed to it (third column)."""
     with as_service(conn):
         return conn.execute(
-            "select step_execution_id, completed"
-            " from stepsync.complete_steps(%s::uuid[], %s::bigint[], %s::jsonb[])",
+            "select step_execution_id, completed, next_step"
+            " from stepsync.complete_steps(%s::uuid[], %s::bigint[], %s::jsonb[], %s, 60)",
             [
                 [step["step_execution_id"] for step, _ in results],
                 [step["lease_token"] for step, _ in results],
                 [Jsonb(output) for _, output in results],
+                worker,
             ],
         ).fetchall()
 
@@ -553,3 +557,50 @@ def test_complete_steps_answers_false_for_stale_tokens_only(conn: psycopg.Connec
 def test_complete_steps_refuses_arrays_of_different_lengths(conn: psycopg.Connection) -> None:
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="same length"), as_service(conn):
         conn.execute("select * from stepsync.complete_steps(array[gen_random_uuid()], '{}', '{}')")
+
+
+def test_complete_steps_hands_each_runs_next_step_to_the_worker(conn: psycopg.Connection) -> None:
+    previous = {"include_previous_context": True, "context_mode": "previous"}
+    _, three_steps, _ = make_workflow(conn, [{}, previous, {}])
+    _, skipping, _ = make_workflow(conn, [{}, {"skip_if": "$.previous.output.skip"}, {}])
+    _, one_step, _ = make_workflow(conn, [{}])
+    runs = [start_run(conn, task_id) for task_id in (three_steps, skipping, one_step)]
+    claimed = {row["run_id"]: row for row in claim(conn)}
+
+    answer = complete_many(
+        conn,
+        [(claimed[runs[0]], {"n": 1}), (claimed[runs[1]], {"skip": True}), (claimed[runs[2]], 1)],
+        worker="worker-1",
+    )
+
+    assert [row[1] for row in answer] == [True, True, True]
+    handed = answer[0][2]
+    second = step_rows(conn, runs[0])[1]
+    assert (handed["step_execution_id"], handed["step_order"]) == (str(second["id"]), 2)
+    assert handed["lease_token"] == second["lease_token"]
+    assert handed["context"]["previous"]["output"] == {"n": 1}
+    assert (second["status"], second["lease_owner"], second["attempt"]) == (
+        "running",
+        "worker-1",
+        1,
+    )
+    assert second["queued_at"] is not None and second["started_at"] is not None
+    assert statuses(conn, runs[0]) == ["completed", "running", "pending"]
+    # A next step with a skip_if goes the usual way (here: skipped, and the one after
+    # queued for any worker); a finished run has nothing to hand off.
+    assert answer[1][2] is None and statuses(conn, runs[1]) == ["completed", "skipped", "queued"]
+    assert answer[2][2] is None and run_row(conn, runs[2])["status"] == "completed"
+    # The handed-off lease is an ordinary one: its token completes the step.
+    assert complete(
+        conn, {"step_execution_id": second["id"], "lease_token": second["lease_token"]}, 2
+    )
+    assert statuses(conn, runs[0]) == ["completed", "completed", "queued"]
+
+
+def test_complete_steps_refuses_a_blank_worker_to_hand_off_to(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(conn, [{}, {}])
+    start_run(conn, task_id)
+    step = claim_one(conn)
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="worker name"):
+        complete_many(conn, [(step, {})], worker=" ")
+    assert statuses(conn, step["run_id"]) == ["running", "pending"], "nothing was written"

@@ -13,6 +13,7 @@ SERVICE_CALLS = [
     "select * from stepsync.heartbeat_steps('w', '{}'::uuid[], '{}'::bigint[], 30)",
     "select stepsync.complete_step(gen_random_uuid(), 1, '{}'::jsonb)",
     "select * from stepsync.complete_steps('{}'::uuid[], '{}'::bigint[], '{}'::jsonb[])",
+    "select * from stepsync.lease_steps('{}'::uuid[], 'w', 30)",
     "select stepsync.fail_step(gen_random_uuid(), 1, 'e')",
     "select stepsync.release_steps('w', '{}'::uuid[], '{}'::bigint[])",
     "select stepsync.reap_expired_leases()",
@@ -42,11 +43,11 @@ def test_service_functions_are_granted_to_service_role_only(conn: psycopg.Connec
           from pg_proc as p
           cross join (values ('anon'), ('authenticated'), ('service_role')) as r (rolname)
          where p.pronamespace = 'stepsync'::regnamespace
-           and p.proname in ('claim_steps', 'heartbeat_steps', 'complete_step', 'complete_steps', 'fail_step',
+           and p.proname in ('claim_steps', 'heartbeat_steps', 'complete_step', 'complete_steps', 'lease_steps', 'fail_step',
                              'release_steps', 'reap_expired_leases', 'queue_depth')
         """
     ).fetchall()
-    assert len(rows) == 24
+    assert len(rows) == 27
     for function, role, allowed in rows:
         assert allowed is (role == "service_role"), (function, role)
 

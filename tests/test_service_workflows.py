@@ -447,3 +447,24 @@ def test_an_output_refused_in_a_batch_fails_only_its_own_step(conn, db_url) -> N
     (refused,) = step_rows(conn, runs[0])
     assert refused["attempt"] == 1
     assert "output refused by the database" in refused["error_message"]
+
+
+def test_each_next_step_is_handed_to_the_worker_that_finished_the_one_before(conn, db_url) -> None:
+    previous = {"include_previous_context": True, "context_mode": "previous"}
+    user_id, task_id = make_workflow(conn, [{}, previous, previous])
+    run_id = start_run(conn, user_id, task_id)
+    recorder = Recorder()
+
+    async def scenario() -> tuple[float, float]:
+        async with serving(db_url, recorder) as service:
+            assert (await wait_for_run(db_url, run_id))["status"] == "completed"
+            sample = service.metrics.registry.get_sample_value
+            return sample("stepsync_steps_handed_off_total"), sample("stepsync_steps_claimed_total")
+
+    # Step 1 is claimed; steps 2 and 3 come back leased with the result before them.
+    assert asyncio.run(scenario()) == (2.0, 3.0)
+    assert [request.step_order for request in recorder.requests] == [1, 2, 3]
+    assert [request.context["previous"]["output"] for request in recorder.requests[1:]] == [
+        {"value": "out1"},
+        {"value": "out2"},
+    ]
