@@ -172,6 +172,34 @@ def test_a_second_run_creates_nothing(
     assert not second.needs_attention
 
 
+def test_a_batch_reads_the_steps_of_its_own_tasks_only(
+    conn: psycopg.Connection, bf: psycopg.Connection, db_url: str, owner
+) -> None:
+    # Statistics taken while task_steps was nearly empty, as at the start of a backfill:
+    # they once made the planner read every live step for each batch (a hashed subquery),
+    # so the work per batch grew with the table.
+    generate_legacy_tasks(conn, *owner, 20)
+    backfill_once(bf)
+    conn.execute("analyze public.task_steps")
+    generate_legacy_tasks(conn, *owner, 2000)
+    backfill_once(bf, backfill.Settings(batch_size=5000))
+    assert step_count(conn) == 2020
+
+    run_id = backfill.start_run(bf, backfill.Settings(batch_size=50))
+    # A new session: its statistics counters hold this batch's reads and nothing earlier.
+    with backfill.connect(db_url) as fresh, fresh.transaction():
+        row = fresh.execute(
+            "select * from stepsync.backfill_legacy_tasks_batch(%s, 50)", [run_id]
+        ).fetchone()
+        read = fresh.execute(
+            "select coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) as n"
+            " from pg_stat_xact_user_tables where relid = 'public.task_steps'::regclass"
+        ).fetchone()["n"]
+    assert row["tasks_scanned"] == 50
+    assert row["steps_created"] == 0
+    assert read <= 50  # one probe per task of the batch, each finding that task's step
+
+
 def test_verify_passes_after_backfill_and_catches_tampering(
     conn: psycopg.Connection, bf: psycopg.Connection, owner
 ) -> None:
