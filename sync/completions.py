@@ -90,6 +90,8 @@ class CompletionBatcher:
             )
             for result in batch:
                 await self._write([result])
+        except Exception as exc:  # a bug, not the database: each step reports it
+            _settle(batch, error=exc)
         except BaseException:
             for result in batch:
                 result.done.cancel()

@@ -1,7 +1,9 @@
 """The service loop: wake → claim → execute → complete/fail, N steps at a time.
 
 Wake-up sources (LISTEN, the poll timer) only set an event; the database decides what
-runs (``stepsync.claim_steps``). Every claimed step runs as its own asyncio task under
+runs (``stepsync.claim_steps``). Results go to the database in batches
+(:mod:`sync.completions`), and each brings back its run's next step when it is plainly
+due, leased to this worker (hand-off), which then runs in the slot just freed. Every claimed step runs as its own asyncio task under
 its own timeout, while one heartbeat task keeps all leases alive and notices lost ones
 (lease expired, run cancelled), whose executions it cancels: their results would be
 refused by the fencing token anyway.
@@ -55,6 +57,8 @@ class RunningStep:
     exec_task: asyncio.Task | None = None
     # Why the execution was cancelled from outside: "lease_lost" or "shutdown".
     stop_reason: str | None = None
+    # The run's next step took over this step's slot (hand-off).
+    succeeded: bool = False
 
     @property
     def log_fields(self) -> dict[str, Any]:
@@ -279,9 +283,9 @@ class StepService:
             self.running.pop(running.lease.step_execution_id, None)
             self.metrics.steps_running.dec()
             self._slot_free.set()
-            # Finishing a step usually makes the next one of its run ready: look now
-            # rather than wait for a notification (or, polling only, the next tick).
-            if not self._stopping.is_set():
+            # A slot that no handed-off step took is free: look for work now rather than
+            # wait for a notification (or, polling only, the next tick).
+            if not self._stopping.is_set() and not running.succeeded:
                 self.wake("step_done")
 
     async def _execute(self, running: RunningStep) -> tuple[str, Any] | None:
@@ -339,7 +343,7 @@ class StepService:
                     self.metrics.steps_stale.inc()
                     log.warning("completion refused: lease lost (stale token)", extra=fields)
                 if completion.next_step is not None:
-                    await self._take_over(*completion.next_step)
+                    running.succeeded = await self._take_over(*completion.next_step)
                 return
         error: StepError = value
         outcome = await self._with_retries(
@@ -359,14 +363,15 @@ class StepService:
             self.metrics.steps_stale.inc()
             log.warning("failure refused: lease lost (stale token)", extra=fields)
 
-    async def _take_over(self, request: StepRequest, lease: Lease) -> None:
-        """Run a step handed to this worker with the result of the one before it; one
-        that arrives after stopping began goes back to the queue at once."""
+    async def _take_over(self, request: StepRequest, lease: Lease) -> bool:
+        """Run a step handed to this worker with the result of the one before it (True);
+        one that arrives after stopping began goes back to the queue at once (False)."""
         self.metrics.steps_handed_off.inc()
         if self._stopping.is_set():
             await self._release(RunningStep(request, lease))
-        else:
-            self._start_step(request, lease)
+            return False
+        self._start_step(request, lease)
+        return True
 
     async def _with_retries(self, running: RunningStep, call: Any) -> Any:
         delay = 0.2
