@@ -31,6 +31,11 @@ returns table (
 )
 language plpgsql
 volatile
+-- Its statement takes the step ids as an array parameter. With the default plan cache
+-- mode PostgreSQL planned it anew on every call (the generic plan's estimate looked worse
+-- than the custom ones): 0.45 ms per call, against 0.03 ms with the generic plan, which is
+-- the same index walk.
+set plan_cache_mode = force_generic_plan
 set search_path = ''
 as $$
 begin
@@ -150,6 +155,8 @@ volatile
 set enable_bitmapscan = off
 set search_path = ''
 as $$
+declare
+    picked uuid[];
 begin
     -- lease_steps checks the worker and the lease.
     if p_batch is null or p_batch not between 1 and 1000 then
@@ -157,23 +164,23 @@ begin
             using errcode = '22023';
     end if;
 
-    -- Pick due queued steps of running runs, skipping rows another worker holds, and
+    -- Pick due queued steps of running runs, skipping rows another worker holds (its own
+    -- statement: planned and cached on its own, it walks the claim index in order), then
     -- lease them.
+    select array_agg(due.id) into picked
+    from (
+        select s.id
+        from public.task_step_executions as s
+        inner join public.agent_task_executions as r on s.run_id = r.id
+        where s.status = 'queued' and s.run_after <= now() and r.status = 'running'
+        order by s.run_after, s.id
+        limit p_batch
+        for update of s skip locked
+    ) as due;
+
     return query
     select l.*
-    from stepsync.lease_steps(
-        array(
-            select s.id
-            from public.task_step_executions as s
-            inner join public.agent_task_executions as r on s.run_id = r.id
-            where s.status = 'queued' and s.run_after <= now() and r.status = 'running'
-            order by s.run_after, s.id
-            limit p_batch
-            for update of s skip locked
-        ),
-        p_worker,
-        p_lease_seconds
-    ) as l;
+    from stepsync.lease_steps(picked, p_worker, p_lease_seconds) as l;
 end
 $$;
 
