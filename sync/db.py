@@ -267,10 +267,6 @@ class Database:
         )
         return {row["held"] for row in rows}
 
-    async def complete_step(self, lease: Lease, output: Any) -> bool:
-        """False: the lease is no longer ours (expired, cancelled); nothing changed."""
-        return (await self.complete_steps([(lease, output)]))[lease.step_execution_id].completed
-
     async def complete_steps(
         self,
         results: list[tuple[Lease, Any]],

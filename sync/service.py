@@ -43,9 +43,8 @@ log = logging.getLogger(__name__)
 REPORT_ATTEMPTS = 5
 # Result writes in flight at once: while one batch commits, the next ones are already
 # being written rather than only gathered, and one slow commit does not hold back every
-# result. Measured with a no-op executor and 4 connections: three writers kept three or
-# four statements active most of the time, two mostly two (0.43–0.54 against 0.35–0.39
-# of the raw loop's rate).
+# result. With a no-op executor and 4 connections, three writers kept three or four
+# statements active most of the time, two writers mostly two (docs/service.md).
 COMPLETION_WRITERS = 3
 
 

@@ -317,7 +317,8 @@ def test_cancelling_a_run_stops_the_running_step_and_rejects_its_result(conn, db
             await db.open()
             try:
                 lease = Lease(running["id"], running["lease_token"])
-                assert await db.complete_step(lease, {"value": "too late"}) is False
+                late = await db.complete_steps([(lease, {"value": "too late"})])
+                assert late[lease.step_execution_id].completed is False
             finally:
                 await db.close()
             return run

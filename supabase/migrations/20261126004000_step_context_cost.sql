@@ -186,9 +186,7 @@ begin
             from jsonb_array_elements(
                 case
                     when mode in ('none', 'selective') then '[]'::jsonb
-                    when mode = 'previous' and jsonb_array_length(visible -> 'steps') > 0
-                        then jsonb_build_array(visible #> '{steps,-1}')
-                    when mode = 'previous' then '[]'::jsonb
+                    when mode = 'previous' then jsonb_path_query_array(visible, '$.steps[last]')
                     else visible -> 'steps'
                 end
             ) with ordinality as s (step, position)

@@ -76,12 +76,13 @@ begin
         returning s.id, s.lease_token, s.run_id
     )
 
-    select array_agg(done.id), array_agg(done.lease_token), array_agg(done.run_id)
-    into completed_ids, completed_tokens, completed_runs
+    select
+        array_agg(done.id),
+        array_agg(done.lease_token),
+        array_agg(done.run_id),
+        array_agg(distinct done.run_id)
+    into completed_ids, completed_tokens, completed_runs, advanced_runs
     from done;
-
-    select array_agg(distinct run_id) into advanced_runs
-    from unnest(completed_runs) as run_id;
 
     -- Most runs simply go on to their next step: a pending one without skip_if. Those
     -- are handed off or queued in one statement. The others (next step has a skip_if, no
