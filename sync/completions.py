@@ -58,16 +58,21 @@ class CompletionBatcher:
         result = _Result(lease, output, asyncio.get_running_loop().create_future())
         self._queued.append(result)
         if len(self._writing) < self.writers:
-            writer = asyncio.create_task(self._write_queued(), name="complete-steps")
-            self._writing.add(writer)
-            writer.add_done_callback(self._writing.discard)
+            self._writing.add(asyncio.create_task(self._write_queued(), name="complete-steps"))
         return await result.done
 
     async def _write_queued(self) -> None:
-        while self._queued:
-            batch = self._queued[: self.max_batch]
-            del self._queued[: self.max_batch]
-            await self._write(batch)
+        try:
+            while self._queued:
+                batch = self._queued[: self.max_batch]
+                del self._queued[: self.max_batch]
+                await self._write(batch)
+        finally:
+            # Leave in the same step that found the queue empty. The results just
+            # written wake their steps before this task's done callbacks would run, and
+            # a step that finishes at once (a hand-off, a no-op) must then see one
+            # writer fewer, or its result waits for a writer that has already gone.
+            self._writing.discard(asyncio.current_task())
 
     async def _write(self, batch: list[_Result]) -> None:
         try:

@@ -18,6 +18,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from sync.completions import CompletionBatcher
 from sync.db import Database, Lease
 from sync.executors.base import PermanentStepError, RetryableStepError, StepRequest
 from tests.support import acting_as, make_agent, make_task, make_user, replace_steps
@@ -431,6 +432,31 @@ def test_results_returned_together_are_written_in_one_transaction(conn, db_url) 
     assert writers <= 2
     outputs = [step_rows(conn, run_id)[0]["output"] for run_id in runs]
     assert outputs == [{"run": str(run_id)} for run_id in runs]
+
+
+def test_a_result_arriving_as_the_last_write_ends_gets_a_write_of_its_own(conn, db_url) -> None:
+    # A write's results wake their steps before the writer itself has finished: a step
+    # whose result comes back at once (a hand-off, a no-op) must not take that writer
+    # for one still coming for it.
+    runs = single_step_runs(conn, 2)
+
+    async def scenario() -> list[bool]:
+        db = Database(db_url, size=1)
+        await db.open()
+        try:
+            (_, first), (_, second) = await db.claim_steps("worker-1", 2, 60)
+            batcher = CompletionBatcher(
+                db, max_batch=10, writers=1, worker="worker-1", lease_seconds=60
+            )
+            written = [await batcher.complete(first, {"n": 1})]
+            async with asyncio.timeout(10):  # in this task: wait_for would start a new one
+                written.append(await batcher.complete(second, {"n": 2}))
+            return [completion.completed for completion in written]
+        finally:
+            await db.close()
+
+    assert asyncio.run(scenario()) == [True, True]
+    assert [step_rows(conn, run_id)[0]["status"] for run_id in runs] == ["completed"] * 2
 
 
 def test_an_output_refused_in_a_batch_fails_only_its_own_step(conn, db_url) -> None:
