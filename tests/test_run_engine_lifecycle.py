@@ -540,6 +540,56 @@ def test_complete_steps_records_a_batch_and_moves_each_run_on(conn: psycopg.Conn
     assert statuses(conn, runs[2]) == ["completed", "skipped", "queued"]
 
 
+def test_complete_steps_finishes_the_runs_it_ends_together(conn: psycopg.Connection) -> None:
+    _, twice, (twice_step,) = make_workflow(conn, [{}])
+    _, once, (once_step,) = make_workflow(conn, [{}])
+    older = start_run(conn, twice)
+    conn.execute(
+        "update public.agent_task_executions set created_at = created_at - interval '1 minute'"
+        " where id = %s",
+        [older],
+    )
+    newer, other = start_run(conn, twice), start_run(conn, once)
+    claimed = {row["run_id"]: row for row in claim(conn)}
+    audited_before = conn.execute("select max(id) from public.audit_log").fetchone()[0]
+
+    answer = complete_many(
+        conn, [(claimed[older], "old"), (claimed[newer], {"n": 2}), (claimed[other], "x")]
+    )
+
+    assert [row[1] for row in answer] == [True, True, True]
+    assert [run_row(conn, run)["output"] for run in (older, newer, other)] == [
+        "old",
+        '{"n": 2}',
+        "x",
+    ]
+    assert {run_row(conn, run)["status"] for run in (older, newer, other)} == {"completed"}
+    # Two runs of one task in one batch count twice.
+    assert task_counters(conn, twice) == (2, 2, 0, True)
+    assert task_counters(conn, once) == (1, 1, 0, True)
+    # The definition takes the newer run's result, however the batch was ordered.
+    assert conn.execute(
+        "select execution_result ->> 'run_id' from public.task_steps where id = %s",
+        [twice_step],
+    ).fetchone() == (str(newer),)
+    # Finished together, audited row by row: each task's counters, each definition's
+    # snapshot.
+    audited = conn.execute(
+        "select table_name, record_id from public.audit_log"
+        " where id > %s and operation = 'UPDATE' order by table_name, record_id",
+        [audited_before],
+    ).fetchall()
+    assert sorted(audited) == sorted(
+        [("agent_tasks", twice), ("agent_tasks", once)]
+        + [("task_steps", twice_step), ("task_steps", once_step)]
+    )
+    # Finishing them again changes nothing.
+    with as_service(conn):
+        conn.execute("select stepsync.finish_runs(%s, 'failed', 'late')", [[older, newer, other]])
+    assert task_counters(conn, twice) == (2, 2, 0, True)
+    assert run_row(conn, newer)["status"] == "completed"
+
+
 def test_complete_steps_answers_false_for_stale_tokens_only(conn: psycopg.Connection) -> None:
     _, first_task, _ = make_workflow(conn, [{}])
     _, second_task, _ = make_workflow(conn, [{}])
