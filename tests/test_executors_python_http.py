@@ -56,10 +56,6 @@ async def async_echo(request: StepRequest) -> dict:
     return {"order": request.step_order, "context": request.context}
 
 
-def returns_object(request: StepRequest) -> object:
-    return object()
-
-
 def raises_value_error(request: StepRequest) -> None:
     raise ValueError("bad input")
 
@@ -82,12 +78,6 @@ def test_python_executor_awaits_async_functions():
     executor = PythonExecutor.from_reference("tests.test_executors_python_http:async_echo")
     request = make_request()
     assert asyncio.run(executor.execute(request)) == {"order": 2, "context": request.context}
-
-
-def test_python_executor_refuses_output_that_is_not_json():
-    executor = PythonExecutor(returns_object)
-    with pytest.raises(PermanentStepError, match="not JSON-serialisable"):
-        asyncio.run(executor.execute(make_request()))
 
 
 def test_python_executor_turns_unexpected_exceptions_into_retryable_errors():

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 
 from sync.executors.base import PermanentStepError, RetryableStepError, StepRequest
-from sync.executors.output import json_output
 
 
 def request_body(request: StepRequest) -> dict[str, Any]:
@@ -70,7 +69,7 @@ class HttpExecutor:
                 f"HTTP executor answered {status} with a body that is not JSON "
                 f"(content-type {response.headers.get('content-type', 'none')!r})"
             ) from None
-        return json_output(output)
+        return output
 
     async def aclose(self) -> None:
         await self.client.aclose()

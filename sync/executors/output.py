@@ -1,4 +1,4 @@
-"""Executor output must be JSON: checked here once, for every executor."""
+"""Executor output must be JSON: the service checks it here, once, for every executor."""
 
 from __future__ import annotations
 

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 from sync.executors.base import StepError, StepRequest
-from sync.executors.output import json_output
 
 
 class PythonExecutor:
@@ -68,7 +67,7 @@ class PythonExecutor:
             raise
         except Exception as exc:
             raise StepError(f"{type(exc).__name__}: {exc}") from exc
-        return json_output(result)
+        return result
 
     async def aclose(self) -> None:
         return None
