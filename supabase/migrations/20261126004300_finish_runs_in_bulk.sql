@@ -1,4 +1,4 @@
--- Finishing several runs in one statement each (service only).
+-- Finishing several runs with one statement per write (service only).
 --
 -- A finished run leaves three writes behind: the run row, the task's counters and the
 -- definition's latest-run snapshot (task_steps), the last two audited. Done one run at a
