@@ -174,8 +174,10 @@ class Settings(BaseSettings):
     @field_validator("listen", mode="before")
     @classmethod
     def _split_listen(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+        # "postgres,realtime" from the environment, a repeated option, or both mixed.
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list) and all(isinstance(item, str) for item in items):
+            return [part.strip() for item in items for part in item.split(",") if part.strip()]
         return value
 
     @field_validator("listen")

@@ -124,3 +124,10 @@ def test_missing_supabase_settings_fail_only_when_realtime_is_asked_for(db_url, 
     result = CliRunner().invoke(app, ["doctor", "--listen", "postgres"])
 
     assert result.exit_code == 0, result.output
+
+
+def test_doctor_checks_listen_modes_as_serve_does(env):
+    result = CliRunner().invoke(app, ["doctor", "--listen", "postgres", "--listen", "kafka"])
+
+    assert result.exit_code == 1
+    assert "STEPSYNC_LISTEN: unknown listen mode(s) kafka" in result.output

@@ -76,6 +76,13 @@ def test_defaults_derive_the_heartbeat_and_pool_from_other_settings(monkeypatch)
     assert settings.listen == []
 
 
+@pytest.mark.parametrize(
+    "given", ["postgres,realtime", ["postgres", "realtime"], ["postgres,realtime", "postgres"]]
+)
+def test_listen_takes_a_comma_list_repeated_values_or_both(given):
+    assert Settings(listen=given).listen == ["postgres", "realtime"]
+
+
 def test_a_transaction_pooler_cannot_listen():
     result = serve(env={"STEPSYNC_DB_TRANSACTION_POOLER": "true"})
     assert result.exit_code == 1

@@ -28,10 +28,18 @@ DatabaseUrlOption = typer.Option(
     help="PostgreSQL URL; unset uses the embedded database in STEPSYNC_DATA_DIR.",
     show_default=False,
 )
+ListenOption = typer.Option(
+    None,
+    "--listen",
+    help="Wake-up source besides polling: postgres, realtime (repeatable or comma "
+    "separated); default STEPSYNC_LISTEN.",
+    show_default=False,
+)
 
 
-def settings_for(database_url: str | None) -> Settings:
-    settings = Settings()
+def settings_for(database_url: str | None, **options: object) -> Settings:
+    """Settings from env/.env; command-line options given (not None) win."""
+    settings = Settings(**{name: value for name, value in options.items() if value is not None})
     if database_url:
         settings = settings.model_copy(update={"database_url": database_url})
     return settings

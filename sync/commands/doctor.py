@@ -6,7 +6,7 @@ import typer
 from pydantic import ValidationError
 
 from sync import doctor as checks
-from sync.commands.common import configuration_error, console, fail, settings_for
+from sync.commands.common import ListenOption, configuration_error, console, settings_for
 
 MARKS = {
     "ok": "[green]✓ ok  [/]",
@@ -24,25 +24,13 @@ def doctor(
         help="PostgreSQL URL the service will use (the embedded database is not checked).",
         show_default=False,
     ),
-    listen: str | None = typer.Option(
-        None,
-        "--listen",
-        help="Wake-up sources to check for, comma separated (postgres,realtime); "
-        "default STEPSYNC_LISTEN.",
-        show_default=False,
-    ),
+    listen: list[str] | None = ListenOption,
 ) -> None:
     """Check the database, migrations, pooler mode, Realtime and the executor endpoint."""
     try:
-        settings = settings_for(database_url_option)
+        settings = settings_for(database_url_option, listen=listen)
     except ValidationError as exc:
         raise configuration_error(exc) from None
-    if listen is not None:
-        modes = [mode.strip() for mode in listen.split(",") if mode.strip()]
-        unknown = [mode for mode in modes if mode not in ("postgres", "realtime")]
-        if unknown:
-            raise fail(f"--listen: unknown mode(s) {', '.join(unknown)}; known: postgres, realtime")
-        settings = settings.model_copy(update={"listen": modes})
     results = checks.run_checks(settings)
     for check in results:
         console.print(

@@ -12,6 +12,7 @@ from sync import logging as structured_logging
 from sync.commands.common import (
     CONFIG_HINT,
     DatabaseUrlOption,
+    ListenOption,
     configuration_error,
     fail,
     settings_database_url,
@@ -22,10 +23,6 @@ from sync.executors import ExecutorSettingError, executor_from_setting
 from sync.service import build_service
 from sync.settings import Settings
 from sync.wakeups.realtime import RealtimeSettingError
-
-ListenOption = typer.Option(
-    None, "--listen", help="Wake-up source besides polling (repeatable): postgres, realtime."
-)
 
 
 def serve(
