@@ -32,11 +32,19 @@ select held from stepsync.heartbeat_steps(
     %(worker)s, %(ids)s::uuid[], %(tokens)s::bigint[], %(lease_seconds)s
 ) as held
 """
+# A handed-off step comes back as JSON; unpacked here into the claim's typed columns, so
+# that the driver parses its ids as it does a claim's (in C, not uuid.UUID per field).
 COMPLETE_STEPS = """
-select step_execution_id, completed, next_step
+select done.step_execution_id as done_id, done.completed, next.*
   from stepsync.complete_steps(
       %(ids)s::uuid[], %(tokens)s::bigint[], %(outputs)s::jsonb[], %(worker)s, %(lease_seconds)s
-  )
+  ) as done
+  left join lateral jsonb_to_record(done.next_step) as next (
+      step_execution_id uuid, run_id uuid, lease_token bigint, task_id uuid, user_id uuid,
+      agent_id uuid, step_order integer, step_name text, instructions text, context jsonb,
+      attempt integer, timeout_seconds integer, idempotency_key text, conversation_id uuid,
+      trigger_data jsonb
+  ) on true
 """
 FAIL_STEP = "select stepsync.fail_step(%(id)s, %(token)s, %(error)s, %(retryable)s)"
 RELEASE_STEPS = "select stepsync.release_steps(%(worker)s, %(ids)s::uuid[], %(tokens)s::bigint[])"
@@ -97,8 +105,6 @@ class Lease:
 
 
 FailOutcome = Literal["retrying", "failed", "stale"]
-# Columns of a claimed step that hold uuids (text when the step arrives as JSON).
-_UUID_COLUMNS = ("step_execution_id", "run_id", "task_id", "user_id", "agent_id", "conversation_id")
 
 
 @dataclass(frozen=True)
@@ -121,12 +127,6 @@ def _lease_arrays(leases: list[Lease]) -> dict[str, list]:
 def leased_step(row: dict[str, Any]) -> tuple[StepRequest, Lease]:
     """A claimed or handed-off step: what to run and the lease that proves it is ours."""
     return step_request(row), Lease(row["step_execution_id"], row["lease_token"])
-
-
-def handed_off_step(step: dict[str, Any]) -> tuple[StepRequest, Lease]:
-    """A step that complete_steps handed to this worker (the claim columns, as JSON)."""
-    ids = {name: uuid.UUID(step[name]) if step[name] else None for name in _UUID_COLUMNS}
-    return leased_step({**step, **ids})
 
 
 def step_request(row: dict[str, Any]) -> StepRequest:
@@ -286,9 +286,8 @@ class Database:
             },
         )
         return {
-            row["step_execution_id"]: Completion(
-                row["completed"],
-                handed_off_step(row["next_step"]) if row["next_step"] else None,
+            row["done_id"]: Completion(
+                row["completed"], leased_step(row) if row["step_execution_id"] else None
             )
             for row in rows
         }
