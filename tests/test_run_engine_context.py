@@ -251,16 +251,28 @@ def test_large_outputs_are_truncated_with_a_marker(conn: psycopg.Connection) -> 
         ("AWS_ACCESS_KEY", True),
         ("private_key", True),
         ("authorization", True),
+        ("Passwd", True),
+        ("passphrase", True),
+        ("credentials", True),
+        ("Cookie", True),
+        ("SessionKey", True),
+        ("bearer", True),
+        ("signature", True),
+        ("accessKey", True),
         ("total_tokens", False),
         ("tokenizer", False),
         ("author", False),
         ("secretary_name", False),
     ],
 )
-def test_secret_looking_keys_are_recognised(
+def test_secret_looking_keys_are_recognised_and_redacted(
     conn: psycopg.Connection, key: str, redacted: bool
 ) -> None:
     assert conn.execute("select stepsync.is_secret_key(%s)", [key]).fetchone()[0] is redacted
+    # redact_secrets first searches the text for the secret words' common parts: a key
+    # is_secret_key matches must never slip through that search.
+    value = conn.execute("select stepsync.redact_secrets(%s)", [Jsonb({key: "v"})]).fetchone()[0]
+    assert value == {key: "[redacted]" if redacted else "v"}
 
 
 def test_redaction_reaches_every_depth(conn: psycopg.Connection) -> None:
