@@ -4,9 +4,10 @@
    ``FOR UPDATE SKIP LOCKED`` claim/complete loop on a plain table of the same shape,
    both with the same number of connections and the same workload (runs of sequential
    steps). Prints the median of the rounds' ratios (each round measures all three within
-   seconds, so a ratio is not skewed by the machine's speed drifting). Also the engine's claim/complete functions called in that
-   same tight loop (each claimed batch completed in one call, as the service does), which
-   splits the gap into SQL state machine and service.
+   seconds, so a ratio is not skewed by the machine's speed drifting). Also the engine's
+   claim/complete functions called in that same tight loop (each claimed batch completed
+   in one call, as the service does), which splits the gap into SQL state machine and
+   service.
 2. ready → started latency over LISTEN: a run's commit to its first step entering the
    executor, with polling effectively off (p50/p99).
 3. step N done → step N+1 started: the executor returning for one step to the next
