@@ -193,64 +193,49 @@ begin
             null;
     end case;
 
-    -- full, metadata, custom: every earlier step, redacted, outputs truncated.
+    -- full, metadata, custom: every earlier step, redacted, outputs truncated, in one
+    -- pass that keeps the fields the mode shows (custom keeps them all).
     steps := coalesce(
         (
             select jsonb_agg(
-                case
-                    when length((s.step -> 'output')::text) <= budget then s.step
-                    else s.step || jsonb_build_object(
-                        'output', stepsync.truncate_json(s.step -> 'output', budget)
+                case mode
+                    when 'full' then jsonb_build_object(
+                        'order', e.step -> 'order',
+                        'name', e.step -> 'name',
+                        'status', e.step -> 'status',
+                        'output', e.output,
+                        'error', e.step -> 'error'
                     )
+                    when 'metadata' then jsonb_build_object(
+                        'order', e.step -> 'order',
+                        'name', e.step -> 'name',
+                        'status', e.step -> 'status',
+                        'started_at', e.step -> 'started_at',
+                        'completed_at', e.step -> 'completed_at',
+                        'duration_ms', e.step -> 'duration_ms',
+                        'attempts', e.step -> 'attempts'
+                    )
+                    else e.step || jsonb_build_object('output', e.output)
                 end
-                order by s.position
+                order by e.position
             )
-            from jsonb_array_elements(stepsync.redact_secrets(earlier))
-                with ordinality as s (step, position)
+            from (
+                select
+                    s.step,
+                    s.position,
+                    case
+                        when length((s.step -> 'output')::text) <= budget then s.step -> 'output'
+                        else stepsync.truncate_json(s.step -> 'output', budget)
+                    end as output
+                from jsonb_array_elements(stepsync.redact_secrets(earlier))
+                    with ordinality as s (step, position)
+            ) as e
         ),
         '[]'::jsonb
     );
     case mode
-        when 'full' then
-            return base || jsonb_build_object(
-                'steps', coalesce(
-                    (
-                        select jsonb_agg(
-                            jsonb_build_object(
-                                'order', s.step -> 'order',
-                                'name', s.step -> 'name',
-                                'status', s.step -> 'status',
-                                'output', s.step -> 'output',
-                                'error', s.step -> 'error'
-                            )
-                            order by s.position
-                        )
-                        from jsonb_array_elements(steps) with ordinality as s (step, position)
-                    ),
-                    '[]'::jsonb
-                )
-            );
-        when 'metadata' then
-            return base || jsonb_build_object(
-                'steps', coalesce(
-                    (
-                        select jsonb_agg(
-                            jsonb_build_object(
-                                'order', s.step -> 'order',
-                                'name', s.step -> 'name',
-                                'status', s.step -> 'status',
-                                'started_at', s.step -> 'started_at',
-                                'completed_at', s.step -> 'completed_at',
-                                'duration_ms', s.step -> 'duration_ms',
-                                'attempts', s.step -> 'attempts'
-                            )
-                            order by s.position
-                        )
-                        from jsonb_array_elements(steps) with ordinality as s (step, position)
-                    ),
-                    '[]'::jsonb
-                )
-            );
+        when 'full', 'metadata' then
+            return base || jsonb_build_object('steps', steps);
         else
             return base || jsonb_build_object(
                 'rendered', left(
