@@ -58,9 +58,7 @@ class CompletionBatcher:
         result = _Result(lease, output, asyncio.get_running_loop().create_future())
         self._queued.append(result)
         if len(self._writing) < self.writers:
-            writer = asyncio.create_task(self._write_queued(), name="complete-steps")
-            self._writing.add(writer)
-            writer.add_done_callback(self._writing.discard)  # also when cancelled unstarted
+            self._writing.add(asyncio.create_task(self._write_queued(), name="complete-steps"))
         return await result.done
 
     async def _write_queued(self) -> None:

@@ -3,10 +3,10 @@
 Wake-up sources (LISTEN, the poll timer) only set an event; the database decides what
 runs (``stepsync.claim_steps``). Results go to the database in batches
 (:mod:`sync.completions`), and each brings back its run's next step when it is plainly
-due, leased to this worker (hand-off), which then runs in the slot just freed. Every claimed step runs as its own asyncio task under
-its own timeout, while one heartbeat task keeps all leases alive and notices lost ones
-(lease expired, run cancelled), whose executions it cancels: their results would be
-refused by the fencing token anyway.
+due, leased to this worker (hand-off), which then runs in the slot just freed. Every
+step runs as its own asyncio task under its own timeout, while one heartbeat task keeps
+all leases alive and notices lost ones (lease expired, run cancelled), whose executions
+it cancels: their results would be refused by the fencing token anyway.
 
 Shutdown (SIGTERM/SIGINT or :meth:`StepService.stop`): stop claiming, let running steps
 finish for ``shutdown_grace_seconds`` (heartbeats continue), then cancel the rest and
@@ -57,7 +57,7 @@ class RunningStep:
     # Why the execution was cancelled from outside: "lease_lost" or "shutdown".
     stop_reason: str | None = None
     # The run's next step took over this step's slot (hand-off).
-    succeeded: bool = False
+    slot_taken_over: bool = False
 
     @property
     def log_fields(self) -> dict[str, Any]:
@@ -284,7 +284,7 @@ class StepService:
             self._slot_free.set()
             # A slot that no handed-off step took is free: look for work now rather than
             # wait for a notification (or, polling only, the next tick).
-            if not self._stopping.is_set() and not running.succeeded:
+            if not self._stopping.is_set() and not running.slot_taken_over:
                 self.wake("step_done")
 
     async def _execute(self, running: RunningStep) -> tuple[str, Any] | None:
@@ -342,7 +342,7 @@ class StepService:
                     self.metrics.steps_stale.inc()
                     log.warning("completion refused: lease lost (stale token)", extra=fields)
                 if completion.next_step is not None:
-                    running.succeeded = await self._take_over(*completion.next_step)
+                    running.slot_taken_over = await self._take_over(*completion.next_step)
                 return
         error: StepError = value
         outcome = await self._with_retries(
