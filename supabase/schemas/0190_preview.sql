@@ -3,7 +3,7 @@
 -- The run context is hypothetical: each earlier step contributes its result from the
 -- task's last run (matched by step id), or, where it has none, a marked placeholder
 -- "<output of step N: not run yet>". The input itself comes from build_step_context,
--- the function claim_steps uses.
+-- the function that leasing a step uses.
 
 create or replace function stepsync.preview_task_run(p_task_id uuid)
 returns jsonb

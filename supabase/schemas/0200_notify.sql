@@ -1,5 +1,5 @@
--- Events: pg_notify in the transaction that makes the change, and the run tables in the
--- supabase_realtime publication so the app sees status changes live.
+-- Events: pg_notify in the transaction that makes the change, so the service wakes when
+-- there is work instead of polling for it.
 --
 --   stepsync_step_ready   payload: the step execution id; a step became queued and due.
 --                         A retry with a delay is not announced: pollers find it.
@@ -19,6 +19,8 @@ $$;
 
 comment on function stepsync.notify_step_ready() is
 'Trigger: announces a step that became queued and due on channel stepsync_step_ready.';
+
+revoke all on function stepsync.notify_step_ready() from public;
 
 create or replace trigger task_step_executions_notify_ready
 after insert or update of status, run_after on public.task_step_executions
@@ -46,6 +48,8 @@ $$;
 comment on function stepsync.notify_run_changed() is
 'Trigger: announces a run''s new status on channel stepsync_run_changed.';
 
+revoke all on function stepsync.notify_run_changed() from public;
+
 create or replace trigger agent_task_executions_notify_insert
 after insert on public.agent_task_executions
 for each row
@@ -61,31 +65,3 @@ comment on trigger agent_task_executions_notify_insert on public.agent_task_exec
 'Announces a new run on stepsync_run_changed.';
 comment on trigger agent_task_executions_notify_status on public.agent_task_executions is
 'Announces a run''s status change on stepsync_run_changed.';
-
-revoke all on function stepsync.notify_step_ready() from public;
-revoke all on function stepsync.notify_run_changed() from public;
-
-do $publication$
-declare
-    run_table text;
-begin
-    -- A publication for all tables already covers them (and refuses ADD TABLE).
-    if exists (
-        select from pg_publication
-        where pubname = 'supabase_realtime' and not puballtables
-    ) then
-        foreach run_table in array array['agent_task_executions', 'task_step_executions'] loop
-            if not exists (
-                select from pg_publication_tables
-                where pubname = 'supabase_realtime'
-                    and schemaname = 'public'
-                    and tablename = run_table
-            ) then
-                execute format(
-                    'alter publication supabase_realtime add table public.%I', run_table
-                );
-            end if;
-        end loop;
-    end if;
-end
-$publication$;

@@ -45,6 +45,8 @@ comment on function stepsync.legacy_compat_active() is
 'Whether the compatibility triggers act now: the flag legacy_task_compat is on and this '
 'transaction is not already inside a compatibility write (stepsync.compat_sync = off).';
 
+revoke all on function stepsync.legacy_compat_active() from public;
+
 create or replace function stepsync.create_legacy_step(p_task public.agent_tasks)
 returns void
 language plpgsql
@@ -86,6 +88,8 @@ comment on function stepsync.create_legacy_step(public.agent_tasks) is
 'Give a legacy task its step 1 (name from the task, or derived from the instructions; '
 'status from the task status), exactly as the backfill does.';
 
+revoke all on function stepsync.create_legacy_step(public.agent_tasks) from public;
+
 create or replace function stepsync.compat_task_inserted()
 returns trigger
 language plpgsql
@@ -110,6 +114,8 @@ $$;
 comment on function stepsync.compat_task_inserted() is
 'After a legacy insert into agent_tasks: the task gets step 1 when its instructions make '
 'a valid step (blank and multi-step marker texts are left to the backfill report).';
+
+revoke all on function stepsync.compat_task_inserted() from public;
 
 create or replace function stepsync.compat_task_instructions_changed()
 returns trigger
@@ -162,6 +168,8 @@ comment on function stepsync.compat_task_instructions_changed() is
 'a task without live steps gets step 1; a multi-step task refuses free text (its '
 'instructions summarise its steps).';
 
+revoke all on function stepsync.compat_task_instructions_changed() from public;
+
 create or replace function stepsync.sync_task_instructions(p_task_ids uuid[])
 returns void
 language plpgsql
@@ -200,6 +208,8 @@ $$;
 comment on function stepsync.sync_task_instructions(uuid[]) is
 'Write each task''s instructions from its live steps: the text of its only step, or a '
 '"Multi-step task with N steps: 1. name; …" summary. Tasks without live steps keep theirs.';
+
+revoke all on function stepsync.sync_task_instructions(uuid[]) from public;
 
 create or replace function stepsync.compat_steps_changed()
 returns trigger
@@ -242,6 +252,8 @@ comment on function stepsync.compat_steps_changed() is
 'After a statement changes task_steps: the affected tasks'' instructions follow their live '
 'steps (one statement per change, however many rows it touched).';
 
+revoke all on function stepsync.compat_steps_changed() from public;
+
 create or replace trigger stepsync_compat_task_inserted
 after insert on public.agent_tasks
 for each row execute function stepsync.compat_task_inserted();
@@ -277,10 +289,3 @@ comment on trigger stepsync_compat_steps_updated on public.task_steps is
 'Edited, reordered or soft-deleted steps: the task''s instructions follow.';
 comment on trigger stepsync_compat_steps_deleted on public.task_steps is
 'Deleted steps: the task''s instructions follow.';
-
-revoke all on function stepsync.legacy_compat_active() from public;
-revoke all on function stepsync.create_legacy_step(public.agent_tasks) from public;
-revoke all on function stepsync.compat_task_inserted() from public;
-revoke all on function stepsync.compat_task_instructions_changed() from public;
-revoke all on function stepsync.sync_task_instructions(uuid[]) from public;
-revoke all on function stepsync.compat_steps_changed() from public;

@@ -1,9 +1,7 @@
 -- The workflow tables join Supabase Realtime's publication, so a browser subscribed to
 -- postgres_changes sees step and run status change live (Realtime applies RLS per
--- subscriber). On a database without the publication nothing happens.
---
--- Later tables join the same way:
---     select stepsync.add_to_realtime_publication('public.task_step_executions');
+-- subscriber). On a database without the publication nothing happens; a publication for
+-- all tables already covers them.
 
 create or replace function stepsync.add_to_realtime_publication(p_table regclass)
 returns boolean
@@ -40,3 +38,4 @@ comment on function stepsync.add_to_realtime_publication(regclass) is
 
 select stepsync.add_to_realtime_publication('public.task_steps');
 select stepsync.add_to_realtime_publication('public.agent_task_executions');
+select stepsync.add_to_realtime_publication('public.task_step_executions');

@@ -13,6 +13,13 @@
 --   long:     char_length(instructions) > 10000
 --   unnamed:  btrim(name, E' \t\r\n\f\v') = ''
 --   step status: completed/failed/cancelled tasks keep that status, others are pending.
+--
+-- Whether a task already has a live step is a lateral subquery with LIMIT 1: one probe
+-- of task_steps by task_id per task of the batch. An `exists (...)` in the select list
+-- may be run "hashed" instead, reading every live step once per statement; the plans are
+-- cached, so once chosen (task_steps is small when a backfill starts) every later batch
+-- would read all the steps created so far, and the whole backfill would grow with the
+-- square of its size.
 
 create or replace function stepsync.backfill_start_run(
     p_batch_size integer, p_options jsonb default '{}'::jsonb
@@ -42,6 +49,9 @@ $$;
 
 comment on function stepsync.backfill_start_run(integer, jsonb) is
 'Record a new legacy-task backfill run (status running, no checkpoint yet); returns its id.';
+
+revoke all on function stepsync.backfill_start_run(integer, jsonb) from public;
+grant execute on function stepsync.backfill_start_run(integer, jsonb) to service_role;
 
 create or replace function stepsync.backfill_legacy_tasks_batch(
     p_run_id uuid, p_batch_size integer default null
@@ -112,11 +122,13 @@ begin
             t.status,
             t.instructions !~ '\S' as is_blank,
             t.instructions ~ '^\s*Multi-step task with [0-9]+ step' as is_marker,
-            exists (
-                select from public.task_steps as s
-                where s.task_id = t.id and s.deleted_at is null
-            ) as has_steps
+            live.task_id is not null as has_steps
         from public.agent_tasks as t
+        left join lateral (
+            select s.task_id from public.task_steps as s
+            where s.task_id = t.id and s.deleted_at is null
+            limit 1
+        ) as live on true
         where t.id = any(ids)
     ),
 
@@ -235,6 +247,9 @@ comment on function stepsync.backfill_legacy_tasks_batch(uuid, integer) is
 'instructions make a valid step; counters, exceptions and the checkpoint move in the '
 'same transaction. Call once per transaction.';
 
+revoke all on function stepsync.backfill_legacy_tasks_batch(uuid, integer) from public;
+grant execute on function stepsync.backfill_legacy_tasks_batch(uuid, integer) to service_role;
+
 create or replace function stepsync.backfill_plan_batch(
     p_after uuid, p_batch_size integer, p_samples integer default 5
 )
@@ -251,11 +266,13 @@ as $$
             t.instructions ~ '^\s*Multi-step task with [0-9]+ step' as is_marker,
             char_length(t.instructions) > 10000 as is_long,
             btrim(t.name, e' \t\r\n\f\v') = '' as is_unnamed,
-            exists (
-                select from public.task_steps as s
-                where s.task_id = t.id and s.deleted_at is null
-            ) as has_steps
+            live.task_id is not null as has_steps
         from public.agent_tasks as t
+        left join lateral (
+            select s.task_id from public.task_steps as s
+            where s.task_id = t.id and s.deleted_at is null
+            limit 1
+        ) as live on true
         where p_after is null or t.id > p_after
         order by t.id
         limit p_batch_size
@@ -321,6 +338,9 @@ comment on function stepsync.backfill_plan_batch(uuid, integer, integer) is
 'Dry run of one batch: counts by category (to_create, already_has_steps, marker_with_steps, '
 'marker_without_steps, blank_instructions, and among to_create long_instructions, unnamed, '
 'status_*) and up to p_samples task ids each, for the next p_batch_size tasks after p_after.';
+
+revoke all on function stepsync.backfill_plan_batch(uuid, integer, integer) from public;
+grant execute on function stepsync.backfill_plan_batch(uuid, integer, integer) to service_role;
 
 create or replace function stepsync.backfill_verify_batch(
     p_after uuid, p_batch_size integer, p_max_exceptions integer default 100
@@ -424,6 +444,10 @@ comment on function stepsync.backfill_verify_batch(uuid, integer, integer) is
 '(not blank, not the multi-step marker) must have exactly one live step, at order 1, with '
 'the same instructions. Returns counts, checksums of the task and step texts (equal sums '
 'when all match) and up to p_max_exceptions problems.';
+
+revoke all on function stepsync.backfill_verify_batch(uuid, integer, integer) from public;
+grant execute on function stepsync.backfill_verify_batch(uuid, integer, integer)
+to service_role;
 
 create or replace function stepsync.backfill_rollback_batch(
     p_run_id uuid, p_after uuid, p_batch_size integer
@@ -536,15 +560,6 @@ comment on function stepsync.backfill_rollback_batch(uuid, uuid, integer) is
 'users or the compatibility triggers are never touched: only backfill_step_origin rows '
 'of this run are considered.';
 
-revoke all on function stepsync.backfill_start_run(integer, jsonb) from public;
-revoke all on function stepsync.backfill_legacy_tasks_batch(uuid, integer) from public;
-revoke all on function stepsync.backfill_plan_batch(uuid, integer, integer) from public;
-revoke all on function stepsync.backfill_verify_batch(uuid, integer, integer) from public;
 revoke all on function stepsync.backfill_rollback_batch(uuid, uuid, integer) from public;
-grant execute on function stepsync.backfill_start_run(integer, jsonb) to service_role;
-grant execute on function stepsync.backfill_legacy_tasks_batch(uuid, integer) to service_role;
-grant execute on function stepsync.backfill_plan_batch(uuid, integer, integer) to service_role;
-grant execute on function stepsync.backfill_verify_batch(uuid, integer, integer)
-to service_role;
 grant execute on function stepsync.backfill_rollback_batch(uuid, uuid, integer)
 to service_role;

@@ -117,13 +117,13 @@ comment on trigger audit_log_no_truncate on public.audit_log is
 -- One static INSERT … SELECT straight from the transition table per operation (the three
 -- differ only in where the old and new rows come from): PL/pgSQL keeps the plans (a
 -- trigger function gets its own cached copy per table), each row goes to jsonb once and
--- its id is read from the row, not from the jsonb.
--- Gathering the rows into jsonb arrays and unnesting them in a second function cost
--- more than the audit rows themselves on bulk writes (a backfill batch). Every lookup is
--- a scalar subquery on a primary key (or the task's history), so it stays an index probe
--- per audited row however large the tables grow; a join here was planned as a hash of the
--- whole agent_tasks table. The plan does not depend on the arguments, so it is generic:
--- custom planning on every small write cost several times the insert itself.
+-- its id is read from the row, not from the jsonb. (Gathering the rows into jsonb arrays
+-- and unnesting them in a second function costs more than the audit rows themselves on
+-- bulk writes such as a backfill batch.) Every lookup is a scalar subquery on a primary
+-- key (or the task's history), so it stays an index probe per audited row however large
+-- the tables grow; a join here is planned as a hash of the whole agent_tasks table. The
+-- plan does not depend on the arguments, so it is generic: custom planning on every
+-- small write costs several times the insert itself.
 create or replace function stepsync.audit_statement()
 returns trigger
 language plpgsql

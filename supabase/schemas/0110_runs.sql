@@ -70,11 +70,6 @@ comment on index public.agent_task_executions_user_id_idx is
 comment on index public.agent_task_executions_task_created_idx is
 'Latest run of a task (preview, definition snapshot).';
 
--- Who reads and writes runs is set by 20261126001320_close_legacy_execution_policy.sql
--- (owners read the runs of their tasks, the service role writes); API users change runs
--- only through start_task_run and cancel_task_run.
-revoke all on public.agent_task_executions from anon;
-
 -- Fencing tokens: every claim takes a new one, so a stale holder can be told apart.
 create sequence if not exists stepsync.lease_token_seq as bigint;
 revoke all on sequence stepsync.lease_token_seq from public;
@@ -149,9 +144,6 @@ on public.task_step_executions (lease_expires_at)
 where status = 'running';
 
 alter table public.task_step_executions enable row level security;
-
-drop policy if exists "Owners read their step runs" on public.task_step_executions;
-drop policy if exists "Service role manages step runs" on public.task_step_executions;
 
 create policy "Owners read their step runs" on public.task_step_executions
 for select to authenticated

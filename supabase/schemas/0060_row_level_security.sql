@@ -123,3 +123,33 @@ comment on policy "Owners manage their tasks" on public.agent_tasks is
 'Owners read and write their own tasks.';
 comment on policy "Service role manages tasks" on public.agent_tasks is
 'The service may do everything (it bypasses RLS; stated for clarity).';
+
+-- agent_task_executions: the app shipped it with `FOR ALL USING (true)`, which let any
+-- signed-in or anonymous caller read, change or delete every user's run history. Owners
+-- read the runs of their own tasks; writes belong to the service, and API users change
+-- runs only through functions that check ownership themselves (start_task_run,
+-- cancel_task_run).
+
+drop policy if exists "System can manage task executions" on public.agent_task_executions;
+drop policy if exists "Users can view their task executions" on public.agent_task_executions;
+
+create policy "Owners read the runs of their tasks" on public.agent_task_executions
+for select to authenticated
+using (
+    task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+);
+
+create policy "Service role manages runs" on public.agent_task_executions
+for all to service_role
+using (true)
+with check (true);
+
+revoke all on public.agent_task_executions from anon;
+
+comment on policy "Owners read the runs of their tasks" on public.agent_task_executions is
+'Owners read the run history of their own tasks; they write it only through functions.';
+comment on policy "Service role manages runs" on public.agent_task_executions is
+'The service records and updates runs.';

@@ -1,0 +1,5156 @@
+-- stepsync: schema stepsync, the workflow tables and every function, trigger, policy,
+-- grant and comment of the engine, on top of the legacy baseline.
+--
+-- Written by scripts/build_schema_migration.py from supabase/schemas/*.sql, in file
+-- order: read and edit those files (see supabase/schemas/README.md), not this one.
+
+-- Schema stepsync and the types the workflow tables share.
+--
+-- stepsync holds what the API must not reach: service-only functions, security-definer
+-- helpers and bookkeeping tables. PostgREST does not expose it (supabase/config.toml),
+-- and the API roles get no more than usage here; each object grants its own privileges.
+
+create schema if not exists stepsync;
+comment on schema stepsync is
+'stepsync internals: service-only functions and security-definer helpers. '
+'Not exposed by PostgREST.';
+revoke all on schema stepsync from public;
+grant usage on schema stepsync to service_role, authenticated;
+
+-- Created only where missing: a database upgraded from the earlier task_steps variant
+-- already has task_step_status, and 20261126001000_upgrade_earlier_task_steps.sql has
+-- given it every value below (a value added in this transaction could not be used here).
+do $types$
+begin
+    if to_regtype('public.task_step_status') is null then
+        create type public.task_step_status as enum (
+            'pending', 'queued', 'running', 'completed', 'failed', 'skipped', 'cancelled'
+        );
+    end if;
+    if to_regtype('public.step_context_mode') is null then
+        create type public.step_context_mode as enum (
+            'full', 'previous', 'selective', 'metadata', 'custom'
+        );
+    end if;
+    if to_regtype('public.step_failure_action') is null then
+        create type public.step_failure_action as enum ('stop', 'continue');
+    end if;
+end
+$types$;
+
+comment on type public.task_step_status is
+'Status of a step in its latest run (definition snapshot) or of a step execution.';
+comment on type public.step_context_mode is
+'What a step receives from earlier steps of its run: full, previous, selective (jsonpaths), '
+'metadata (no outputs) or custom (a {{…}} template).';
+comment on type public.step_failure_action is
+'When a step fails for good: stop the run (remaining steps skipped) or continue with the next.';
+
+-- task_steps: the ordered steps of an agent task (the workflow definition).
+--
+-- Runs never write here except the latest-run snapshot (status, execution_result) the UI
+-- shows; each run works on its own copy in task_step_executions.
+--
+-- The table is created with the columns the earlier task_steps variant also had, and the
+-- others are added to it: a database upgraded from that variant
+-- (20261126001000_upgrade_earlier_task_steps.sql) already has the table, and ends with the
+-- same columns, constraints and indexes as a new one. That upgrade dropped the variant's
+-- own constraints and indexes, so they are all added here.
+
+create table if not exists public.task_steps (
+    id uuid primary key default gen_random_uuid(),
+    task_id uuid not null references public.agent_tasks (id) on delete cascade,
+    step_order integer not null,
+    step_name text not null,
+    instructions text not null,
+    include_previous_context boolean not null default false,
+    context_data jsonb not null default '{}'::jsonb,
+    status public.task_step_status not null default 'pending',
+    execution_result jsonb not null default '{}'::jsonb,
+    created_at timestamptz not null default now(),
+    updated_at timestamptz not null default now()
+);
+
+-- The columns the earlier variant lacks: workflow settings, agent override, soft delete.
+alter table public.task_steps
+add column if not exists context_mode public.step_context_mode not null default 'previous',
+add column if not exists context_paths jsonpath[] not null default '{}',
+add column if not exists context_template text,
+add column if not exists skip_if jsonpath,
+add column if not exists on_failure public.step_failure_action not null default 'stop',
+add column if not exists max_attempts integer not null default 1,
+add column if not exists retry_backoff_seconds integer not null default 5,
+add column if not exists retry_backoff_max_seconds integer not null default 600,
+add column if not exists timeout_seconds integer not null default 300,
+add column if not exists agent_id uuid references public.agents (id) on delete set null,
+add column if not exists deleted_at timestamptz,
+add column if not exists deleted_by uuid;
+
+alter table public.task_steps
+add constraint task_steps_step_order_range check (step_order between 1 and 50),
+add constraint task_steps_step_name_length check (
+    char_length(btrim(step_name)) between 1 and 200
+),
+add constraint task_steps_instructions_not_blank check (btrim(instructions) <> ''),
+add constraint task_steps_context_data_object check (jsonb_typeof(context_data) = 'object'),
+add constraint task_steps_custom_needs_template check (
+    context_mode <> 'custom' or coalesce(btrim(context_template), '') <> ''
+),
+add constraint task_steps_selective_needs_paths check (
+    context_mode <> 'selective' or cardinality(context_paths) > 0
+),
+add constraint task_steps_max_attempts_range check (max_attempts between 1 and 20),
+add constraint task_steps_backoff_range check (
+    retry_backoff_seconds between 0 and 3600
+    and retry_backoff_max_seconds between retry_backoff_seconds and 86400
+),
+add constraint task_steps_timeout_range check (timeout_seconds between 1 and 86400),
+-- Order is unique among live steps only, and checked at the end of each statement so a
+-- single UPDATE can permute the order (reorder_task_steps). Its index serves every
+-- (task_id, step_order) lookup of live steps; a step number of 1..50 caps a task at
+-- 50 live steps.
+add constraint task_steps_live_order_unique exclude using btree (
+    task_id with =, step_order with =
+) where (deleted_at is null) deferrable initially immediate;
+
+create index if not exists task_steps_task_id_idx on public.task_steps (task_id);
+create index if not exists task_steps_agent_id_idx on public.task_steps (agent_id)
+where agent_id is not null;
+
+alter table public.task_steps enable row level security;
+
+comment on table public.task_steps is
+'Ordered steps of an agent task: the workflow definition. 1–50 live steps per task; '
+'soft-deleted rows keep deleted_at.';
+comment on column public.task_steps.step_order is
+'1-based position among the task''s live steps; unique among live rows (deferrable).';
+comment on column public.task_steps.step_name is 'Short label shown in the UI.';
+comment on column public.task_steps.instructions is
+'What the agent is asked to do in this step. Unbounded, like agent_tasks.instructions.';
+comment on column public.task_steps.include_previous_context is
+'Whether the step receives context from earlier steps (shaped by context_mode).';
+comment on column public.task_steps.context_data is
+'Static JSON object always given to the step with its instructions.';
+comment on column public.task_steps.status is
+'Status of this step in the task''s latest run (a snapshot for the UI).';
+comment on column public.task_steps.execution_result is
+'Result of this step in the task''s latest run (a snapshot for the UI).';
+comment on column public.task_steps.context_mode is
+'How earlier steps are summarised when include_previous_context is true.';
+comment on column public.task_steps.context_paths is
+'jsonpath expressions over the run context, for context_mode = selective.';
+comment on column public.task_steps.context_template is
+'Template with {{…}} placeholders over the run context, for context_mode = custom.';
+comment on column public.task_steps.skip_if is
+'jsonpath predicate over the run context; when true the step is skipped.';
+comment on column public.task_steps.on_failure is
+'What a failure (attempts exhausted) does to the run: stop or continue.';
+comment on column public.task_steps.max_attempts is
+'Attempts before the step fails for good (1 = no retry).';
+comment on column public.task_steps.retry_backoff_seconds is
+'Base delay before a retry; doubled each attempt, with jitter.';
+comment on column public.task_steps.retry_backoff_max_seconds is
+'Upper bound of the retry delay.';
+comment on column public.task_steps.timeout_seconds is
+'Longest one attempt may run before it counts as failed.';
+comment on column public.task_steps.agent_id is
+'Optional agent override for this step; must belong to the task''s owner.';
+comment on column public.task_steps.deleted_at is 'Soft delete: when the step was deleted.';
+comment on column public.task_steps.deleted_by is 'Soft delete: who deleted the step.';
+comment on column public.task_steps.created_at is 'When the step was created.';
+comment on column public.task_steps.updated_at is 'When the step was last changed.';
+comment on constraint task_steps_live_order_unique on public.task_steps is
+'Live steps of a task have distinct positions; deferrable for one-statement reorders.';
+comment on index public.task_steps_task_id_idx is
+'Serves the cascade from agent_tasks and RLS lookups that include soft-deleted rows.';
+comment on index public.task_steps_agent_id_idx is
+'Serves the agent foreign key (on delete set null) without scanning every step.';
+comment on column public.task_steps.id is 'Step id.';
+comment on column public.task_steps.task_id is 'The agent task this step belongs to.';
+comment on constraint task_steps_step_order_range on public.task_steps is
+'Positions run 1..50: with unique live positions, at most 50 live steps per task.';
+comment on constraint task_steps_step_name_length on public.task_steps is
+'A step name has 1 to 200 characters (trimmed).';
+comment on constraint task_steps_instructions_not_blank on public.task_steps is
+'Every step says what to do.';
+comment on constraint task_steps_context_data_object on public.task_steps is
+'Static context is a JSON object.';
+comment on constraint task_steps_custom_needs_template on public.task_steps is
+'context_mode custom needs a template.';
+comment on constraint task_steps_selective_needs_paths on public.task_steps is
+'context_mode selective needs at least one jsonpath.';
+comment on constraint task_steps_max_attempts_range on public.task_steps is
+'1 to 20 attempts.';
+comment on constraint task_steps_backoff_range on public.task_steps is
+'Backoff base 0..3600 s, its cap between the base and 86400 s.';
+comment on constraint task_steps_timeout_range on public.task_steps is
+'An attempt may run 1 s to 24 h.';
+
+-- Rules checked on every write of a step that the column constraints cannot express,
+-- each failing with a message that names the field.
+--
+-- - A step stays in its task (task_id never changes).
+-- - The agent override must be an agent the task's owner owns. The function runs as the
+--   caller, so for an API user a foreign agent is invisible and reported the same way.
+-- - step_order 1..50 with a message about the 50-step limit; an insert without one
+--   appends the step.
+-- - updated_at follows every change.
+
+create or replace function stepsync.check_task_step()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    if tg_op = 'UPDATE' and new.task_id is distinct from old.task_id then
+        raise exception 'task_id: a step cannot move to another task'
+            using errcode = '23514';
+    end if;
+    -- A REST insert without a position appends the step after the task's live steps.
+    if tg_op = 'INSERT' and new.step_order is null then
+        select coalesce(max(s.step_order), 0) + 1 into new.step_order
+        from public.task_steps as s
+        where s.task_id = new.task_id and s.deleted_at is null;
+    end if;
+    if new.step_order is not null and new.step_order not between 1 and 50 then
+        raise exception 'step_order: % is outside 1..50 (a task has at most 50 steps)',
+            new.step_order
+            using errcode = '23514';
+    end if;
+    if new.agent_id is not null
+        and (tg_op = 'INSERT' or new.agent_id is distinct from old.agent_id)
+        and not exists (
+            select
+            from public.agents as a
+            inner join public.agent_tasks as t on a.user_id = t.user_id
+            where a.id = new.agent_id and t.id = new.task_id
+        ) then
+        raise exception 'agent_id: agent % does not belong to the owner of task %',
+            new.agent_id, new.task_id
+            using errcode = '23514';
+    end if;
+    if tg_op = 'UPDATE' then
+        new.updated_at := now();
+    end if;
+    return new;
+end
+$$;
+
+revoke all on function stepsync.check_task_step() from public;
+
+comment on function stepsync.check_task_step() is
+'Trigger: a step stays in its task, its agent override belongs to the task owner, '
+'its order is within 1..50 (appended when not given); keeps updated_at current.';
+
+-- On INSERT the trigger only fires when there is something to check, so a bulk insert
+-- of plain steps (a backfill batch) pays nothing for it.
+create trigger task_steps_check_insert
+before insert on public.task_steps
+for each row
+when (
+    new.agent_id is not null
+    or new.step_order is null
+    or new.step_order not between 1 and 50
+)
+execute function stepsync.check_task_step();
+
+create trigger task_steps_check_update
+before update on public.task_steps
+for each row execute function stepsync.check_task_step();
+
+comment on trigger task_steps_check_insert on public.task_steps is
+'Checks a new step''s agent override and order (clear errors); appends it when no '
+'position is given.';
+comment on trigger task_steps_check_update on public.task_steps is
+'Checks a changed step''s task, agent override and order; keeps updated_at current.';
+
+-- Audit: an append-only history of every insert, update and delete on the workflow tables.
+--
+-- Statement-level triggers with transition tables write one set-based INSERT per statement,
+-- so a bulk write (a backfill batch) costs one extra statement, not one per row. Each row
+-- records who (auth.uid() and the database role), when, the operation, the old and new row,
+-- the task it belongs to and its owner, and an optional tag from the setting
+-- stepsync.audit_tag (a backfill sets it to its run id). Owners read the rows of their own
+-- tasks through the API; nobody updates or deletes them, not even the table owner without
+-- first dropping the guard trigger.
+--
+-- Any table with a uuid id and a task_id (or run_id) column joins with one call:
+--     select stepsync.attach_audit('public.task_step_executions');
+
+create table if not exists public.audit_log (
+    id bigint generated always as identity primary key,
+    occurred_at timestamptz not null default now(),
+    table_schema text not null,
+    table_name text not null,
+    operation text not null check (operation in ('INSERT', 'UPDATE', 'DELETE')),
+    record_id uuid,
+    task_id uuid,
+    owner_id uuid,
+    actor_id uuid,
+    actor_role text not null,
+    tag text,
+    transaction_id xid8 not null default pg_current_xact_id(),
+    old_record jsonb,
+    new_record jsonb
+);
+
+create index if not exists audit_log_occurred_at_brin on public.audit_log
+using brin (occurred_at);
+create index if not exists audit_log_owner_id_idx on public.audit_log (owner_id);
+create index if not exists audit_log_task_id_idx on public.audit_log (task_id, id);
+
+comment on table public.audit_log is
+'Append-only history of changes to the workflow tables, written only by audit triggers.';
+comment on column public.audit_log.id is 'Position in the history (increasing).';
+comment on constraint audit_log_operation_check on public.audit_log is
+'The three audited operations.';
+comment on column public.audit_log.occurred_at is 'Start time of the writing transaction.';
+comment on column public.audit_log.table_schema is 'Schema of the changed table.';
+comment on column public.audit_log.table_name is 'Name of the changed table.';
+comment on column public.audit_log.operation is 'INSERT, UPDATE or DELETE.';
+comment on column public.audit_log.record_id is 'Primary key (id) of the changed row.';
+comment on column public.audit_log.task_id is 'The agent task the changed row belongs to.';
+comment on column public.audit_log.owner_id is
+'Owner of that task when the change happened; owners read their own rows.';
+comment on column public.audit_log.actor_id is 'auth.uid() of the writer (null for the service).';
+comment on column public.audit_log.actor_role is
+'Database role that made the change (authenticated, service_role, postgres, ...).';
+comment on column public.audit_log.tag is
+'Value of the setting stepsync.audit_tag, e.g. the backfill run that made the change.';
+comment on column public.audit_log.transaction_id is 'Transaction that made the change.';
+comment on column public.audit_log.old_record is 'The row before the change (UPDATE, DELETE).';
+comment on column public.audit_log.new_record is 'The row after the change (INSERT, UPDATE).';
+comment on index public.audit_log_occurred_at_brin is
+'Time-range scans over the append-only history (BRIN: tiny, insertion ordered).';
+comment on index public.audit_log_owner_id_idx is 'Serves the owners'' read policy.';
+comment on index public.audit_log_task_id_idx is 'History of one task, in order.';
+
+alter table public.audit_log enable row level security;
+revoke all on public.audit_log from public, anon, authenticated, service_role;
+grant select on public.audit_log to authenticated, service_role;
+
+create policy "Owners read the audit rows of their tasks" on public.audit_log
+for select to authenticated
+using (owner_id = (select auth.uid()));
+
+create policy "Service role reads the audit log" on public.audit_log
+for select to service_role
+using (true);
+
+comment on policy "Owners read the audit rows of their tasks" on public.audit_log is
+'Owners read the history of their own tasks, including tasks since deleted.';
+comment on policy "Service role reads the audit log" on public.audit_log is
+'The service reads all history; nobody writes it except the audit triggers.';
+
+create or replace function stepsync.refuse_audit_change()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    raise exception 'audit_log is append-only: % is not allowed', tg_op
+        using errcode = '42501';
+end
+$$;
+
+revoke all on function stepsync.refuse_audit_change() from public;
+
+comment on function stepsync.refuse_audit_change() is
+'Trigger: refuses UPDATE, DELETE and TRUNCATE on the audit log.';
+
+create trigger audit_log_append_only
+before update or delete on public.audit_log
+for each row execute function stepsync.refuse_audit_change();
+
+create trigger audit_log_no_truncate
+before truncate on public.audit_log
+for each statement execute function stepsync.refuse_audit_change();
+
+comment on trigger audit_log_append_only on public.audit_log is
+'Audit rows are never changed or removed.';
+comment on trigger audit_log_no_truncate on public.audit_log is
+'The audit log is never emptied.';
+
+-- SECURITY DEFINER so that the caller needs no privilege on audit_log (a trigger function
+-- cannot be called directly, and execute is revoked anyway). The database role comes
+-- from the role setting, which SET ROLE changes and a definer does not. TG_ARGV[0] names
+-- the column holding the task id (default task_id; agent_tasks passes id); a row with
+-- only a run_id finds its task through agent_task_executions. The owner comes from the
+-- row itself (agent_tasks), else from the task, or for a row removed together with its
+-- task, from that task's earlier audit rows. An UPDATE that leaves a row exactly as it was
+-- writes nothing for that row.
+--
+-- One static INSERT … SELECT straight from the transition table per operation (the three
+-- differ only in where the old and new rows come from): PL/pgSQL keeps the plans (a
+-- trigger function gets its own cached copy per table), each row goes to jsonb once and
+-- its id is read from the row, not from the jsonb. (Gathering the rows into jsonb arrays
+-- and unnesting them in a second function costs more than the audit rows themselves on
+-- bulk writes such as a backfill batch.) Every lookup is a scalar subquery on a primary
+-- key (or the task's history), so it stays an index probe per audited row however large
+-- the tables grow; a join here is planned as a hash of the whole agent_tasks table. The
+-- plan does not depend on the arguments, so it is generic: custom planning on every
+-- small write costs several times the insert itself.
+create or replace function stepsync.audit_statement()
+returns trigger
+language plpgsql
+security definer
+set plan_cache_mode = force_generic_plan
+set search_path = ''
+as $$
+declare
+    task_column text := coalesce(tg_argv[0], 'task_id');
+    actor_id uuid := auth.uid();
+    actor_role text := coalesce(
+        nullif(current_setting('role', true), 'none'), session_user::text
+    );
+    tag text := nullif(current_setting('stepsync.audit_tag', true), '');
+begin
+    if tg_op = 'INSERT' then
+        insert into public.audit_log (
+            table_schema, table_name, operation, record_id, task_id, owner_id,
+            actor_id, actor_role, tag, old_record, new_record
+        )
+        select
+            tg_table_schema,
+            tg_table_name,
+            tg_op,
+            owned.record_id,
+            owned.task_id,
+            coalesce(
+                owned.own_user_id,
+                (select t.user_id from public.agent_tasks as t where t.id = owned.task_id),
+                (
+                    select a.owner_id from public.audit_log as a
+                    where a.task_id = owned.task_id and a.owner_id is not null
+                    order by a.id desc
+                    limit 1
+                )
+            ),
+            actor_id,
+            actor_role,
+            tag,
+            null,
+            owned.new_record
+        from (
+            select
+                changed.new_record,
+                changed.record_id,
+                case
+                    when task_column = 'id' then (changed.new_record ->> 'user_id')::uuid
+                end as own_user_id,
+                coalesce(
+                    (changed.new_record ->> task_column)::uuid,
+                    (
+                        select e.task_id from public.agent_task_executions as e
+                        where e.id = (changed.new_record ->> 'run_id')::uuid
+                    )
+                ) as task_id
+            from (
+                select n.id as record_id, to_jsonb(n) as new_record
+                from new_rows as n
+                offset 0
+            ) as changed
+            offset 0
+        ) as owned;
+    elsif tg_op = 'UPDATE' then
+        insert into public.audit_log (
+            table_schema, table_name, operation, record_id, task_id, owner_id,
+            actor_id, actor_role, tag, old_record, new_record
+        )
+        select
+            tg_table_schema,
+            tg_table_name,
+            tg_op,
+            owned.record_id,
+            owned.task_id,
+            coalesce(
+                owned.own_user_id,
+                (select t.user_id from public.agent_tasks as t where t.id = owned.task_id),
+                (
+                    select a.owner_id from public.audit_log as a
+                    where a.task_id = owned.task_id and a.owner_id is not null
+                    order by a.id desc
+                    limit 1
+                )
+            ),
+            actor_id,
+            actor_role,
+            tag,
+            owned.old_record,
+            owned.new_record
+        from (
+            select
+                changed.old_record,
+                changed.new_record,
+                changed.record_id,
+                case
+                    when task_column = 'id' then (changed.new_record ->> 'user_id')::uuid
+                end as own_user_id,
+                coalesce(
+                    (changed.new_record ->> task_column)::uuid,
+                    (
+                        select e.task_id from public.agent_task_executions as e
+                        where e.id = (changed.new_record ->> 'run_id')::uuid
+                    )
+                ) as task_id
+            from (
+                select n.id as record_id, to_jsonb(o) as old_record, to_jsonb(n) as new_record
+                from old_rows as o inner join new_rows as n on o.id = n.id
+                offset 0
+            ) as changed
+            where changed.old_record is distinct from changed.new_record
+            offset 0
+        ) as owned;
+    else
+        insert into public.audit_log (
+            table_schema, table_name, operation, record_id, task_id, owner_id,
+            actor_id, actor_role, tag, old_record, new_record
+        )
+        select
+            tg_table_schema,
+            tg_table_name,
+            tg_op,
+            owned.record_id,
+            owned.task_id,
+            coalesce(
+                owned.own_user_id,
+                (select t.user_id from public.agent_tasks as t where t.id = owned.task_id),
+                (
+                    select a.owner_id from public.audit_log as a
+                    where a.task_id = owned.task_id and a.owner_id is not null
+                    order by a.id desc
+                    limit 1
+                )
+            ),
+            actor_id,
+            actor_role,
+            tag,
+            owned.old_record,
+            null
+        from (
+            select
+                changed.old_record,
+                changed.record_id,
+                case
+                    when task_column = 'id' then (changed.old_record ->> 'user_id')::uuid
+                end as own_user_id,
+                coalesce(
+                    (changed.old_record ->> task_column)::uuid,
+                    (
+                        select e.task_id from public.agent_task_executions as e
+                        where e.id = (changed.old_record ->> 'run_id')::uuid
+                    )
+                ) as task_id
+            from (
+                select o.id as record_id, to_jsonb(o) as old_record
+                from old_rows as o
+                offset 0
+            ) as changed
+            offset 0
+        ) as owned;
+    end if;
+    return null;
+end
+$$;
+
+revoke all on function stepsync.audit_statement() from public;
+
+comment on function stepsync.audit_statement() is
+'Statement trigger: writes one audit_log row per changed row with one static INSERT … SELECT '
+'from the transition table. TG_ARGV[0] = column holding the task id (default task_id).';
+
+create or replace function stepsync.attach_audit(
+    p_table regclass, p_task_column text default 'task_id'
+)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+    table_name text := (select c.relname from pg_catalog.pg_class as c where c.oid = p_table);
+    operation text;
+begin
+    foreach operation in array array['insert', 'update', 'delete'] loop
+        execute format(
+            'create or replace trigger %I after %s on %s referencing %s'
+            ' for each statement execute function stepsync.audit_statement(%L)',
+            table_name || '_audit_' || operation,
+            operation,
+            p_table,
+            case operation
+                when 'insert' then 'new table as new_rows'
+                when 'update' then 'old table as old_rows new table as new_rows'
+                else 'old table as old_rows'
+            end,
+            p_task_column
+        );
+        execute format(
+            'comment on trigger %I on %s is %L',
+            table_name || '_audit_' || operation,
+            p_table,
+            'Writes the audit_log rows of each ' || upper(operation) || ' statement.'
+        );
+    end loop;
+end
+$$;
+
+revoke all on function stepsync.attach_audit(regclass, text) from public;
+
+comment on function stepsync.attach_audit(regclass, text) is
+'Audits a table: three statement triggers (insert, update, delete) into audit_log. '
+'For migrations; the table needs a uuid id column and a task id (or run_id) column.';
+
+select stepsync.attach_audit('public.task_steps');
+select stepsync.attach_audit('public.agent_tasks', 'id');
+
+-- Soft delete of steps.
+--
+-- An API user's DELETE on a step (a plain REST DELETE included) marks it deleted
+-- instead: deleted_at, deleted_by, and the task's following live steps move up to close
+-- the gap. Roles that bypass row level security (service_role, the database owner) really
+-- delete, unless the transaction-local setting stepsync.force_soft_delete is on (the RPCs
+-- set it), and so does the cascade from deleting the task: there the parent row is
+-- already gone. A task keeps at least one live step when an API user deletes.
+--
+-- Closing the gap happens once per statement, after it: a BEFORE DELETE trigger that
+-- renumbered other rows would collide with a DELETE that goes on to visit them. The
+-- trigger notes the task in a transaction-local setting and a statement trigger compacts
+-- the noted tasks. An UPDATE that sets deleted_at directly (the service, a test set-up;
+-- RLS refuses it to owners, whose row would leave their view) compacts through an AFTER
+-- row trigger, which runs once the UPDATE is complete.
+
+create or replace function stepsync.close_task_step_gaps(p_task_ids uuid[])
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+    bypasses_rls boolean := (
+        select r.rolsuper or r.rolbypassrls from pg_catalog.pg_roles as r
+        where r.rolname = current_user
+    );
+    empty_task uuid;
+begin
+    update public.task_steps as s
+    set step_order = ranked.position
+    from (
+        select
+            t.id,
+            row_number() over (partition by t.task_id order by t.step_order, t.id) as position
+        from public.task_steps as t
+        where t.task_id = any(p_task_ids) and t.deleted_at is null
+    ) as ranked
+    where s.id = ranked.id and s.step_order <> ranked.position;
+
+    if not bypasses_rls then
+        select t.id into empty_task
+        from public.agent_tasks as t
+        where
+            t.id = any(p_task_ids)
+            and not exists (
+                select from public.task_steps as s
+                where s.task_id = t.id and s.deleted_at is null
+            )
+        limit 1;
+        if found then
+            raise exception 'task % needs at least one step: its last step cannot be deleted',
+                empty_task
+                using errcode = '23514',
+                hint = 'Add the new step first, or replace all steps with save_task_steps.';
+        end if;
+    end if;
+end
+$$;
+
+revoke all on function stepsync.close_task_step_gaps(uuid[]) from public;
+grant execute on function stepsync.close_task_step_gaps(uuid[])
+to authenticated, service_role;
+
+comment on function stepsync.close_task_step_gaps(uuid[]) is
+'Renumbers the live steps of the given tasks 1..n in their order (one UPDATE); refuses, '
+'for API users, to leave a task without live steps. Runs as the caller (RLS applies).';
+
+-- SECURITY DEFINER because the soft-deleted row must leave the owner's view, and RLS
+-- does not let an UPDATE hide the row it changes. The trigger only fires for rows the
+-- caller's DELETE already reached through RLS, so it acts on nothing else. The caller's
+-- role comes from the role setting (SET ROLE), which a definer does not change.
+create or replace function stepsync.soft_delete_on_delete()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    caller_bypasses_rls boolean := (
+        select r.rolsuper or r.rolbypassrls from pg_catalog.pg_roles as r
+        where r.rolname = coalesce(
+            nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text
+        )
+    );
+    noted text;
+begin
+    if old.deleted_at is not null
+        or not exists (select from public.agent_tasks as t where t.id = old.task_id)
+        or (
+            caller_bypasses_rls
+            and pg_catalog.current_setting('stepsync.force_soft_delete', true)
+            is distinct from 'on'
+        ) then
+        return old;
+    end if;
+    update public.task_steps
+    set deleted_at = now(), deleted_by = auth.uid()
+    where id = old.id;
+    noted := coalesce(pg_catalog.current_setting('stepsync.soft_deleted_tasks', true), '');
+    if strpos(noted, old.task_id::text) = 0 then
+        perform pg_catalog.set_config(
+            'stepsync.soft_deleted_tasks', concat_ws(',', nullif(noted, ''), old.task_id::text), true
+        );
+    end if;
+    return null;
+end
+$$;
+
+revoke all on function stepsync.soft_delete_on_delete() from public;
+
+comment on function stepsync.soft_delete_on_delete() is
+'Trigger: turns an API user''s DELETE of a live step into a soft delete; really deletes '
+'for roles that bypass RLS (unless stepsync.force_soft_delete is on), soft-deleted rows, '
+'and the cascade from the task.';
+
+create or replace function stepsync.close_gaps_after_delete()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+    noted text := nullif(pg_catalog.current_setting('stepsync.soft_deleted_tasks', true), '');
+begin
+    if noted is not null then
+        perform pg_catalog.set_config('stepsync.soft_deleted_tasks', '', true);
+        perform stepsync.close_task_step_gaps(
+            array(select distinct x::uuid from unnest(string_to_array(noted, ',')) as x)
+        );
+    end if;
+    return null;
+end
+$$;
+
+revoke all on function stepsync.close_gaps_after_delete() from public;
+
+comment on function stepsync.close_gaps_after_delete() is
+'Statement trigger: closes the order gaps left by the soft deletes of one DELETE.';
+
+create or replace function stepsync.close_gaps_after_soft_delete()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    -- Nested under soft_delete_on_delete the enclosing DELETE is still running; its
+    -- statement trigger compacts instead.
+    if pg_catalog.pg_trigger_depth() = 1 then
+        perform stepsync.close_task_step_gaps(array[new.task_id]);
+    end if;
+    return null;
+end
+$$;
+
+revoke all on function stepsync.close_gaps_after_soft_delete() from public;
+
+comment on function stepsync.close_gaps_after_soft_delete() is
+'Row trigger after an UPDATE that soft-deletes a step: closes the order gap.';
+
+create trigger task_steps_soft_delete
+before delete on public.task_steps
+for each row execute function stepsync.soft_delete_on_delete();
+
+create trigger task_steps_close_gaps_after_delete
+after delete on public.task_steps
+for each statement execute function stepsync.close_gaps_after_delete();
+
+create trigger task_steps_close_gaps_after_soft_delete
+after update of deleted_at on public.task_steps
+for each row
+when (old.deleted_at is null and new.deleted_at is not null)
+execute function stepsync.close_gaps_after_soft_delete();
+
+comment on trigger task_steps_soft_delete on public.task_steps is
+'An API user''s DELETE becomes a soft delete; service role and task cascade really delete.';
+comment on trigger task_steps_close_gaps_after_delete on public.task_steps is
+'Closes the order gaps of the steps soft-deleted by a DELETE statement.';
+comment on trigger task_steps_close_gaps_after_soft_delete on public.task_steps is
+'Closes the order gap when an UPDATE soft-deletes a step.';
+
+create index if not exists task_steps_deleted_at_idx on public.task_steps (deleted_at)
+where deleted_at is not null;
+
+comment on index public.task_steps_deleted_at_idx is
+'Finds soft-deleted steps for the purge without touching live ones.';
+
+create or replace function stepsync.purge_deleted_task_steps(
+    p_older_than interval default interval '30 days', p_task_id uuid default null
+)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+    purged bigint;
+begin
+    if p_older_than is null or p_older_than < interval '0' then
+        raise exception 'p_older_than must be a non-negative interval' using errcode = '22023';
+    end if;
+    delete from public.task_steps
+    where
+        deleted_at is not null
+        and deleted_at <= now() - p_older_than
+        and (p_task_id is null or task_id = p_task_id);
+    get diagnostics purged = row_count;
+    return purged;
+end
+$$;
+
+revoke all on function stepsync.purge_deleted_task_steps(interval, uuid)
+from public, anon, authenticated;
+grant execute on function stepsync.purge_deleted_task_steps(interval, uuid) to service_role;
+
+comment on function stepsync.purge_deleted_task_steps(interval, uuid) is
+'Service only: removes for good the steps soft-deleted at least p_older_than ago '
+'(optionally of one task). Returns how many.';
+
+-- Row level security for steps and tasks, in the form Supabase recommends for speed:
+-- policies scoped `to authenticated`, auth.uid() wrapped in a scalar subquery so it is
+-- evaluated once per statement, and the task lookup an uncorrelated IN over the indexed
+-- agent_tasks.user_id (a hashed subplan, not a join per row).
+--
+-- Owners see and change the live steps of their own tasks; soft-deleted steps are
+-- invisible to them (restore_task_step brings one back). anon gets nothing. service_role
+-- bypasses RLS; its policies only document that it may do everything.
+
+revoke all on public.task_steps from anon;
+
+-- Every column a policy or ownership check looks up is indexed. A live project may
+-- already have such an index under another name; one is created only where none leads
+-- with the column.
+do $policy_indexes$
+declare
+    wanted record;
+begin
+    for wanted in
+        select *
+        from (
+            values
+            ('agent_tasks', 'user_id', 'idx_agent_tasks_user_id'),
+            ('agents', 'user_id', 'idx_agents_user_id'),
+            ('agent_task_executions', 'task_id', 'idx_agent_task_executions_task_id')
+        ) as w (table_name, column_name, index_name)
+    loop
+        if not exists (
+            select
+            from pg_index as i
+            inner join pg_attribute as a
+                on i.indrelid = a.attrelid and a.attnum = i.indkey[0]
+            where
+                i.indrelid = ('public.' || wanted.table_name)::regclass
+                and a.attname = wanted.column_name
+        ) then
+            execute format(
+                'create index %I on public.%I (%I)',
+                wanted.index_name, wanted.table_name, wanted.column_name
+            );
+        end if;
+    end loop;
+end
+$policy_indexes$;
+
+create policy "Owners read the live steps of their tasks" on public.task_steps
+for select to authenticated
+using (
+    deleted_at is null
+    and task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+);
+
+create policy "Owners add steps to their tasks" on public.task_steps
+for insert to authenticated
+with check (
+    deleted_at is null
+    and task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+);
+
+-- Soft deleting is a DELETE (the soft-delete trigger does the rest), not an UPDATE.
+create policy "Owners change the live steps of their tasks" on public.task_steps
+for update to authenticated
+using (
+    deleted_at is null
+    and task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+)
+with check (
+    deleted_at is null
+    and task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+);
+
+create policy "Owners delete the live steps of their tasks" on public.task_steps
+for delete to authenticated
+using (
+    deleted_at is null
+    and task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+);
+
+create policy "Service role manages steps" on public.task_steps
+for all to service_role
+using (true)
+with check (true);
+
+-- agent_tasks: the legacy owner policy, rewritten in the recommended form.
+drop policy if exists "Users manage their own tasks" on public.agent_tasks;
+
+create policy "Owners manage their tasks" on public.agent_tasks
+for all to authenticated
+using (user_id = (select auth.uid()))
+with check (user_id = (select auth.uid()));
+
+create policy "Service role manages tasks" on public.agent_tasks
+for all to service_role
+using (true)
+with check (true);
+
+comment on policy "Owners read the live steps of their tasks" on public.task_steps is
+'Owners see the live steps of their own tasks; soft-deleted steps stay hidden.';
+comment on policy "Owners add steps to their tasks" on public.task_steps is
+'Owners add live steps to their own tasks.';
+comment on policy "Owners change the live steps of their tasks" on public.task_steps is
+'Owners edit the live steps of their own tasks (a step cannot move to another task).';
+comment on policy "Owners delete the live steps of their tasks" on public.task_steps is
+'Owners delete (soft-delete, through the trigger) the live steps of their own tasks.';
+comment on policy "Service role manages steps" on public.task_steps is
+'The service may do everything (it bypasses RLS; stated for clarity).';
+comment on policy "Owners manage their tasks" on public.agent_tasks is
+'Owners read and write their own tasks.';
+comment on policy "Service role manages tasks" on public.agent_tasks is
+'The service may do everything (it bypasses RLS; stated for clarity).';
+
+-- agent_task_executions: the app shipped it with `FOR ALL USING (true)`, which let any
+-- signed-in or anonymous caller read, change or delete every user's run history. Owners
+-- read the runs of their own tasks; writes belong to the service, and API users change
+-- runs only through functions that check ownership themselves (start_task_run,
+-- cancel_task_run).
+
+drop policy if exists "System can manage task executions" on public.agent_task_executions;
+drop policy if exists "Users can view their task executions" on public.agent_task_executions;
+
+create policy "Owners read the runs of their tasks" on public.agent_task_executions
+for select to authenticated
+using (
+    task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+);
+
+create policy "Service role manages runs" on public.agent_task_executions
+for all to service_role
+using (true)
+with check (true);
+
+revoke all on public.agent_task_executions from anon;
+
+comment on policy "Owners read the runs of their tasks" on public.agent_task_executions is
+'Owners read the run history of their own tasks; they write it only through functions.';
+comment on policy "Service role manages runs" on public.agent_task_executions is
+'The service records and updates runs.';
+
+-- RPCs the UI calls through PostgREST to edit a task's steps. All are SECURITY INVOKER in
+-- public: row level security decides what the caller may touch. Errors name the
+-- offending item and field, and any error leaves nothing written (one statement, one
+-- transaction).
+
+-- A task_steps row holding the column defaults, read from the catalog so the defaults
+-- are defined only once, on the table.
+create or replace function stepsync.task_step_defaults()
+returns public.task_steps
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    step public.task_steps;
+begin
+    execute (
+        select
+            'select (row('
+            || string_agg(
+                coalesce(pg_catalog.pg_get_expr(d.adbin, d.adrelid), 'null')
+                || '::' || pg_catalog.format_type(a.atttypid, a.atttypmod),
+                ', ' order by a.attnum
+            )
+            || ')::public.task_steps).*'
+        from pg_catalog.pg_attribute as a
+        left join pg_catalog.pg_attrdef as d
+            on a.attrelid = d.adrelid and a.attnum = d.adnum
+        where
+            a.attrelid = 'public.task_steps'::regclass
+            and a.attnum > 0
+            and not a.attisdropped
+    ) into step;
+    return step;
+end
+$$;
+
+revoke all on function stepsync.task_step_defaults() from public;
+grant execute on function stepsync.task_step_defaults() to authenticated, service_role;
+
+comment on function stepsync.task_step_defaults() is
+'A new task_steps row with every column default applied (id, timestamps, settings).';
+
+-- Applies one JSON step object onto a row, checking every field; errors are
+-- 22023 "steps[<index>].<field>: <problem>".
+create or replace function stepsync.task_step_from_json(
+    p_step public.task_steps, p_item jsonb, p_index integer
+)
+returns public.task_steps
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    step public.task_steps := p_step;
+    item_name text := format('steps[%s]', p_index);
+    field text;
+    value jsonb;
+    text_value text;
+    number_value numeric;
+    path_value jsonpath;
+    paths jsonpath[];
+    lowest integer;
+    highest integer;
+begin
+    if jsonb_typeof(p_item) is distinct from 'object' then
+        raise exception '%: must be a JSON object', item_name using errcode = '22023';
+    end if;
+    for field, value in select e.key, e.value from jsonb_each(p_item) as e loop
+        text_value := value #>> '{}';
+        case
+            when field in (
+                'id', 'task_id', 'step_order', 'status', 'execution_result',
+                'created_at', 'updated_at', 'deleted_at', 'deleted_by'
+            ) then
+                null; -- identity and position come from the call; the rest is read-only
+            when field in ('step_name', 'instructions', 'context_template') then
+                if jsonb_typeof(value) = 'null' and field = 'context_template' then
+                    step.context_template := null;
+                elsif jsonb_typeof(value) <> 'string' then
+                    raise exception '%.%: must be a string', item_name, field
+                        using errcode = '22023';
+                elsif field = 'step_name'
+                    and char_length(btrim(text_value)) not between 1 and 200 then
+                    raise exception '%.step_name: must have 1 to 200 characters', item_name
+                        using errcode = '22023';
+                elsif field = 'instructions' and btrim(text_value) = '' then
+                    raise exception '%.instructions: must not be blank', item_name
+                        using errcode = '22023';
+                elsif field = 'step_name' then
+                    step.step_name := text_value;
+                elsif field = 'instructions' then
+                    step.instructions := text_value;
+                else
+                    step.context_template := text_value;
+                end if;
+            when field = 'include_previous_context' then
+                if jsonb_typeof(value) <> 'boolean' then
+                    raise exception '%.include_previous_context: must be true or false',
+                        item_name
+                        using errcode = '22023';
+                end if;
+                step.include_previous_context := value::boolean;
+            when field = 'context_data' then
+                if jsonb_typeof(value) <> 'object' then
+                    raise exception '%.context_data: must be a JSON object', item_name
+                        using errcode = '22023';
+                end if;
+                step.context_data := value;
+            when field = 'context_mode' then
+                if jsonb_typeof(value) <> 'string'
+                    or text_value <> all(enum_range(null::public.step_context_mode)::text[]) then
+                    raise exception '%.context_mode: must be one of %', item_name,
+                        array_to_string(enum_range(null::public.step_context_mode)::text[], ', ')
+                        using errcode = '22023';
+                end if;
+                step.context_mode := text_value::public.step_context_mode;
+            when field = 'on_failure' then
+                if jsonb_typeof(value) <> 'string'
+                    or text_value <> all(enum_range(null::public.step_failure_action)::text[]) then
+                    raise exception '%.on_failure: must be one of %', item_name,
+                        array_to_string(enum_range(null::public.step_failure_action)::text[], ', ')
+                        using errcode = '22023';
+                end if;
+                step.on_failure := text_value::public.step_failure_action;
+            when field = 'skip_if' then
+                if jsonb_typeof(value) = 'null' then
+                    step.skip_if := null;
+                elsif jsonb_typeof(value) <> 'string' then
+                    raise exception '%.skip_if: must be a jsonpath string', item_name
+                        using errcode = '22023';
+                else
+                    begin
+                        path_value := text_value::jsonpath;
+                    exception when others then
+                        raise exception '%.skip_if: not a valid jsonpath: %', item_name, sqlerrm
+                            using errcode = '22023';
+                    end;
+                    step.skip_if := path_value;
+                end if;
+            when field = 'context_paths' then
+                if jsonb_typeof(value) <> 'array' then
+                    raise exception '%.context_paths: must be an array of jsonpath strings',
+                        item_name
+                        using errcode = '22023';
+                end if;
+                paths := '{}';
+                for text_value, number_value in
+                    select e.value #>> '{}', e.ordinality - 1
+                    from jsonb_array_elements(value) with ordinality as e
+                loop
+                    if jsonb_typeof(value -> number_value::integer) <> 'string' then
+                        raise exception '%.context_paths[%]: must be a jsonpath string',
+                            item_name, number_value
+                            using errcode = '22023';
+                    end if;
+                    begin
+                        path_value := text_value::jsonpath;
+                    exception when others then
+                        raise exception '%.context_paths[%]: not a valid jsonpath: %',
+                            item_name, number_value, sqlerrm
+                            using errcode = '22023';
+                    end;
+                    paths := paths || path_value;
+                end loop;
+                step.context_paths := paths;
+            when field in (
+                'max_attempts', 'retry_backoff_seconds', 'retry_backoff_max_seconds',
+                'timeout_seconds'
+            ) then
+                number_value := case when jsonb_typeof(value) = 'number' then value::numeric end;
+                lowest := case when field in ('max_attempts', 'timeout_seconds') then 1 else 0 end;
+                highest := case field
+                    when 'max_attempts' then 20
+                    when 'retry_backoff_seconds' then 3600
+                    else 86400
+                end;
+                if number_value is null
+                    or number_value <> trunc(number_value)
+                    or number_value not between lowest and highest then
+                    raise exception '%.%: must be a whole number between % and %',
+                        item_name, field, lowest, highest
+                        using errcode = '22023';
+                end if;
+                case field
+                    when 'max_attempts' then step.max_attempts := number_value;
+                    when 'retry_backoff_seconds' then step.retry_backoff_seconds := number_value;
+                    when 'retry_backoff_max_seconds' then
+                        step.retry_backoff_max_seconds := number_value;
+                    else step.timeout_seconds := number_value;
+                end case;
+            when field = 'agent_id' then
+                if jsonb_typeof(value) = 'null' then
+                    step.agent_id := null;
+                elsif jsonb_typeof(value) <> 'string'
+                    or text_value !~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$' then
+                    raise exception '%.agent_id: must be an agent id (uuid) or null', item_name
+                        using errcode = '22023';
+                else
+                    step.agent_id := text_value::uuid;
+                end if;
+            else
+                raise exception '%.%: unknown field', item_name, field
+                    using errcode = '22023',
+                    hint = 'Fields: step_name, instructions, include_previous_context, '
+                    'context_data, context_mode, context_paths, context_template, skip_if, '
+                    'on_failure, max_attempts, retry_backoff_seconds, '
+                    'retry_backoff_max_seconds, timeout_seconds, agent_id (and id).';
+        end case;
+    end loop;
+
+    if step.instructions is null then
+        raise exception '%.instructions: required for a new step', item_name
+            using errcode = '22023';
+    end if;
+    if step.step_name is null then
+        step.step_name := format('Step %s', p_index + 1);
+    end if;
+    if step.context_mode = 'custom' and coalesce(btrim(step.context_template), '') = '' then
+        raise exception '%.context_template: required when context_mode is custom', item_name
+            using errcode = '22023';
+    end if;
+    if step.context_mode = 'selective' and cardinality(step.context_paths) = 0 then
+        raise exception '%.context_paths: at least one path is required when context_mode '
+        'is selective', item_name
+            using errcode = '22023';
+    end if;
+    if step.retry_backoff_max_seconds < step.retry_backoff_seconds then
+        raise exception '%.retry_backoff_max_seconds: must not be below retry_backoff_seconds',
+            item_name
+            using errcode = '22023';
+    end if;
+    return step;
+end
+$$;
+
+revoke all on function stepsync.task_step_from_json(public.task_steps, jsonb, integer)
+from public;
+grant execute on function stepsync.task_step_from_json(public.task_steps, jsonb, integer)
+to authenticated, service_role;
+
+comment on function stepsync.task_step_from_json(public.task_steps, jsonb, integer) is
+'Applies a JSON step object to a row, checking each field; errors name '
+'steps[index].field.';
+
+create or replace function public.save_task_steps(p_task_id uuid, p_steps jsonb)
+returns setof public.task_steps
+language plpgsql
+security invoker
+set search_path = ''
+as $$
+declare
+    item jsonb;
+    item_index integer;
+    step public.task_steps;
+    base public.task_steps;
+    saved public.task_steps[] := '{}';
+    kept uuid[] := '{}';
+    step_id uuid;
+begin
+    perform from public.agent_tasks as t where t.id = p_task_id for update;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+    if jsonb_typeof(p_steps) is distinct from 'array' then
+        raise exception 'steps: must be a JSON array of step objects' using errcode = '22023';
+    end if;
+    if jsonb_array_length(p_steps) = 0 then
+        raise exception 'steps: a task needs at least one step' using errcode = '22023';
+    end if;
+    if jsonb_array_length(p_steps) > 50 then
+        raise exception 'steps: a task has at most 50 steps (got %)', jsonb_array_length(p_steps)
+            using errcode = '22023';
+    end if;
+
+    for item, item_index in
+        select e.value, e.ordinality - 1
+        from jsonb_array_elements(p_steps) with ordinality as e
+    loop
+        if jsonb_typeof(item) is distinct from 'object' then
+            raise exception 'steps[%]: must be a JSON object', item_index
+                using errcode = '22023';
+        end if;
+        if item ? 'task_id' and item ->> 'task_id' is distinct from p_task_id::text then
+            raise exception 'steps[%].task_id: must be % or left out', item_index, p_task_id
+                using errcode = '22023';
+        end if;
+        if coalesce(jsonb_typeof(item -> 'id'), 'null') = 'null' then
+            base := stepsync.task_step_defaults();
+            base.task_id := p_task_id;
+        else
+            begin
+                step_id := (item ->> 'id')::uuid;
+            exception when invalid_text_representation then
+                raise exception 'steps[%].id: not a step id (uuid): %', item_index, item -> 'id'
+                    using errcode = '22023';
+            end;
+            if step_id = any(kept) then
+                raise exception 'steps[%].id: step % is listed twice', item_index, step_id
+                    using errcode = '22023';
+            end if;
+            select s.* into base
+            from public.task_steps as s
+            where s.id = step_id and s.task_id = p_task_id and s.deleted_at is null;
+            if not found then
+                raise exception 'steps[%].id: % is not a live step of task %',
+                    item_index, step_id, p_task_id
+                    using errcode = '22023';
+            end if;
+            kept := kept || step_id;
+        end if;
+        step := stepsync.task_step_from_json(base, item, item_index);
+        step.step_order := item_index + 1;
+        if step.agent_id is not null
+            and step.agent_id is distinct from base.agent_id
+            and not exists (
+                select
+                from public.agents as a
+                inner join public.agent_tasks as t on a.user_id = t.user_id
+                where a.id = step.agent_id and t.id = p_task_id
+            ) then
+            raise exception 'steps[%].agent_id: agent % does not belong to the task owner',
+                item_index, step.agent_id
+                using errcode = '22023';
+        end if;
+        saved := saved || step;
+    end loop;
+
+    -- Positions move freely until every statement below is done.
+    set constraints public.task_steps_live_order_unique deferred;
+
+    update public.task_steps as s
+    set
+        step_order = r.step_order,
+        step_name = r.step_name,
+        instructions = r.instructions,
+        include_previous_context = r.include_previous_context,
+        context_data = r.context_data,
+        context_mode = r.context_mode,
+        context_paths = r.context_paths,
+        context_template = r.context_template,
+        skip_if = r.skip_if,
+        on_failure = r.on_failure,
+        max_attempts = r.max_attempts,
+        retry_backoff_seconds = r.retry_backoff_seconds,
+        retry_backoff_max_seconds = r.retry_backoff_max_seconds,
+        timeout_seconds = r.timeout_seconds,
+        agent_id = r.agent_id
+    from unnest(saved) as r
+    where
+        s.id = r.id
+        and s.id = any(kept)
+        and (
+            s.step_order, s.step_name, s.instructions, s.include_previous_context,
+            s.context_data, s.context_mode, s.context_paths::text, s.context_template,
+            s.skip_if::text, s.on_failure, s.max_attempts, s.retry_backoff_seconds,
+            s.retry_backoff_max_seconds, s.timeout_seconds, s.agent_id
+        ) is distinct from (
+            r.step_order, r.step_name, r.instructions, r.include_previous_context,
+            r.context_data, r.context_mode, r.context_paths::text, r.context_template,
+            r.skip_if::text, r.on_failure, r.max_attempts, r.retry_backoff_seconds,
+            r.retry_backoff_max_seconds, r.timeout_seconds, r.agent_id
+        );
+
+    insert into public.task_steps (
+        id, task_id, step_order, step_name, instructions, include_previous_context,
+        context_data, context_mode, context_paths, context_template, skip_if, on_failure,
+        max_attempts, retry_backoff_seconds, retry_backoff_max_seconds, timeout_seconds,
+        agent_id
+    )
+    select
+        r.id, r.task_id, r.step_order, r.step_name, r.instructions,
+        r.include_previous_context, r.context_data, r.context_mode, r.context_paths,
+        r.context_template, r.skip_if, r.on_failure, r.max_attempts,
+        r.retry_backoff_seconds, r.retry_backoff_max_seconds, r.timeout_seconds, r.agent_id
+    from unnest(saved) as r
+    where r.id <> all(kept)
+    order by r.step_order;
+
+    -- Through DELETE, which the soft-delete trigger turns into a soft delete (for the
+    -- service role too, with stepsync.force_soft_delete).
+    perform pg_catalog.set_config('stepsync.force_soft_delete', 'on', true);
+    delete from public.task_steps as s
+    where
+        s.task_id = p_task_id
+        and s.deleted_at is null
+        and s.id <> all(array(select r.id from unnest(saved) as r));
+    perform pg_catalog.set_config('stepsync.force_soft_delete', 'off', true);
+
+    set constraints public.task_steps_live_order_unique immediate;
+
+    return query
+    select s.* from public.task_steps as s
+    where s.task_id = p_task_id and s.deleted_at is null
+    order by s.step_order;
+end
+$$;
+
+comment on function public.save_task_steps(uuid, jsonb) is
+'Makes p_steps (a JSON array of step objects, in order) the task''s live steps: items '
+'with an id update that step, items without one create a step, live steps left out are '
+'soft-deleted. All or nothing; errors name steps[index].field. Returns the live steps.';
+
+revoke all on function public.save_task_steps(uuid, jsonb) from public, anon;
+grant execute on function public.save_task_steps(uuid, jsonb) to authenticated, service_role;
+
+create or replace function public.reorder_task_steps(p_task_id uuid, p_step_ids uuid[])
+returns setof public.task_steps
+language plpgsql
+security invoker
+set search_path = ''
+as $$
+declare
+    repeated uuid;
+    missing uuid[];
+    unknown uuid[];
+begin
+    perform from public.agent_tasks as t where t.id = p_task_id for update;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+    if p_step_ids is null or array_position(p_step_ids, null) is not null then
+        raise exception 'p_step_ids: must be an array of step ids without nulls'
+            using errcode = '22023';
+    end if;
+    select x.id into repeated
+    from unnest(p_step_ids) as x (id)
+    group by x.id
+    having count(*) > 1
+    limit 1;
+    if found then
+        raise exception 'p_step_ids: step % is listed twice', repeated using errcode = '22023';
+    end if;
+    select array_agg(s.id order by s.step_order) into missing
+    from public.task_steps as s
+    where s.task_id = p_task_id and s.deleted_at is null and s.id <> all(p_step_ids);
+    select array_agg(x.id) into unknown
+    from unnest(p_step_ids) as x (id)
+    where not exists (
+        select from public.task_steps as s
+        where s.id = x.id and s.task_id = p_task_id and s.deleted_at is null
+    );
+    if missing is not null or unknown is not null then
+        raise exception 'p_step_ids: must list exactly the live steps of task %', p_task_id
+            using
+                errcode = '22023',
+                detail = concat_ws(
+                    '; ',
+                    'missing: ' || array_to_string(missing, ', '),
+                    'not live steps of this task: ' || array_to_string(unknown, ', ')
+                );
+    end if;
+
+    update public.task_steps as s
+    set step_order = o.position
+    from unnest(p_step_ids) with ordinality as o (id, position)
+    where
+        s.id = o.id
+        and s.task_id = p_task_id
+        and s.deleted_at is null
+        and s.step_order <> o.position;
+
+    return query
+    select s.* from public.task_steps as s
+    where s.task_id = p_task_id and s.deleted_at is null
+    order by s.step_order;
+end
+$$;
+
+comment on function public.reorder_task_steps(uuid, uuid[]) is
+'Puts the task''s live steps in the order of p_step_ids (which must list exactly them), '
+'in one UPDATE. Returns the live steps in their new order.';
+
+revoke all on function public.reorder_task_steps(uuid, uuid[]) from public, anon;
+grant execute on function public.reorder_task_steps(uuid, uuid[]) to authenticated, service_role;
+
+-- validate_task_steps: every problem that keeps a task from running, as the editor shows
+-- it and as start_task_run refuses it. SECURITY INVOKER: the caller sees only what row
+-- level security lets it see.
+
+create or replace function public.validate_task_steps(p_task_id uuid)
+returns jsonb
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+declare
+    task_owner uuid;
+    problems jsonb;
+begin
+    select t.user_id into task_owner from public.agent_tasks as t where t.id = p_task_id;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+
+    with steps as (
+        select
+            s.*,
+            row_number() over (order by s.step_order, s.id) as position,
+            count(*) over (partition by s.step_order) as sharing_order,
+            count(*) over () as live_count
+        from public.task_steps as s
+        where s.task_id = p_task_id and s.deleted_at is null
+    ),
+
+    found_problems as (
+        select
+            'no_steps' as code,
+            'the task has no steps' as message,
+            null::uuid as step_id,
+            null::integer as step_order,
+            null::text as field
+        where not exists (select from steps)
+        union all
+        select distinct
+            'too_many_steps',
+            format('the task has %s steps; at most 50 are allowed', steps.live_count),
+            null::uuid,
+            null::integer,
+            null::text
+        from steps
+        where steps.live_count > 50
+        union all
+        select
+            'duplicate_step_order',
+            format('%s steps share position %s', steps.sharing_order, steps.step_order),
+            steps.id,
+            steps.step_order,
+            'step_order'
+        from steps
+        where steps.sharing_order > 1
+        union all
+        select
+            'step_order_gap',
+            format(
+                'step at position %s should be at %s: positions run 1..%s without gaps',
+                steps.step_order, steps.position, steps.live_count
+            ),
+            steps.id,
+            steps.step_order,
+            'step_order'
+        from steps
+        where steps.sharing_order = 1 and steps.step_order <> steps.position
+        union all
+        select
+            'step_order_out_of_range',
+            format('position %s is outside 1..50', steps.step_order),
+            steps.id,
+            steps.step_order,
+            'step_order'
+        from steps
+        where steps.step_order not between 1 and 50
+        union all
+        select
+            'blank_step_name',
+            'the step name is blank',
+            steps.id,
+            steps.step_order,
+            'step_name'
+        from steps
+        where btrim(steps.step_name) = ''
+        union all
+        select
+            'step_name_too_long',
+            format('the step name has %s characters; at most 200', char_length(steps.step_name)),
+            steps.id,
+            steps.step_order,
+            'step_name'
+        from steps
+        where char_length(btrim(steps.step_name)) > 200
+        union all
+        select
+            'blank_instructions',
+            'the instructions are blank',
+            steps.id,
+            steps.step_order,
+            'instructions'
+        from steps
+        where btrim(steps.instructions) = ''
+        union all
+        select
+            'custom_without_template',
+            'context_mode custom needs a context_template',
+            steps.id,
+            steps.step_order,
+            'context_template'
+        from steps
+        where steps.context_mode = 'custom' and coalesce(btrim(steps.context_template), '') = ''
+        union all
+        select
+            'selective_without_paths',
+            'context_mode selective needs at least one context_paths entry',
+            steps.id,
+            steps.step_order,
+            'context_paths'
+        from steps
+        where steps.context_mode = 'selective' and cardinality(steps.context_paths) = 0
+        union all
+        select
+            'foreign_agent',
+            format('agent %s does not belong to the task owner', steps.agent_id),
+            steps.id,
+            steps.step_order,
+            'agent_id'
+        from steps
+        where
+            steps.agent_id is not null
+            and not exists (
+                select from public.agents as a
+                where a.id = steps.agent_id and a.user_id = task_owner
+            )
+        union all
+        select
+            'inactive_agent',
+            format('agent %s is not active', steps.agent_id),
+            steps.id,
+            steps.step_order,
+            'agent_id'
+        from steps
+        inner join public.agents as a on steps.agent_id = a.id
+        where a.user_id = task_owner and not a.active
+        union all
+        select
+            'invalid_retry_backoff',
+            'retry_backoff_max_seconds is below retry_backoff_seconds',
+            steps.id,
+            steps.step_order,
+            'retry_backoff_max_seconds'
+        from steps
+        where steps.retry_backoff_max_seconds < steps.retry_backoff_seconds
+    )
+
+    select
+        coalesce(
+            jsonb_agg(
+                jsonb_build_object(
+                    'code', p.code,
+                    'message', p.message,
+                    'step_id', p.step_id,
+                    'step_order', p.step_order,
+                    'field', p.field
+                )
+                order by p.step_order nulls first, p.code
+            ),
+            '[]'::jsonb
+        )
+    into problems
+    from found_problems as p;
+    return problems;
+end
+$$;
+
+comment on function public.validate_task_steps(uuid) is
+'Every problem that keeps the task from running, as a JSON array of {code, message, '
+'step_id, step_order, field}; [] when the task is valid. Codes: no_steps, too_many_steps, '
+'duplicate_step_order, step_order_gap, step_order_out_of_range, blank_step_name, '
+'step_name_too_long, blank_instructions, custom_without_template, '
+'selective_without_paths, foreign_agent, inactive_agent, invalid_retry_backoff.';
+
+revoke all on function public.validate_task_steps(uuid) from public, anon;
+grant execute on function public.validate_task_steps(uuid) to authenticated, service_role;
+
+-- Deleting and restoring a step from the UI. soft_delete_task_step is SECURITY INVOKER
+-- like the other RPCs. The one thing RLS cannot allow an owner (seeing a soft-deleted
+-- step to restore it) goes through a definer in schema stepsync with its own ownership
+-- check.
+
+create or replace function public.soft_delete_task_step(p_step_id uuid)
+returns public.task_steps
+language plpgsql
+security invoker
+set search_path = ''
+as $$
+declare
+    step public.task_steps;
+begin
+    select s.* into step
+    from public.task_steps as s
+    where s.id = p_step_id and s.deleted_at is null;
+    if not found then
+        raise exception 'step % not found', p_step_id using errcode = 'P0002';
+    end if;
+    perform from public.agent_tasks as t where t.id = step.task_id for update;
+    perform pg_catalog.set_config('stepsync.force_soft_delete', 'on', true);
+    delete from public.task_steps as s where s.id = p_step_id;
+    perform pg_catalog.set_config('stepsync.force_soft_delete', 'off', true);
+    step.deleted_at := now();
+    step.deleted_by := auth.uid();
+    return step;
+end
+$$;
+
+comment on function public.soft_delete_task_step(uuid) is
+'Soft-deletes a live step (the following steps move up); returns the deleted row. '
+'A task keeps at least one live step.';
+
+revoke all on function public.soft_delete_task_step(uuid) from public, anon;
+grant execute on function public.soft_delete_task_step(uuid) to authenticated, service_role;
+
+create or replace function stepsync.restore_task_step(p_step_id uuid)
+returns public.task_steps
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    step public.task_steps;
+    task_owner uuid;
+    live_count integer;
+    target integer;
+    api_caller boolean := coalesce(nullif(current_setting('role', true), 'none'), '')
+    in ('anon', 'authenticated')
+    or coalesce(auth.role(), '') in ('anon', 'authenticated');
+begin
+    select s.* into step from public.task_steps as s where s.id = p_step_id;
+    select t.user_id into task_owner
+    from public.agent_tasks as t
+    where t.id = step.task_id
+    for update;
+    if step.id is null or (api_caller and task_owner is distinct from auth.uid()) then
+        raise exception 'step % not found', p_step_id using errcode = 'P0002';
+    end if;
+    if step.deleted_at is null then
+        raise exception 'step % is not deleted', p_step_id using errcode = '22023';
+    end if;
+    perform stepsync.close_task_step_gaps(array[step.task_id]);
+    select count(*) into live_count
+    from public.task_steps as s
+    where s.task_id = step.task_id and s.deleted_at is null;
+    if live_count >= 50 then
+        raise exception 'task % already has 50 steps: step % cannot be restored',
+            step.task_id, p_step_id
+            using errcode = '23514';
+    end if;
+    target := least(step.step_order, live_count + 1);
+    update public.task_steps as s
+    set step_order = s.step_order + 1
+    where s.task_id = step.task_id and s.deleted_at is null and s.step_order >= target;
+    update public.task_steps as s
+    set deleted_at = null, deleted_by = null, step_order = target
+    where s.id = p_step_id
+    returning s.* into step;
+    return step;
+end
+$$;
+
+revoke all on function stepsync.restore_task_step(uuid) from public, anon;
+grant execute on function stepsync.restore_task_step(uuid) to authenticated, service_role;
+
+comment on function stepsync.restore_task_step(uuid) is
+'Definer behind public.restore_task_step: owners cannot see soft-deleted rows through RLS. '
+'Checks that an API caller owns the step''s task; the service may restore any step.';
+
+create or replace function public.restore_task_step(p_step_id uuid)
+returns public.task_steps
+language sql
+security invoker
+set search_path = ''
+as $$
+    select * from stepsync.restore_task_step(p_step_id)
+$$;
+
+comment on function public.restore_task_step(uuid) is
+'Brings a soft-deleted step back at its old position (or last), moving the following '
+'steps down; refused when the task already has 50 steps. Returns the restored step.';
+
+revoke all on function public.restore_task_step(uuid) from public, anon;
+grant execute on function public.restore_task_step(uuid) to authenticated, service_role;
+
+-- Feature flags for the gradual rollout of multi-step workflows.
+--
+-- A flag is on for a user when it is globally enabled, the user is not on its deny-list,
+-- and the user is on its allow-list or a stable hash of the user id falls under its
+-- rollout percentage (the same users stay in as the percentage grows). The deny-list lets
+-- an operator hold individual users back without lowering the percentage for everyone.
+
+create table if not exists stepsync.feature_flags (
+    name text primary key check (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    enabled boolean not null default false,
+    rollout_percent integer not null default 0 check (rollout_percent between 0 and 100),
+    allow_list uuid[] not null default '{}',
+    deny_list uuid[] not null default '{}',
+    description text,
+    updated_at timestamptz not null default now()
+);
+
+alter table stepsync.feature_flags enable row level security;
+revoke all on stepsync.feature_flags from public, anon, authenticated;
+grant all on stepsync.feature_flags to service_role;
+
+create policy "Service role manages flags" on stepsync.feature_flags
+for all to service_role using (true) with check (true);
+
+insert into stepsync.feature_flags (name, enabled, rollout_percent, description)
+values (
+    'multi_step_workflows',
+    true,
+    100,
+    'Run tasks as multi-step workflows (start_task_run and the sync service).'
+)
+on conflict (name) do nothing;
+
+comment on table stepsync.feature_flags is
+'Rollout switches: global on/off, a stable percentage of users, and an allow-list.';
+comment on column stepsync.feature_flags.enabled is
+'Global switch: off means the flag is off for everyone, allow-list included.';
+comment on column stepsync.feature_flags.rollout_percent is
+'Share of users (by a stable hash of their id) for whom the flag is on.';
+comment on column stepsync.feature_flags.allow_list is
+'Users for whom the flag is on regardless of the percentage.';
+comment on column stepsync.feature_flags.deny_list is
+'Users for whom the flag is off whatever the percentage or allow-list says.';
+
+create or replace function stepsync.flag_enabled_for(p_flag text, p_user_id uuid)
+returns boolean
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+    flag stepsync.feature_flags;
+begin
+    -- API users may ask about themselves only; the service (service_role or a direct
+    -- database session without JWT claims) about anyone.
+    if auth.role() in ('anon', 'authenticated') and p_user_id is distinct from auth.uid() then
+        raise exception 'not allowed to read flags of another user'
+            using errcode = '42501';
+    end if;
+    select * into flag from stepsync.feature_flags as f where f.name = p_flag;
+    if not found or not flag.enabled or p_user_id = any(flag.deny_list) then
+        return false;
+    end if;
+    return p_user_id = any(flag.allow_list)
+        or (abs(hashtextextended(p_flag || ':' || p_user_id::text, 0)) % 100)
+        < flag.rollout_percent;
+end
+$$;
+
+revoke all on function stepsync.flag_enabled_for(text, uuid) from public;
+grant execute on function stepsync.flag_enabled_for(text, uuid)
+to authenticated, service_role;
+
+comment on function stepsync.flag_enabled_for(text, uuid) is
+'Whether flag p_flag is on for p_user_id: globally enabled, user not on the deny-list, and '
+'on the allow-list or within the rollout percentage (stable hash). Callers may ask about '
+'themselves only, the service role about anyone.';
+
+-- Runs: agent_task_executions becomes a workflow run; task_step_executions holds one row
+-- per step of a run, with a snapshot of the step definition taken when the run starts.
+--
+-- Writes to both tables go through the run engine functions (start_task_run, claim_steps,
+-- complete_step, ...). API users only read their own rows.
+
+-- Run rows: owner (for RLS without a join), step progress and cancellation.
+alter table public.agent_task_executions
+add column if not exists user_id uuid references auth.users (id) on delete cascade,
+add column if not exists step_count integer not null default 0,
+add column if not exists steps_completed integer not null default 0,
+add column if not exists steps_failed integer not null default 0,
+add column if not exists steps_skipped integer not null default 0,
+add column if not exists cancelled_at timestamptz,
+add column if not exists cancelled_by uuid;
+
+update public.agent_task_executions as r
+set user_id = t.user_id
+from public.agent_tasks as t
+where r.task_id = t.id and r.user_id is null;
+
+comment on column public.agent_task_executions.user_id is
+'Owner of the run (the task owner), filled from the task on insert.';
+comment on column public.agent_task_executions.step_count is
+'Number of steps snapshotted for this run (0 for runs made before multi-step).';
+comment on column public.agent_task_executions.steps_completed is
+'Steps of this run that completed.';
+comment on column public.agent_task_executions.steps_failed is
+'Steps of this run that failed for good (after their last attempt).';
+comment on column public.agent_task_executions.steps_skipped is
+'Steps of this run that were skipped (skip_if, or after a stopping failure).';
+comment on column public.agent_task_executions.cancelled_at is
+'When the run was cancelled (cancel_task_run).';
+comment on column public.agent_task_executions.cancelled_by is
+'Who cancelled the run (auth.uid() of the caller; null for the service).';
+
+create or replace function stepsync.fill_run_owner()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    -- Legacy writers (the task-executor Edge Function) do not know the column.
+    if new.user_id is null then
+        select t.user_id into new.user_id
+        from public.agent_tasks as t
+        where t.id = new.task_id;
+    end if;
+    return new;
+end
+$$;
+
+comment on function stepsync.fill_run_owner() is
+'Trigger: a run row without user_id gets its task''s owner.';
+
+create or replace trigger agent_task_executions_fill_owner
+before insert on public.agent_task_executions
+for each row execute function stepsync.fill_run_owner();
+
+comment on trigger agent_task_executions_fill_owner on public.agent_task_executions is
+'Keeps user_id filled for writers that predate the column.';
+
+create index if not exists agent_task_executions_user_id_idx
+on public.agent_task_executions (user_id);
+create index if not exists agent_task_executions_task_created_idx
+on public.agent_task_executions (task_id, created_at desc);
+
+comment on index public.agent_task_executions_user_id_idx is
+'Serves the cascade from auth.users and listings of a user''s runs.';
+comment on index public.agent_task_executions_task_created_idx is
+'Latest run of a task (preview, definition snapshot).';
+
+-- Fencing tokens: every claim takes a new one, so a stale holder can be told apart.
+create sequence if not exists stepsync.lease_token_seq as bigint;
+revoke all on sequence stepsync.lease_token_seq from public;
+grant usage on sequence stepsync.lease_token_seq to service_role;
+
+comment on sequence stepsync.lease_token_seq is
+'Monotonic fencing tokens handed out by claim_steps.';
+
+create table if not exists public.task_step_executions (
+    id uuid primary key default gen_random_uuid(),
+    run_id uuid not null references public.agent_task_executions (id) on delete cascade,
+    -- Copied from the run (which cascades from the task and the user) so that RLS and
+    -- the audit need no join; no foreign keys of their own, so a step transition
+    -- maintains as few indexes as possible.
+    task_id uuid not null,
+    user_id uuid not null,
+    step_id uuid,
+    -- Snapshot of the definition at run start.
+    step_order integer not null check (step_order between 1 and 50),
+    step_name text not null,
+    instructions text not null,
+    agent_id uuid not null references public.agents (id) on delete cascade,
+    include_previous_context boolean not null,
+    context_mode public.step_context_mode not null,
+    context_paths jsonpath[] not null default '{}',
+    context_template text,
+    context_data jsonb not null default '{}'::jsonb,
+    skip_if jsonpath,
+    on_failure public.step_failure_action not null,
+    max_attempts integer not null check (max_attempts between 1 and 20),
+    retry_backoff_seconds integer not null check (retry_backoff_seconds >= 0),
+    retry_backoff_max_seconds integer not null check (retry_backoff_max_seconds >= 0),
+    timeout_seconds integer not null check (timeout_seconds > 0),
+    -- Execution state.
+    status public.task_step_status not null default 'pending',
+    attempt integer not null default 0 check (attempt >= 0),
+    run_after timestamptz,
+    queued_at timestamptz,
+    lease_owner text,
+    lease_expires_at timestamptz,
+    lease_token bigint,
+    input_context jsonb,
+    output jsonb,
+    error_message text,
+    last_error_at timestamptz,
+    skip_reason text,
+    started_at timestamptz,
+    completed_at timestamptz,
+    duration_ms integer,
+    idempotency_key text generated always as (
+        run_id::text || ':' || step_order::text
+    ) stored,
+    created_at timestamptz not null default now(),
+    updated_at timestamptz not null default now(),
+    constraint task_step_executions_run_order_unique unique (run_id, step_order),
+    constraint task_step_executions_queued_has_run_after check (
+        status <> 'queued' or run_after is not null
+    ),
+    constraint task_step_executions_running_has_lease check (
+        status <> 'running'
+        or (lease_owner is not null and lease_expires_at is not null and lease_token is not null)
+    )
+);
+
+-- The claim query: queued steps in due order.
+create index if not exists task_step_executions_claim_idx
+on public.task_step_executions (run_after, id)
+where status = 'queued';
+-- The reaper: running steps by lease expiry.
+create index if not exists task_step_executions_lease_idx
+on public.task_step_executions (lease_expires_at)
+where status = 'running';
+
+alter table public.task_step_executions enable row level security;
+
+create policy "Owners read their step runs" on public.task_step_executions
+for select to authenticated
+using (user_id = (select auth.uid()));
+
+create policy "Service role manages step runs" on public.task_step_executions
+for all to service_role
+using (true) with check (true);
+
+comment on policy "Owners read their step runs" on public.task_step_executions is
+'Owners read the step rows of their own runs.';
+comment on policy "Service role manages step runs" on public.task_step_executions is
+'The service claims, completes and fails steps.';
+
+revoke all on public.task_step_executions from anon;
+revoke insert, update, delete, truncate on public.task_step_executions from authenticated;
+
+comment on table public.task_step_executions is
+'One row per step of a run: the step definition as it was at run start, and the '
+'execution state (status, attempts, lease, input context, result, timings).';
+comment on column public.task_step_executions.id is
+'Step execution id (claims, leases, notifications).';
+comment on column public.task_step_executions.run_id is 'The run (agent_task_executions).';
+comment on column public.task_step_executions.task_id is
+'The task the run belongs to (copied from the run).';
+comment on column public.task_step_executions.user_id is
+'Owner of the run (copied from the run; RLS).';
+comment on column public.task_step_executions.step_id is
+'The task_steps row this was snapshotted from (a plain reference: the step may since '
+'have been purged); null for a task run from its legacy instructions.';
+comment on column public.task_step_executions.step_order is '1-based position in the run.';
+comment on column public.task_step_executions.step_name is 'Snapshot of task_steps.step_name.';
+comment on column public.task_step_executions.instructions is
+'Snapshot of task_steps.instructions.';
+comment on column public.task_step_executions.agent_id is
+'Agent that runs the step: the step override, else the task''s agent.';
+comment on column public.task_step_executions.include_previous_context is
+'Snapshot of task_steps.include_previous_context.';
+comment on column public.task_step_executions.context_mode is
+'Snapshot of task_steps.context_mode.';
+comment on column public.task_step_executions.context_paths is
+'Snapshot of task_steps.context_paths.';
+comment on column public.task_step_executions.context_template is
+'Snapshot of task_steps.context_template.';
+comment on column public.task_step_executions.context_data is
+'Snapshot of task_steps.context_data.';
+comment on column public.task_step_executions.skip_if is 'Snapshot of task_steps.skip_if.';
+comment on column public.task_step_executions.on_failure is
+'Snapshot of task_steps.on_failure.';
+comment on column public.task_step_executions.max_attempts is
+'Snapshot of task_steps.max_attempts.';
+comment on column public.task_step_executions.retry_backoff_seconds is
+'Snapshot of task_steps.retry_backoff_seconds.';
+comment on column public.task_step_executions.retry_backoff_max_seconds is
+'Snapshot of task_steps.retry_backoff_max_seconds.';
+comment on column public.task_step_executions.timeout_seconds is
+'Snapshot of task_steps.timeout_seconds.';
+comment on column public.task_step_executions.status is
+'pending → queued → running → completed | failed | skipped | cancelled.';
+comment on column public.task_step_executions.attempt is
+'Attempts started so far (a claim counts one; a graceful release gives it back).';
+comment on column public.task_step_executions.run_after is
+'A queued step is claimable from this time on (retry backoff).';
+comment on column public.task_step_executions.queued_at is
+'When the step last became queued.';
+comment on column public.task_step_executions.lease_owner is
+'Worker holding the lease of the running attempt.';
+comment on column public.task_step_executions.lease_expires_at is
+'When the lease lapses unless heartbeated; the reaper then re-queues or fails the step.';
+comment on column public.task_step_executions.lease_token is
+'Fencing token of the latest claim; complete/fail only take effect with it.';
+comment on column public.task_step_executions.input_context is
+'Context the step received at its latest claim (build_step_context).';
+comment on column public.task_step_executions.output is 'Result of the step (JSON).';
+comment on column public.task_step_executions.error_message is
+'Error of the latest failed attempt.';
+comment on column public.task_step_executions.last_error_at is
+'When the latest attempt failed; run_after - last_error_at is the retry delay.';
+comment on column public.task_step_executions.skip_reason is 'Why the step was skipped.';
+comment on column public.task_step_executions.started_at is
+'When the latest attempt started.';
+comment on column public.task_step_executions.completed_at is
+'When the step reached a final status.';
+comment on column public.task_step_executions.duration_ms is
+'completed_at - started_at of the final attempt, in milliseconds.';
+comment on column public.task_step_executions.idempotency_key is
+'Same for every attempt of this step of this run: executors pass it on.';
+comment on column public.task_step_executions.created_at is 'When the run snapshotted the step.';
+comment on column public.task_step_executions.updated_at is 'When the row last changed.';
+comment on index public.task_step_executions_pkey is 'Step execution by id.';
+comment on index public.task_step_executions_run_order_unique is
+'Steps of a run in order; serves the cascade from runs.';
+comment on constraint task_step_executions_run_order_unique
+on public.task_step_executions is 'A run has one row per position.';
+comment on constraint task_step_executions_queued_has_run_after
+on public.task_step_executions is 'A queued step always says when it is due.';
+comment on constraint task_step_executions_running_has_lease
+on public.task_step_executions is 'A running step always has a lease and a fencing token.';
+comment on index public.task_step_executions_claim_idx is
+'claim_steps and queue_depth: queued steps by due time.';
+comment on index public.task_step_executions_lease_idx is
+'reap_expired_leases: running steps by lease expiry.';
+
+-- Who may act on a task's runs: its owner (an API caller whose auth.uid() owns the task)
+-- or the service (service_role, or a direct database session that is not an API role).
+--
+-- The public RPCs are security invoker and hand over to security-definer functions in
+-- schema stepsync, which call these checks first. Inside a security-definer function
+-- current_user is the function owner, but the `role` setting still names the role the
+-- caller switched to (PostgREST does `set local role authenticated`), and API callers
+-- cannot change it to a role they are not a member of.
+
+create or replace function stepsync.caller_is_service()
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+    select case
+        when current_setting('role') in ('anon', 'authenticated', 'authenticator') then false
+        when current_setting('role') <> 'none' then true
+        else session_user::text not in ('anon', 'authenticated', 'authenticator')
+    end
+$$;
+
+comment on function stepsync.caller_is_service() is
+'True for service_role and direct (non-API) database sessions; false for anon, '
+'authenticated and authenticator, even inside a security-definer function.';
+
+create or replace function stepsync.authorized_task(p_task_id uuid)
+returns public.agent_tasks
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    task public.agent_tasks;
+begin
+    select t.* into task from public.agent_tasks as t where t.id = p_task_id;
+    -- Someone else's task is reported exactly like a missing one.
+    if not found
+        or (not stepsync.caller_is_service() and task.user_id is distinct from auth.uid()) then
+        raise exception 'task % not found', p_task_id
+            using errcode = 'P0002',
+            hint = 'Check the task id; only the task''s owner and the service may use it.';
+    end if;
+    return task;
+end
+$$;
+
+comment on function stepsync.authorized_task(uuid) is
+'The task row, if the caller is its owner or the service; otherwise "task not found" '
+'(P0002).';
+
+revoke all on function stepsync.caller_is_service() from public;
+revoke all on function stepsync.authorized_task(uuid) from public;
+grant execute on function stepsync.caller_is_service() to service_role;
+grant execute on function stepsync.authorized_task(uuid) to service_role;
+
+-- Context assembly: what a step receives from its run.
+--
+-- One function, stepsync.build_step_context, turns a run context and a step definition
+-- into the step's input. Leasing a step (lease_steps) uses it on real runs and the
+-- preview RPCs on hypothetical ones, so the preview shows exactly what execution sends.
+--
+-- Run context (stepsync.run_context):
+--   {"task": {"id", "name"}, "run": {"id", "trigger_type", "trigger_data"},
+--    "steps": [{"order", "name", "status", "output", "error", "started_at",
+--               "completed_at", "duration_ms", "attempts"}, ...]}
+-- A step sees the steps before it only (stepsync.context_before adds "previous").
+--
+-- Building the input context is most of what leasing a step costs, and calling a helper
+-- once per step can cost more than its work: a SQL-language function with its own
+-- search_path is never inlined, and its query is planned again by every statement that
+-- calls it. So:
+-- - the run context's two parts are views (run_context_heads: task and run;
+--   run_context_entries: one entry per step run), which the planner inlines: lease_steps
+--   joins them into its one statement and run_context reads them too, one definition of
+--   the shape;
+-- - the helpers called per step are PL/pgSQL (their plans are kept for the session);
+-- - build_step_context touches only what the step's mode shows: `none` the task and run,
+--   `previous` also the last earlier step, `full` and `metadata` the earlier steps; only
+--   `selective` and `custom`, which read the whole context, build it. Redaction goes by
+--   key, and no key of the run context's own structure (task, run, steps and their
+--   fields) looks secret, so redacting a part gives what that part of the redacted whole
+--   would be. truncate_json and redact_secrets are called only for values that need them.
+
+create or replace function stepsync.is_secret_key(p_key text)
+returns boolean
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+    -- camelCase and kebab-case are folded to snake_case first, so apiKey, api-key and
+    -- API_KEY all match; the words must stand alone (total_tokens is not a secret).
+    select lower(
+        regexp_replace(
+            regexp_replace(p_key, '([a-z0-9])([A-Z])', '\1_\2', 'g'),
+            '[^A-Za-z0-9]+', '_', 'g'
+        )
+    ) ~ (
+        '(^|_)(password|passwd|passphrase|secret|token|api_?key|authorization|'
+        || 'access_?key|private_?key|client_secret|credentials?|cookie|session_?key|'
+        || 'bearer|signature)(_|$)'
+    )
+$$;
+
+comment on function stepsync.is_secret_key(text) is
+'Whether a JSON key looks like it holds a secret (password, token, api_key, ...).';
+
+revoke all on function stepsync.is_secret_key(text) from public;
+grant execute on function stepsync.is_secret_key(text) to service_role;
+
+create or replace function stepsync.redact_secrets(p_value jsonb)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+begin
+    -- Every key is_secret_key matches holds one of these, in any case, whatever its
+    -- separators (apiKey, api-key, API_KEY all hold "key"); most values hold none, and
+    -- one search of their text spares the walk.
+    if p_value is null
+        or p_value::text !~* 'pass|secret|token|key|authori|credential|cookie|bearer|signature' then
+        return p_value;
+    end if;
+    case jsonb_typeof(p_value)
+        when 'object' then
+            return coalesce(
+                (
+                    select jsonb_object_agg(
+                        e.key,
+                        case
+                            when stepsync.is_secret_key(e.key) then '"[redacted]"'::jsonb
+                            else stepsync.redact_secrets(e.value)
+                        end
+                    )
+                    from jsonb_each(p_value) as e
+                ),
+                '{}'::jsonb
+            );
+        when 'array' then
+            return coalesce(
+                (
+                    select jsonb_agg(stepsync.redact_secrets(e.value) order by e.position)
+                    from jsonb_array_elements(p_value) with ordinality as e (value, position)
+                ),
+                '[]'::jsonb
+            );
+        else
+            return p_value;
+    end case;
+end
+$$;
+
+comment on function stepsync.redact_secrets(jsonb) is
+'Replaces the value of every secret-looking key, at any depth, with "[redacted]".';
+
+revoke all on function stepsync.redact_secrets(jsonb) from public;
+grant execute on function stepsync.redact_secrets(jsonb) to service_role;
+
+create or replace function stepsync.truncate_json(p_value jsonb, p_max_chars integer)
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+    select case
+        when p_value is null or length(p_value::text) <= p_max_chars then p_value
+        else to_jsonb(
+            left(p_value::text, p_max_chars)
+            || format(
+                '…[truncated %s bytes]',
+                octet_length(p_value::text) - octet_length(left(p_value::text, p_max_chars))
+            )
+        )
+    end
+$$;
+
+comment on function stepsync.truncate_json(jsonb, integer) is
+'A value whose JSON text is longer than p_max_chars becomes a string: its first '
+'p_max_chars characters and a marker "…[truncated N bytes]".';
+
+revoke all on function stepsync.truncate_json(jsonb, integer) from public;
+grant execute on function stepsync.truncate_json(jsonb, integer) to service_role;
+
+create or replace view stepsync.run_context_heads
+with (security_invoker = true) as
+select
+    r.id as run_id,
+    jsonb_build_object(
+        'task', jsonb_build_object(
+            'id', r.task_id,
+            'name', coalesce(r.metadata ->> 'task_name', t.name)
+        ),
+        'run', jsonb_build_object(
+            'id', r.id,
+            'trigger_type', r.trigger_type,
+            'trigger_data', r.trigger_data
+        )
+    ) as head
+from public.agent_task_executions as r
+inner join public.agent_tasks as t on r.task_id = t.id;
+
+comment on view stepsync.run_context_heads is
+'The task and run parts of each run''s context (see run_context).';
+comment on column stepsync.run_context_heads.run_id is 'The run.';
+comment on column stepsync.run_context_heads.head is
+'{"task": {"id", "name"}, "run": {"id", "trigger_type", "trigger_data"}}.';
+
+create or replace view stepsync.run_context_entries
+with (security_invoker = true) as
+select
+    s.run_id,
+    s.step_order,
+    jsonb_build_object(
+        'order', s.step_order,
+        'name', s.step_name,
+        'status', s.status,
+        'output', s.output,
+        'error', s.error_message,
+        'started_at', s.started_at,
+        'completed_at', s.completed_at,
+        'duration_ms', s.duration_ms,
+        'attempts', s.attempt
+    ) as entry
+from public.task_step_executions as s;
+
+comment on view stepsync.run_context_entries is
+'Each step run as it appears in the "steps" list of its run''s context (see run_context).';
+comment on column stepsync.run_context_entries.run_id is 'The run.';
+comment on column stepsync.run_context_entries.step_order is 'Position of the step in the run.';
+comment on column stepsync.run_context_entries.entry is
+'{"order", "name", "status", "output", "error", "started_at", "completed_at", '
+'"duration_ms", "attempts"}.';
+
+revoke all on stepsync.run_context_heads, stepsync.run_context_entries
+from public, anon, authenticated;
+grant select on stepsync.run_context_heads, stepsync.run_context_entries to service_role;
+
+create or replace function stepsync.run_context(p_run_id uuid)
+returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+    select h.head || jsonb_build_object(
+        'steps', coalesce(
+            (
+                select jsonb_agg(e.entry order by e.step_order)
+                from stepsync.run_context_entries as e
+                where e.run_id = h.run_id
+            ),
+            '[]'::jsonb
+        )
+    )
+    from stepsync.run_context_heads as h
+    where h.run_id = p_run_id
+$$;
+
+comment on function stepsync.run_context(uuid) is
+'The run context of a run: task, run (trigger) and every step''s status, output, error, '
+'timings and attempts, in order. Unredacted and untruncated.';
+
+revoke all on function stepsync.run_context(uuid) from public;
+grant execute on function stepsync.run_context(uuid) to service_role;
+
+create or replace function stepsync.steps_before(p_run_context jsonb, p_step_order integer)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    earlier jsonb;
+begin
+    -- Run contexts list their steps in order, so when the last one is earlier, all are.
+    if p_step_order is not null
+        and coalesce((p_run_context #>> '{steps,-1,order}')::integer < p_step_order, true) then
+        return coalesce(p_run_context -> 'steps', '[]'::jsonb);
+    end if;
+    select coalesce(jsonb_agg(s.step order by (s.step ->> 'order')::integer), '[]'::jsonb)
+    into earlier
+    from jsonb_array_elements(p_run_context -> 'steps') as s (step)
+    where (s.step ->> 'order')::integer < p_step_order;
+    return earlier;
+end
+$$;
+
+comment on function stepsync.steps_before(jsonb, integer) is
+'The steps of a run context before step p_step_order, in order.';
+
+revoke all on function stepsync.steps_before(jsonb, integer) from public, anon, authenticated;
+grant execute on function stepsync.steps_before(jsonb, integer) to service_role;
+
+create or replace function stepsync.context_before(p_run_context jsonb, p_step_order integer)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    earlier jsonb := stepsync.steps_before(p_run_context, p_step_order);
+begin
+    return p_run_context || jsonb_build_object('steps', earlier, 'previous', earlier -> -1);
+end
+$$;
+
+comment on function stepsync.context_before(jsonb, integer) is
+'The run context as step p_step_order sees it: only the steps before it (the context''s '
+'steps are in order), and "previous", the last of them.';
+
+revoke all on function stepsync.context_before(jsonb, integer) from public;
+grant execute on function stepsync.context_before(jsonb, integer) to service_role;
+
+create or replace function stepsync.should_skip(p_context jsonb, p_skip_if jsonpath)
+returns boolean
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+    -- A predicate (`$.previous.status == "failed"`) skips when true; a path or filter
+    -- (`$.steps[0].output ? (@.done)`) skips when it selects anything other than a single
+    -- false or null. Evaluation errors count as "do not skip".
+    with result as (
+        select jsonb_path_query_array(p_context, p_skip_if, '{}'::jsonb, true) as items
+    )
+    select p_skip_if is not null
+        and jsonb_array_length(result.items) > 0
+        and result.items not in ('[false]'::jsonb, '[null]'::jsonb)
+    from result
+$$;
+
+comment on function stepsync.should_skip(jsonb, jsonpath) is
+'Whether skip_if holds over a step''s context (see context_before).';
+
+revoke all on function stepsync.should_skip(jsonb, jsonpath) from public;
+grant execute on function stepsync.should_skip(jsonb, jsonpath) to service_role;
+
+create or replace function stepsync.render_template(p_template text, p_context jsonb)
+returns text
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    rest text := p_template;
+    rendered text := '';
+    open_at integer;
+    close_at integer;
+    expression text;
+    path jsonpath;
+    items jsonb;
+begin
+    -- Grammar: {{ expr }} where expr is a jsonpath over the context without its leading
+    -- "$." (steps[0].output.title, previous.output, task.name, context_data.key); a
+    -- leading "$" is accepted too. Strings are inserted as is, other values as JSON.
+    loop
+        open_at := strpos(rest, '{{');
+        exit when open_at = 0;
+        close_at := strpos(substr(rest, open_at + 2), '}}');
+        exit when close_at = 0;
+        expression := btrim(substr(rest, open_at + 2, close_at - 1));
+        rendered := rendered || left(rest, open_at - 1);
+        rest := substr(rest, open_at + close_at + 3);
+        begin
+            path := (
+                case when left(expression, 1) = '$' then expression else '$.' || expression end
+            )::jsonpath;
+        exception when others then
+            rendered := rendered || format('[invalid placeholder: %s]', expression);
+            continue;
+        end;
+        items := jsonb_path_query_array(p_context, path, '{}'::jsonb, true);
+        rendered := rendered || case
+            when jsonb_array_length(items) = 0
+                then format('[missing: %s]', expression)
+            when jsonb_array_length(items) > 1 then items::text
+            when jsonb_typeof(items -> 0) = 'string' then items ->> 0
+            else (items -> 0)::text
+        end;
+    end loop;
+    return rendered || rest;
+end
+$$;
+
+comment on function stepsync.render_template(text, jsonb) is
+'Substitutes {{expr}} placeholders (jsonpath without "$.") with values from p_context; '
+'unknown paths become "[missing: expr]", malformed ones "[invalid placeholder: expr]".';
+
+revoke all on function stepsync.render_template(text, jsonb) from public;
+grant execute on function stepsync.render_template(text, jsonb) to service_role;
+
+create or replace function stepsync.build_step_context(
+    p_run_context jsonb,
+    p_step_order integer,
+    p_include_previous_context boolean,
+    p_context_mode public.step_context_mode,
+    p_context_paths jsonpath[],
+    p_context_template text,
+    p_context_data jsonb,
+    p_max_bytes integer default 65536
+)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    earlier jsonb := stepsync.steps_before(p_run_context, p_step_order);
+    run jsonb := stepsync.redact_secrets(p_run_context -> 'run');
+    mode text := case
+        when p_include_previous_context then p_context_mode::text else 'none'
+    end;
+    visible jsonb;
+    base jsonb;
+    steps jsonb;
+    last_step jsonb;
+    budget integer;
+    selected jsonb := '{}'::jsonb;
+    path jsonpath;
+    items jsonb;
+begin
+    -- Every value that can be large (outputs, trigger data, selections) shares the
+    -- budget equally, with a floor so that each keeps a readable head.
+    budget := greatest(256, p_max_bytes / greatest(1, jsonb_array_length(earlier) + 1));
+    base := jsonb_build_object(
+        'mode', mode,
+        'task', stepsync.redact_secrets(p_run_context -> 'task'),
+        'run', case
+            when length((run -> 'trigger_data')::text) <= budget then run
+            else jsonb_set(
+                run, '{trigger_data}', stepsync.truncate_json(run -> 'trigger_data', budget)
+            )
+        end,
+        'step', jsonb_build_object('order', p_step_order),
+        'context_data', case
+            when p_context_data is null or p_context_data = '{}'::jsonb then '{}'::jsonb
+            else stepsync.redact_secrets(p_context_data)
+        end
+    );
+
+    case mode
+        when 'none' then
+            return base;
+        when 'previous' then
+            last_step := stepsync.redact_secrets(earlier -> -1);
+            return base || jsonb_build_object(
+                'previous', case
+                    when last_step is null then 'null'::jsonb
+                    else jsonb_build_object(
+                        'order', last_step -> 'order',
+                        'name', last_step -> 'name',
+                        'status', last_step -> 'status',
+                        'output', case
+                            when length((last_step -> 'output')::text) <= budget
+                                then last_step -> 'output'
+                            else stepsync.truncate_json(last_step -> 'output', budget)
+                        end,
+                        'error', last_step -> 'error'
+                    )
+                end
+            );
+        when 'selective' then
+            -- Each path is evaluated over the untruncated (redacted) context: no result
+            -- is null, one result is the value, several are an array.
+            visible := stepsync.redact_secrets(
+                stepsync.context_before(p_run_context, p_step_order)
+            ) || jsonb_build_object('context_data', base -> 'context_data');
+            budget := greatest(256, p_max_bytes / greatest(1, cardinality(p_context_paths)));
+            foreach path in array coalesce(p_context_paths, '{}'::jsonpath[]) loop
+                items := jsonb_path_query_array(visible, path, '{}'::jsonb, true);
+                selected := selected || jsonb_build_object(
+                    path::text,
+                    stepsync.truncate_json(
+                        case jsonb_array_length(items)
+                            when 0 then 'null'::jsonb
+                            when 1 then items -> 0
+                            else items
+                        end,
+                        budget
+                    )
+                );
+            end loop;
+            return base || jsonb_build_object('selected', selected);
+        else
+            null;
+    end case;
+
+    -- full, metadata, custom: every earlier step, redacted, outputs truncated, in one
+    -- pass that keeps the fields the mode shows (custom keeps them all).
+    steps := coalesce(
+        (
+            select jsonb_agg(
+                case mode
+                    when 'full' then jsonb_build_object(
+                        'order', e.step -> 'order',
+                        'name', e.step -> 'name',
+                        'status', e.step -> 'status',
+                        'output', e.output,
+                        'error', e.step -> 'error'
+                    )
+                    when 'metadata' then jsonb_build_object(
+                        'order', e.step -> 'order',
+                        'name', e.step -> 'name',
+                        'status', e.step -> 'status',
+                        'started_at', e.step -> 'started_at',
+                        'completed_at', e.step -> 'completed_at',
+                        'duration_ms', e.step -> 'duration_ms',
+                        'attempts', e.step -> 'attempts'
+                    )
+                    else e.step || jsonb_build_object('output', e.output)
+                end
+                order by e.position
+            )
+            from (
+                select
+                    s.step,
+                    s.position,
+                    case
+                        when length((s.step -> 'output')::text) <= budget then s.step -> 'output'
+                        else stepsync.truncate_json(s.step -> 'output', budget)
+                    end as output
+                from jsonb_array_elements(stepsync.redact_secrets(earlier))
+                    with ordinality as s (step, position)
+            ) as e
+        ),
+        '[]'::jsonb
+    );
+    case mode
+        when 'full', 'metadata' then
+            return base || jsonb_build_object('steps', steps);
+        else
+            return base || jsonb_build_object(
+                'rendered', left(
+                    stepsync.render_template(
+                        p_context_template,
+                        stepsync.redact_secrets(
+                            stepsync.context_before(p_run_context, p_step_order)
+                        ) || jsonb_build_object(
+                            'steps', steps,
+                            'previous', steps -> -1,
+                            'context_data', base -> 'context_data'
+                        )
+                    ),
+                    p_max_bytes
+                )
+            );
+    end case;
+end
+$$;
+
+comment on function stepsync.build_step_context(
+    jsonb, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb, integer
+) is
+'The input context of step p_step_order given its run context and definition: mode, task, '
+'run, step, context_data, plus steps (full, metadata), previous, selected (selective) or '
+'rendered (custom). Secrets redacted; large values truncated to share p_max_bytes.';
+
+revoke all on function stepsync.build_step_context(
+    jsonb, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb, integer
+) from public;
+grant execute on function stepsync.build_step_context(
+    jsonb, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb, integer
+) to service_role;
+
+-- Run progress: how a run moves forward between steps, the bookkeeping every step
+-- transition does (run counters), and what a finished run leaves behind (the task's
+-- counters, the definition's latest-run snapshot).
+--
+-- Lock order, everywhere: the run row first (for no key update), then its step rows.
+-- cancel, complete, fail and the reaper all follow it, so they cannot deadlock.
+--
+-- A finished run leaves three writes behind: the run row, the task's counters and the
+-- definitions' latest-run snapshot (task_steps), the last two audited. The snapshot is
+-- written when the run ends, not at every step transition: every statement on task_steps
+-- runs its checks and is audited. finish_runs makes each of the three writes one
+-- statement for all the runs it is given (complete_steps hands it every run its batch
+-- ended), with one audit statement each; every changed row still gets its own audit row.
+-- finish_run is finish_runs for one run, so both follow one code path.
+
+create or replace function stepsync.finish_runs(
+    p_run_ids uuid[],
+    p_status public.task_execution_status_enum,
+    p_error text default null
+)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    finishing uuid[];
+begin
+    -- Lock order: runs in id order, then tasks in id order, then definitions (the same
+    -- order as one run at a time, so batches and single calls wait instead of
+    -- deadlocking). Runs already over are left alone.
+    select array_agg(open_run.id) into finishing
+    from (
+        select r.id
+        from unnest(p_run_ids) as given (id)
+        inner join public.agent_task_executions as r on given.id = r.id
+        where r.status in ('pending', 'running')
+        order by r.id
+        for no key update of r
+    ) as open_run;
+    if finishing is null then
+        return;
+    end if;
+
+    -- A run's output is the output of its last completed step (text, as the app shows
+    -- it: a JSON string verbatim, anything else as JSON).
+    update public.agent_task_executions as r
+    set
+        status = p_status,
+        completed_at = now(),
+        duration_ms = (extract(epoch from now() - coalesce(r.started_at, r.created_at)) * 1000)::integer,
+        output = case
+            when jsonb_typeof(last_step.output) = 'string' then last_step.output #>> '{}'
+            else last_step.output::text
+        end,
+        error_message = coalesce(p_error, r.error_message),
+        updated_at = now()
+    from unnest(finishing) as finished (id)
+    left join lateral (
+        select s.output
+        from public.task_step_executions as s
+        where s.run_id = finished.id and s.status = 'completed'
+        order by s.step_order desc
+        limit 1
+    ) as last_step on true
+    where r.id = finished.id;
+
+    -- The tasks' counters, as the legacy executor kept them. Cancelled runs are not
+    -- executions that succeeded or failed, so they count nowhere.
+    if p_status in ('completed', 'failed') then
+        perform from unnest(finishing) as finished (id)
+        inner join public.agent_task_executions as r on finished.id = r.id
+        inner join public.agent_tasks as t on r.task_id = t.id
+        order by t.id
+        for no key update of t;
+
+        update public.agent_tasks as t
+        set
+            total_executions = t.total_executions + per_task.runs,
+            successful_executions
+            = t.successful_executions + per_task.runs * (p_status = 'completed')::integer,
+            failed_executions
+            = t.failed_executions + per_task.runs * (p_status = 'failed')::integer,
+            last_run_at = now(),
+            updated_at = now()
+        from (
+            select r.task_id, count(*)::integer as runs
+            from unnest(finishing) as finished (id)
+            inner join public.agent_task_executions as r on finished.id = r.id
+            group by r.task_id
+        ) as per_task
+        where t.id = per_task.task_id;
+    end if;
+
+    -- The definitions keep their task's latest run's final status and result for the UI
+    -- (live progress is on task_step_executions). An older run finishing late does not
+    -- overwrite a newer one's; a row already holding exactly this is not rewritten.
+    update public.task_steps as d
+    set
+        status = snapshot.status,
+        execution_result = snapshot.result
+    from (
+        select
+            s.step_id,
+            s.status,
+            jsonb_build_object(
+                'run_id', s.run_id,
+                'step_execution_id', s.id,
+                'status', s.status,
+                'attempt', s.attempt,
+                'output', s.output,
+                'error', s.error_message,
+                'started_at', s.started_at,
+                'completed_at', s.completed_at,
+                'duration_ms', s.duration_ms
+            ) as result
+        from unnest(finishing) as finished (id)
+        inner join public.agent_task_executions as run on finished.id = run.id
+        inner join public.task_step_executions as s on run.id = s.run_id
+        where
+            not exists (
+                select from public.agent_task_executions as newer
+                where newer.task_id = run.task_id and newer.created_at > run.created_at
+            )
+            and s.step_id is not null
+            and s.status in ('completed', 'failed', 'skipped', 'cancelled')
+    ) as snapshot
+    where
+        d.id = snapshot.step_id
+        and (d.status, d.execution_result)
+        is distinct from (snapshot.status, snapshot.result);
+end
+$$;
+
+comment on function stepsync.finish_runs(uuid[], public.task_execution_status_enum, text) is
+'Ends the given pending/running runs with p_status, one statement per write for all of '
+'them: each run''s output from its last completed step and its timings, the tasks'' '
+'execution counters (completed and failed runs only) and, for runs no newer run of their '
+'task exists for, the definitions'' latest-run snapshot (task_steps.status, '
+'execution_result). Runs already over are left alone.';
+
+revoke all on function stepsync.finish_runs(uuid[], public.task_execution_status_enum, text)
+from public, anon, authenticated;
+grant execute on function stepsync.finish_runs(uuid[], public.task_execution_status_enum, text)
+to service_role;
+
+create or replace function stepsync.finish_run(
+    p_run_id uuid,
+    p_status public.task_execution_status_enum,
+    p_error text default null
+)
+returns void
+language sql
+volatile
+set search_path = ''
+as $$
+    select stepsync.finish_runs(array[p_run_id], p_status, p_error)
+$$;
+
+comment on function stepsync.finish_run(uuid, public.task_execution_status_enum, text) is
+'Ends a pending/running run with p_status (finish_runs for one run): output from its last '
+'completed step, timings, the task''s execution counters (completed and failed runs only) '
+'and, unless a newer run of the task exists, the definitions'' latest-run snapshot.';
+
+revoke all on function stepsync.finish_run(
+    uuid, public.task_execution_status_enum, text
+) from public;
+grant execute on function stepsync.finish_run(
+    uuid, public.task_execution_status_enum, text
+) to service_role;
+
+create or replace function stepsync.advance_run(p_run_id uuid)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+    run_status public.task_execution_status_enum;
+    next_step public.task_step_executions;
+begin
+    select r.status into run_status
+    from public.agent_task_executions as r
+    where r.id = p_run_id
+    for no key update;
+    if run_status is distinct from 'running' then
+        return;
+    end if;
+
+    loop
+        -- Steps run one at a time, in order, so the first unfinished step says it all:
+        -- queued or running means one is in flight (nothing to do), pending is the next
+        -- one. One probe of the (run_id, step_order) index. No row lock is needed: a
+        -- pending step only changes under the run lock, which this transaction holds.
+        select s.* into next_step
+        from public.task_step_executions as s
+        where s.run_id = p_run_id and s.status in ('pending', 'queued', 'running')
+        order by s.step_order
+        limit 1;
+
+        if not found then
+            perform stepsync.finish_run(p_run_id, 'completed');
+            return;
+        end if;
+        if next_step.status <> 'pending' then
+            return;
+        end if;
+
+        if next_step.skip_if is not null
+            and stepsync.should_skip(
+                stepsync.context_before(stepsync.run_context(p_run_id), next_step.step_order),
+                next_step.skip_if
+            ) then
+            update public.task_step_executions as s
+            set
+                status = 'skipped',
+                skip_reason = format('skip_if matched: %s', next_step.skip_if),
+                completed_at = now(),
+                updated_at = now()
+            where s.id = next_step.id;
+        else
+            update public.task_step_executions as s
+            set
+                status = 'queued',
+                run_after = now(),
+                queued_at = now(),
+                updated_at = now()
+            where s.id = next_step.id;
+            return;
+        end if;
+    end loop;
+end
+$$;
+
+comment on function stepsync.advance_run(uuid) is
+'Moves a running run forward: queues its next pending step (skipping those whose skip_if '
+'holds) or, when none is left, completes the run. No-op while a step is in flight.';
+
+revoke all on function stepsync.advance_run(uuid) from public;
+grant execute on function stepsync.advance_run(uuid) to service_role;
+
+create or replace function stepsync.on_step_status_change()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    -- Run counters follow final step statuses (cancelled steps are not counted). The run
+    -- row is already locked by whoever moves the step (lock order: run, then steps).
+    update public.agent_task_executions as r
+    set
+        steps_completed = r.steps_completed + (new.status = 'completed')::integer,
+        steps_failed = r.steps_failed + (new.status = 'failed')::integer,
+        steps_skipped = r.steps_skipped + (new.status = 'skipped')::integer,
+        updated_at = now()
+    where r.id = new.run_id;
+    return null;
+end
+$$;
+
+comment on function stepsync.on_step_status_change() is
+'Trigger: after a step execution reaches a counted final status (completed, failed, '
+'skipped), add it to its run''s step counters.';
+
+revoke all on function stepsync.on_step_status_change() from public;
+grant execute on function stepsync.on_step_status_change() to service_role;
+
+create or replace trigger task_step_executions_status_change
+after update of status on public.task_step_executions
+for each row
+when (
+    old.status is distinct from new.status
+    and new.status in ('completed', 'failed', 'skipped')
+)
+execute function stepsync.on_step_status_change();
+
+comment on trigger task_step_executions_status_change on public.task_step_executions is
+'Keeps the run''s step counters in step with final step statuses.';
+
+-- start_task_run: snapshot a task's steps into a new run and make its first step ready.
+
+create or replace function stepsync.step_definitions(p_task_id uuid)
+returns table (
+    step_id uuid,
+    step_order integer,
+    step_name text,
+    instructions text,
+    agent_id uuid,
+    include_previous_context boolean,
+    context_mode public.step_context_mode,
+    context_paths jsonpath[],
+    context_template text,
+    context_data jsonb,
+    skip_if jsonpath,
+    on_failure public.step_failure_action,
+    max_attempts integer,
+    retry_backoff_seconds integer,
+    retry_backoff_max_seconds integer,
+    timeout_seconds integer
+)
+language sql
+stable
+set search_path = ''
+as $$
+    select
+        s.id, s.step_order, s.step_name, s.instructions, coalesce(s.agent_id, t.agent_id),
+        s.include_previous_context, s.context_mode, s.context_paths, s.context_template,
+        s.context_data, s.skip_if, s.on_failure, s.max_attempts, s.retry_backoff_seconds,
+        s.retry_backoff_max_seconds, s.timeout_seconds
+    from public.task_steps as s
+    inner join public.agent_tasks as t on s.task_id = t.id
+    where s.task_id = p_task_id and s.deleted_at is null
+    union all
+    -- A task without live steps is a one-step workflow made of its instructions.
+    select
+        null, 1, coalesce(nullif(left(btrim(t.name), 200), ''), 'Step 1'), t.instructions,
+        t.agent_id, false, 'previous', '{}', null, '{}'::jsonb, null, 'stop', 1, 5, 600, 300
+    from public.agent_tasks as t
+    where t.id = p_task_id
+        and not exists (
+            select from public.task_steps as s
+            where s.task_id = p_task_id and s.deleted_at is null
+        )
+    order by 2
+$$;
+
+comment on function stepsync.step_definitions(uuid) is
+'The steps a run of the task would snapshot, in order: its live steps (agent defaulting to '
+'the task''s), or for a task without steps one step made of its legacy instructions.';
+
+revoke all on function stepsync.step_definitions(uuid) from public;
+grant execute on function stepsync.step_definitions(uuid) to service_role;
+
+create or replace function stepsync.start_task_run(
+    p_task_id uuid,
+    p_trigger_type text default 'manual',
+    p_trigger_data jsonb default '{}'::jsonb
+)
+returns uuid
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+    task public.agent_tasks;
+    live_steps integer;
+    problems jsonb;
+    new_run_id uuid;
+begin
+    if p_trigger_type is null or p_trigger_type not in ('manual', 'scheduled', 'event') then
+        raise exception 'trigger type must be manual, scheduled or event, not %',
+            coalesce(quote_literal(p_trigger_type), 'null')
+            using errcode = '22023';
+    end if;
+    if p_trigger_data is not null and jsonb_typeof(p_trigger_data) <> 'object' then
+        raise exception 'trigger data must be a JSON object, not %', jsonb_typeof(p_trigger_data)
+            using errcode = '22023';
+    end if;
+
+    task := stepsync.authorized_task(p_task_id);
+
+    if not stepsync.flag_enabled_for('multi_step_workflows', task.user_id) then
+        raise exception 'multi-step workflows are not enabled for the owner of task %', task.id
+            using errcode = '55000',
+            hint = 'The feature flag multi_step_workflows is off for this user.';
+    end if;
+
+    -- Hold the live steps still until the run has its snapshot, so that what was
+    -- validated is what runs (an edit committed in between would otherwise slip in).
+    perform
+    from public.task_steps as s
+    where s.task_id = task.id and s.deleted_at is null
+    for share;
+    get diagnostics live_steps = row_count;
+
+    -- A task without steps runs its legacy instructions as one step; a task with steps
+    -- must pass the same validation the editor shows.
+    if live_steps > 0 then
+        problems := public.validate_task_steps(task.id);
+        if jsonb_array_length(problems) > 0 then
+            raise exception 'task % has invalid steps: %',
+                task.id,
+                (
+                    select string_agg(
+                        coalesce('step ' || (p.problem ->> 'step_order') || ': ', '')
+                        || (p.problem ->> 'message'),
+                        '; '
+                    )
+                    from jsonb_array_elements(problems) as p (problem)
+                )
+                using errcode = '22023',
+                detail = problems::text,
+                hint = 'Fix the steps (see validate_task_steps) and start the run again.';
+        end if;
+    elsif coalesce(btrim(task.instructions), '') = '' then
+        raise exception 'task % has no steps and no instructions', task.id
+            using errcode = '22023';
+    end if;
+
+    insert into public.agent_task_executions (
+        task_id, agent_id, user_id, status, trigger_type, trigger_data, instructions_used,
+        started_at, conversation_id, step_count, metadata
+    )
+    values (
+        task.id,
+        task.agent_id,
+        task.user_id,
+        'running',
+        p_trigger_type,
+        coalesce(p_trigger_data, '{}'::jsonb),
+        '',
+        now(),
+        task.conversation_id,
+        greatest(live_steps, 1),
+        jsonb_build_object('engine', 'stepsync', 'task_name', task.name)
+    )
+    returning id into new_run_id;
+
+    insert into public.task_step_executions (
+        run_id, task_id, user_id, step_id, step_order, step_name, instructions, agent_id,
+        include_previous_context, context_mode, context_paths, context_template,
+        context_data, skip_if, on_failure, max_attempts, retry_backoff_seconds,
+        retry_backoff_max_seconds, timeout_seconds
+    )
+    select
+        new_run_id, task.id, task.user_id, d.step_id, d.step_order, d.step_name,
+        d.instructions, d.agent_id, d.include_previous_context, d.context_mode,
+        d.context_paths, d.context_template, d.context_data, d.skip_if, d.on_failure,
+        d.max_attempts, d.retry_backoff_seconds, d.retry_backoff_max_seconds,
+        d.timeout_seconds
+    from stepsync.step_definitions(task.id) as d;
+
+    -- What the run was asked to do, in the legacy column the app shows.
+    update public.agent_task_executions as r
+    set instructions_used = (
+        select case
+            when count(*) = 1 then min(s.instructions)
+            else string_agg(
+                format(E'Step %s: %s\n%s', s.step_order, s.step_name, s.instructions),
+                E'\n\n' order by s.step_order
+            )
+        end
+        from public.task_step_executions as s
+        where s.run_id = r.id
+    )
+    where r.id = new_run_id;
+
+    perform stepsync.advance_run(new_run_id);
+    return new_run_id;
+end
+$$;
+
+comment on function stepsync.start_task_run(uuid, text, jsonb) is
+'Starts a run of a task for its owner or the service: checks the multi_step_workflows '
+'flag and validate_task_steps, snapshots the live steps (or the legacy instructions as '
+'one step) and makes step 1 ready. Use public.start_task_run.';
+
+revoke all on function stepsync.start_task_run(uuid, text, jsonb) from public;
+grant execute on function stepsync.start_task_run(uuid, text, jsonb)
+to authenticated, service_role;
+
+create or replace function public.start_task_run(
+    p_task_id uuid,
+    p_trigger_type text default 'manual',
+    p_trigger_data jsonb default '{}'::jsonb
+)
+returns uuid
+language sql
+volatile
+security invoker
+set search_path = ''
+as $$
+    select stepsync.start_task_run(p_task_id, p_trigger_type, p_trigger_data)
+$$;
+
+comment on function public.start_task_run(uuid, text, jsonb) is
+'Starts a run of the task and returns its id (agent_task_executions.id). For the task''s '
+'owner and the service. Refuses when the multi_step_workflows flag is off for the owner '
+'or the steps are invalid (the error names the problems).';
+
+revoke all on function public.start_task_run(uuid, text, jsonb) from public, anon;
+grant execute on function public.start_task_run(uuid, text, jsonb)
+to authenticated, service_role;
+
+-- Leasing steps to workers and holding the leases (service only).
+--
+-- A lease (owner, expiry) comes with a new fencing token from stepsync.lease_token_seq.
+-- Completing and failing a step only act with the current token, so a worker whose lease
+-- expired and was re-claimed cannot overwrite the newer attempt.
+--
+-- stepsync.lease_steps is the one place a step is taken: running, one more attempt, the
+-- lease and a new token, and the input context built from the run (through the views of
+-- 0130_run_context.sql, which the planner inlines into its one statement). A worker gets
+-- a step two ways: claim_steps picks due queued steps with FOR UPDATE SKIP LOCKED and
+-- leases them; complete_steps leases a run's next step to the worker that completed the
+-- one before, without queueing it first.
+
+create or replace function stepsync.lease_steps(
+    p_step_execution_ids uuid[],
+    p_worker text,
+    p_lease_seconds integer
+)
+returns table (
+    step_execution_id uuid,
+    run_id uuid,
+    lease_token bigint,
+    task_id uuid,
+    user_id uuid,
+    agent_id uuid,
+    step_order integer,
+    step_name text,
+    instructions text,
+    context jsonb,
+    attempt integer,
+    timeout_seconds integer,
+    idempotency_key text,
+    conversation_id uuid,
+    trigger_data jsonb
+)
+language plpgsql
+volatile
+-- Its statement takes the step ids as an array parameter. With the default plan cache
+-- mode PostgreSQL plans it anew on every call (the generic plan's estimate looks worse
+-- than the custom ones), although the generic plan is the same index walk at a fraction
+-- of the cost.
+set plan_cache_mode = force_generic_plan
+set search_path = ''
+as $$
+begin
+    if coalesce(btrim(p_worker), '') = '' then
+        raise exception 'worker name must not be blank' using errcode = '22023';
+    end if;
+    if p_lease_seconds is null or p_lease_seconds not between 1 and 86400 then
+        raise exception 'lease must be between 1 and 86400 seconds, not %', p_lease_seconds
+            using errcode = '22023';
+    end if;
+
+    -- The caller holds the steps: row locks from its claim, or the run lock under which
+    -- a pending step cannot change. Only waiting steps (pending, queued) are leased.
+    return query
+    with step_context as (
+        select
+            s.id,
+            h.head || jsonb_build_object(
+                'steps', coalesce(
+                    (
+                        select jsonb_agg(e.entry order by e.step_order)
+                        from stepsync.run_context_entries as e
+                        where e.run_id = s.run_id and e.step_order < s.step_order
+                    ),
+                    '[]'::jsonb
+                )
+            ) as run_context
+        from public.task_step_executions as s
+        inner join stepsync.run_context_heads as h on s.run_id = h.run_id
+        where s.id = any(p_step_execution_ids) and s.status in ('pending', 'queued')
+    ),
+
+    leased as (
+        update public.task_step_executions as s
+        set
+            status = 'running',
+            attempt = s.attempt + 1,
+            lease_owner = p_worker,
+            lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+            lease_token = nextval('stepsync.lease_token_seq'),
+            run_after = coalesce(s.run_after, now()),
+            queued_at = coalesce(s.queued_at, now()),
+            started_at = now(),
+            input_context = stepsync.build_step_context(
+                step_context.run_context,
+                s.step_order,
+                s.include_previous_context,
+                s.context_mode,
+                s.context_paths,
+                s.context_template,
+                s.context_data
+            ),
+            updated_at = now()
+        from step_context
+        where s.id = step_context.id
+        returning s.*
+    )
+
+    select
+        l.id,
+        l.run_id,
+        l.lease_token,
+        l.task_id,
+        l.user_id,
+        l.agent_id,
+        l.step_order,
+        l.step_name,
+        l.instructions,
+        l.input_context,
+        l.attempt,
+        l.timeout_seconds,
+        l.idempotency_key,
+        r.conversation_id,
+        r.trigger_data
+    from leased as l
+    inner join public.agent_task_executions as r on l.run_id = r.id
+    order by l.run_after, l.id;
+end
+$$;
+
+comment on function stepsync.lease_steps(uuid[], text, integer) is
+'Leases the given waiting steps (pending or queued) to p_worker for p_lease_seconds: '
+'running, attempt + 1, a new fencing token, the input context built and stored. The '
+'caller must hold the steps (row locks or the run lock). Returns what claim_steps returns. '
+'Service only.';
+
+revoke all on function stepsync.lease_steps(uuid[], text, integer)
+from public, anon, authenticated;
+grant execute on function stepsync.lease_steps(uuid[], text, integer) to service_role;
+
+create or replace function stepsync.claim_steps(
+    p_worker text,
+    p_batch integer,
+    p_lease_seconds integer
+)
+returns table (
+    step_execution_id uuid,
+    run_id uuid,
+    lease_token bigint,
+    task_id uuid,
+    user_id uuid,
+    agent_id uuid,
+    step_order integer,
+    step_name text,
+    instructions text,
+    context jsonb,
+    attempt integer,
+    timeout_seconds integer,
+    idempotency_key text,
+    conversation_id uuid,
+    trigger_data jsonb
+)
+language plpgsql
+volatile
+-- The claim must walk task_step_executions_claim_idx in (run_after, id) order and stop
+-- after p_batch rows. When the statistics still describe a nearly empty queue (a burst of
+-- new runs before autovacuum has analyzed the table) the planner prefers a bitmap scan
+-- that reads and sorts every due step on every claim instead, at a cost that grows with
+-- the backlog. Without bitmap scans the ordered index scan is the cheapest plan whatever
+-- the statistics say.
+set enable_bitmapscan = off
+set search_path = ''
+as $$
+declare
+    picked uuid[];
+begin
+    -- lease_steps checks the worker and the lease.
+    if p_batch is null or p_batch not between 1 and 1000 then
+        raise exception 'batch size must be between 1 and 1000, not %', p_batch
+            using errcode = '22023';
+    end if;
+
+    -- Pick due queued steps of running runs, skipping rows another worker holds (its own
+    -- statement: planned and cached on its own, it walks the claim index in order), then
+    -- lease them.
+    select array_agg(due.id) into picked
+    from (
+        select s.id
+        from public.task_step_executions as s
+        inner join public.agent_task_executions as r on s.run_id = r.id
+        where s.status = 'queued' and s.run_after <= now() and r.status = 'running'
+        order by s.run_after, s.id
+        limit p_batch
+        for update of s skip locked
+    ) as due;
+
+    return query
+    select l.*
+    from stepsync.lease_steps(picked, p_worker, p_lease_seconds) as l;
+end
+$$;
+
+comment on function stepsync.claim_steps(text, integer, integer) is
+'Claims up to p_batch due queued steps of running runs for worker p_worker (FOR UPDATE '
+'SKIP LOCKED): leases them for p_lease_seconds with a new fencing token, counts an '
+'attempt and stores the built context in input_context. Service only.';
+
+revoke all on function stepsync.claim_steps(text, integer, integer)
+from public, anon, authenticated;
+grant execute on function stepsync.claim_steps(text, integer, integer) to service_role;
+
+create or replace function stepsync.heartbeat_steps(
+    p_worker text,
+    p_step_execution_ids uuid[],
+    p_lease_tokens bigint[],
+    p_lease_seconds integer
+)
+returns setof uuid
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens) then
+        raise exception 'step ids and lease tokens must be arrays of the same length'
+            using errcode = '22023';
+    end if;
+    if p_lease_seconds is null or p_lease_seconds not between 1 and 86400 then
+        raise exception 'lease must be between 1 and 86400 seconds, not %', p_lease_seconds
+            using errcode = '22023';
+    end if;
+
+    return query
+    update public.task_step_executions as s
+    set
+        lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+        updated_at = now()
+    from unnest(p_step_execution_ids, p_lease_tokens) as held (id, token)
+    where s.id = held.id
+        and s.lease_token = held.token
+        and s.lease_owner = p_worker
+        and s.status = 'running'
+    returning s.id;
+end
+$$;
+
+comment on function stepsync.heartbeat_steps(text, uuid[], bigint[], integer) is
+'Extends the leases p_worker still holds (matching id and token, still running) by '
+'p_lease_seconds from now; returns the ids whose lease is still held. Service only.';
+
+revoke all on function stepsync.heartbeat_steps(text, uuid[], bigint[], integer)
+from public, anon, authenticated;
+grant execute on function stepsync.heartbeat_steps(text, uuid[], bigint[], integer)
+to service_role;
+
+create or replace function stepsync.release_steps(
+    p_worker text,
+    p_step_execution_ids uuid[],
+    p_lease_tokens bigint[]
+)
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    released integer;
+begin
+    if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens) then
+        raise exception 'step ids and lease tokens must be arrays of the same length'
+            using errcode = '22023';
+    end if;
+
+    -- Handing a step back is not a failed attempt: the attempt is given back too.
+    update public.task_step_executions as s
+    set
+        status = 'queued',
+        attempt = greatest(s.attempt - 1, 0),
+        run_after = now(),
+        queued_at = now(),
+        lease_owner = null,
+        lease_expires_at = null,
+        updated_at = now()
+    from unnest(p_step_execution_ids, p_lease_tokens) as held (id, token)
+    where s.id = held.id
+        and s.lease_token = held.token
+        and s.lease_owner = p_worker
+        and s.status = 'running';
+    get diagnostics released = row_count;
+    return released;
+end
+$$;
+
+comment on function stepsync.release_steps(text, uuid[], bigint[]) is
+'Graceful shutdown: hands the given running steps of p_worker back to the queue, due now, '
+'without using up an attempt. Returns how many were released. Service only.';
+
+revoke all on function stepsync.release_steps(text, uuid[], bigint[])
+from public, anon, authenticated;
+grant execute on function stepsync.release_steps(text, uuid[], bigint[]) to service_role;
+
+create or replace function stepsync.queue_depth()
+returns bigint
+language sql
+stable
+set search_path = ''
+as $$
+    select count(*)
+    from public.task_step_executions as s
+    inner join public.agent_task_executions as r on s.run_id = r.id
+    where s.status = 'queued' and s.run_after <= now() and r.status = 'running'
+$$;
+
+comment on function stepsync.queue_depth() is
+'Number of steps queued and due (what claim_steps could take now). Service only.';
+
+revoke all on function stepsync.queue_depth() from public, anon, authenticated;
+grant execute on function stepsync.queue_depth() to service_role;
+
+-- Completing and failing a step attempt (service only), fenced by the lease token.
+--
+-- Both lock the run row before the step row (the lock order of every run transition),
+-- and both move the run on in the same transaction: the next step is queued or handed
+-- off, or the run completes or fails.
+--
+-- A worker running many steps at once finishes several of them within a millisecond or
+-- two. complete_steps records all of them in one transaction: one round trip and one
+-- commit instead of one each, and one set-based UPDATE of the step rows. Each step is
+-- still fenced by its own lease token, and each run still moves on in the same
+-- transaction that completes its step. complete_step is complete_steps for one step, so
+-- both follow one code path.
+--
+-- Hand-off: the worker that completed step N has a free slot and is the one most likely
+-- to want step N + 1. With p_worker given, a next step that is plainly due (pending, no
+-- skip_if) is leased to that worker at once (lease_steps) instead of being queued,
+-- announced and claimed: one step update fewer, no notification, no claim round trip,
+-- and the step starts as soon as the completion commits.
+
+create or replace function stepsync.complete_steps(
+    p_step_execution_ids uuid[],
+    p_lease_tokens bigint[],
+    p_outputs jsonb[],
+    p_worker text default null,
+    p_lease_seconds integer default null
+)
+returns table (step_execution_id uuid, completed boolean, next_step jsonb)
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    completed_ids uuid[];
+    completed_tokens bigint[];
+    completed_runs uuid[];
+    advanced_runs uuid[];
+    plain_steps uuid[];
+    plain_runs uuid[];
+    finished_runs uuid[];
+    handed_off jsonb := '{}'::jsonb;
+    advancing uuid;
+begin
+    if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens)
+        or cardinality(p_step_execution_ids) is distinct from cardinality(p_outputs) then
+        raise exception 'step ids, lease tokens and outputs must be arrays of the same length'
+            using errcode = '22023';
+    end if;
+
+    -- Lock order: the runs first, then their steps. In id order, so that two batches
+    -- sharing runs wait for each other instead of deadlocking. Stale tokens take no lock.
+    perform from public.agent_task_executions as r
+    where r.id in (
+        select s.run_id
+        from public.task_step_executions as s
+        inner join unnest(p_step_execution_ids, p_lease_tokens) as held (id, token)
+            on s.id = held.id and s.lease_token = held.token
+        where s.status = 'running'
+    )
+    order by r.id
+    for no key update of r;
+
+    with done as (
+        update public.task_step_executions as s
+        set
+            status = 'completed',
+            output = coalesce(result.output, 'null'::jsonb),
+            error_message = null,
+            completed_at = now(),
+            duration_ms = (extract(epoch from now() - s.started_at) * 1000)::integer,
+            lease_owner = null,
+            lease_expires_at = null,
+            updated_at = now()
+        from unnest(p_step_execution_ids, p_lease_tokens, p_outputs)
+            as result (id, token, output)
+        where s.id = result.id
+            and s.lease_token = result.token
+            and s.status = 'running'
+        returning s.id, s.lease_token, s.run_id
+    )
+
+    select
+        array_agg(done.id),
+        array_agg(done.lease_token),
+        array_agg(done.run_id),
+        array_agg(distinct done.run_id)
+    into completed_ids, completed_tokens, completed_runs, advanced_runs
+    from done;
+
+    -- Most runs simply go on to their next step: a pending one without skip_if. Those
+    -- are handed off or queued in one statement. Runs without a step left are finished
+    -- together (finish_runs). The others (next step has a skip_if, run no longer running)
+    -- take advance_run, which handles every case. All of it runs after the UPDATE above,
+    -- as statements of their own, so that it sees the completed steps.
+    select
+        array_agg(upcoming.id) filter (where upcoming.id is not null),
+        array_agg(advanced.run_id) filter (where upcoming.id is not null),
+        array_agg(advanced.run_id) filter (where upcoming.run_id is null)
+    into plain_steps, plain_runs, finished_runs
+    from unnest(advanced_runs) as advanced (run_id)
+    inner join public.agent_task_executions as r
+        on advanced.run_id = r.id and r.status = 'running'
+    left join lateral (
+        select s.id, s.run_id, s.status, s.skip_if
+        from public.task_step_executions as s
+        where s.run_id = advanced.run_id and s.status in ('pending', 'queued', 'running')
+        order by s.step_order
+        limit 1
+    ) as upcoming on true
+    where upcoming.run_id is null or (upcoming.status = 'pending' and upcoming.skip_if is null);
+
+    if p_worker is null then
+        update public.task_step_executions as s
+        set
+            status = 'queued',
+            run_after = now(),
+            queued_at = now(),
+            updated_at = now()
+        where s.id = any(plain_steps);
+    elsif plain_steps is not null then
+        select jsonb_object_agg(leased.run_id::text, to_jsonb(leased))
+        into handed_off
+        from stepsync.lease_steps(plain_steps, p_worker, p_lease_seconds) as leased;
+    end if;
+
+    if finished_runs is not null then
+        perform stepsync.finish_runs(finished_runs, 'completed');
+    end if;
+
+    foreach advancing in array coalesce(advanced_runs, '{}') loop
+        if not advancing = any(coalesce(plain_runs, '{}') || coalesce(finished_runs, '{}')) then
+            perform stepsync.advance_run(advancing);
+        end if;
+    end loop;
+
+    return query
+    select given.id, done.id is not null, handed_off -> done.run_id::text
+    from unnest(p_step_execution_ids, p_lease_tokens) with ordinality
+        as given (id, token, position)
+    left join unnest(completed_ids, completed_tokens, completed_runs)
+        as done (id, token, run_id)
+        on given.id = done.id and given.token = done.token
+    order by given.position;
+end
+$$;
+
+comment on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, integer) is
+'Completes the given running steps (each at most once), each with its output if its lease '
+'token is current, and moves each affected run on in the same transaction. With p_worker, '
+'a run''s plainly due next step is leased to p_worker for p_lease_seconds instead of '
+'queued. One row per given step, in the given order: completed = false means a stale token '
+'or a step no longer running (nothing changed for it); next_step is the step handed off '
+'(the columns claim_steps returns, as JSON) or null. Service only.';
+
+revoke all on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, integer)
+from public, anon, authenticated;
+grant execute on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, integer)
+to service_role;
+
+create or replace function stepsync.complete_step(
+    p_step_execution_id uuid,
+    p_lease_token bigint,
+    p_output jsonb
+)
+returns boolean
+language sql
+volatile
+set search_path = ''
+as $$
+    select c.completed
+    from stepsync.complete_steps(
+        array[p_step_execution_id], array[p_lease_token], array[p_output]
+    ) as c
+$$;
+
+comment on function stepsync.complete_step(uuid, bigint, jsonb) is
+'Completes a running step with p_output if p_lease_token is its current fencing token, and '
+'queues the next step or completes the run in the same transaction. false = stale token '
+'(or the step is no longer running): nothing changed. Service only; complete_steps for '
+'several at once.';
+
+revoke all on function stepsync.complete_step(uuid, bigint, jsonb)
+from public, anon, authenticated;
+grant execute on function stepsync.complete_step(uuid, bigint, jsonb) to service_role;
+
+create or replace function stepsync.record_step_failure(
+    p_step_execution_id uuid,
+    p_lease_token bigint,
+    p_error text,
+    p_retryable boolean,
+    p_lease_expired boolean
+)
+returns text
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    step public.task_step_executions;
+    delay_seconds double precision;
+    reason text := left(coalesce(nullif(btrim(p_error), ''), 'step failed'), 10000);
+begin
+    select s.* into step
+    from public.task_step_executions as s
+    where
+        s.id = p_step_execution_id
+        and s.status = 'running'
+        and s.lease_token = p_lease_token;
+    if not found then
+        return 'stale';
+    end if;
+    perform from public.agent_task_executions as r
+    where r.id = step.run_id
+    for no key update;
+
+    select s.* into step
+    from public.task_step_executions as s
+    where s.id = p_step_execution_id
+        and s.status = 'running'
+        and s.lease_token = p_lease_token
+        and (not p_lease_expired or s.lease_expires_at < now())
+    for update;
+    if not found then
+        return 'stale';
+    end if;
+
+    if p_retryable and step.attempt < step.max_attempts then
+        -- Exponential backoff with up to 20 % added jitter, so that steps failing
+        -- together do not retry together.
+        delay_seconds := case when p_lease_expired then 0 else
+            least(
+                step.retry_backoff_max_seconds,
+                step.retry_backoff_seconds * power(2, step.attempt - 1)
+            ) * (1 + 0.2 * random())
+        end;
+        update public.task_step_executions as s
+        set
+            status = 'queued',
+            run_after = now() + make_interval(secs => delay_seconds),
+            queued_at = now(),
+            error_message = reason,
+            last_error_at = now(),
+            lease_owner = null,
+            lease_expires_at = null,
+            updated_at = now()
+        where s.id = step.id;
+        return 'retrying';
+    end if;
+
+    update public.task_step_executions as s
+    set
+        status = 'failed',
+        error_message = reason,
+        last_error_at = now(),
+        completed_at = now(),
+        duration_ms = (extract(epoch from now() - s.started_at) * 1000)::integer,
+        lease_owner = null,
+        lease_expires_at = null,
+        updated_at = now()
+    where s.id = step.id;
+
+    if step.on_failure = 'continue' then
+        perform stepsync.advance_run(step.run_id);
+    else
+        update public.task_step_executions as s
+        set
+            status = 'skipped',
+            skip_reason = format('run stopped: step %s failed', step.step_order),
+            completed_at = now(),
+            updated_at = now()
+        where s.run_id = step.run_id and s.status in ('pending', 'queued');
+        perform stepsync.finish_run(
+            step.run_id,
+            'failed',
+            format('step %s (%s) failed: %s', step.step_order, step.step_name, reason)
+        );
+    end if;
+    return 'failed';
+end
+$$;
+
+comment on function stepsync.record_step_failure(uuid, bigint, text, boolean, boolean) is
+'Shared by fail_step and reap_expired_leases: with attempts left (and p_retryable) the step '
+'is queued again after its backoff (due at once when p_lease_expired: the worker died, not '
+'necessarily the step); otherwise it fails and its on_failure decides: stop (run failed, '
+'remaining steps skipped) or continue.';
+
+revoke all on function stepsync.record_step_failure(uuid, bigint, text, boolean, boolean)
+from public, anon, authenticated;
+grant execute on function stepsync.record_step_failure(uuid, bigint, text, boolean, boolean)
+to service_role;
+
+create or replace function stepsync.fail_step(
+    p_step_execution_id uuid,
+    p_lease_token bigint,
+    p_error text,
+    p_retryable boolean default true
+)
+returns text
+language sql
+volatile
+set search_path = ''
+as $$
+    select stepsync.record_step_failure(
+        p_step_execution_id, p_lease_token, p_error, coalesce(p_retryable, true), false
+    )
+$$;
+
+comment on function stepsync.fail_step(uuid, bigint, text, boolean) is
+'Records a failed attempt if p_lease_token is current: ''retrying'' (queued again after '
+'least(max, base * 2^(attempt-1)) seconds plus up to 20 % jitter), ''failed'' (no attempts '
+'left or not retryable; on_failure applied) or ''stale'' (nothing changed). Service only.';
+
+revoke all on function stepsync.fail_step(uuid, bigint, text, boolean)
+from public, anon, authenticated;
+grant execute on function stepsync.fail_step(uuid, bigint, text, boolean) to service_role;
+
+-- Cancelling a run (owner or service) and reaping expired leases (service).
+
+create or replace function stepsync.cancel_task_run(p_run_id uuid)
+returns boolean
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+    run public.agent_task_executions;
+begin
+    select r.* into run
+    from public.agent_task_executions as r
+    where r.id = p_run_id
+    for no key update;
+    if not found
+        or (not stepsync.caller_is_service() and run.user_id is distinct from auth.uid()) then
+        raise exception 'run % not found', p_run_id
+            using errcode = 'P0002',
+            hint = 'Check the run id; only the run''s owner and the service may cancel it.';
+    end if;
+    if run.status not in ('pending', 'running') then
+        return false;
+    end if;
+
+    -- A running step is cancelled too: its worker's late complete or fail no longer
+    -- matches a running step and is rejected.
+    update public.task_step_executions as s
+    set
+        status = 'cancelled',
+        lease_owner = null,
+        lease_expires_at = null,
+        completed_at = now(),
+        updated_at = now()
+    where s.run_id = p_run_id and s.status in ('pending', 'queued', 'running');
+
+    update public.agent_task_executions as r
+    set
+        cancelled_at = now(),
+        cancelled_by = auth.uid()
+    where r.id = p_run_id;
+    perform stepsync.finish_run(p_run_id, 'cancelled', 'cancelled');
+    return true;
+end
+$$;
+
+comment on function stepsync.cancel_task_run(uuid) is
+'Cancels a pending or running run and its unfinished steps, for the run''s owner or the '
+'service. Use public.cancel_task_run.';
+
+revoke all on function stepsync.cancel_task_run(uuid) from public;
+grant execute on function stepsync.cancel_task_run(uuid) to authenticated, service_role;
+
+create or replace function public.cancel_task_run(p_run_id uuid)
+returns boolean
+language sql
+volatile
+security invoker
+set search_path = ''
+as $$
+    select stepsync.cancel_task_run(p_run_id)
+$$;
+
+comment on function public.cancel_task_run(uuid) is
+'Cancels the run: true if it was pending or running, false if it had already ended. For '
+'the run''s owner and the service; a worker''s later complete of a cancelled step is '
+'rejected.';
+
+revoke all on function public.cancel_task_run(uuid) from public, anon;
+grant execute on function public.cancel_task_run(uuid) to authenticated, service_role;
+
+create or replace function stepsync.reap_expired_leases()
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    expired record;
+    reaped integer := 0;
+begin
+    -- Each expired lease is handled like a failed attempt that may retry at once (the
+    -- worker died, the step did not necessarily fail); without attempts left the step
+    -- fails and its on_failure applies. A lease renewed or re-claimed meanwhile no longer
+    -- matches its token and is left alone.
+    for expired in
+        select s.id, s.lease_token, s.lease_owner
+        from public.task_step_executions as s
+        where s.status = 'running' and s.lease_expires_at < now()
+        order by s.lease_expires_at
+    loop
+        if stepsync.record_step_failure(
+            expired.id,
+            expired.lease_token,
+            format('lease of worker %s expired', expired.lease_owner),
+            true,
+            true
+        ) <> 'stale' then
+            reaped := reaped + 1;
+        end if;
+    end loop;
+    return reaped;
+end
+$$;
+
+comment on function stepsync.reap_expired_leases() is
+'Steps whose lease expired go back to the queue (due now) if they have attempts left, else '
+'fail per on_failure. Returns how many were reaped. Service only.';
+
+revoke all on function stepsync.reap_expired_leases() from public, anon, authenticated;
+grant execute on function stepsync.reap_expired_leases() to service_role;
+
+-- Preview: every step's input as a new run would send it (the editor's "preview mode").
+--
+-- The run context is hypothetical: each earlier step contributes its result from the
+-- task's last run (matched by step id), or, where it has none, a marked placeholder
+-- "<output of step N: not run yet>". The input itself comes from build_step_context,
+-- the function that leasing a step uses.
+
+create or replace function stepsync.preview_task_run(p_task_id uuid)
+returns jsonb
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+    task public.agent_tasks;
+    last_run_id uuid;
+    run_context jsonb;
+    previews jsonb := '[]'::jsonb;
+    definition record;
+begin
+    task := stepsync.authorized_task(p_task_id);
+
+    select r.id into last_run_id
+    from public.agent_task_executions as r
+    where r.task_id = task.id and r.step_count > 0
+    order by r.created_at desc, r.id desc
+    limit 1;
+
+    run_context := jsonb_build_object(
+        'task', jsonb_build_object('id', task.id, 'name', task.name),
+        'run', jsonb_build_object(
+            'id', null, 'trigger_type', 'manual', 'trigger_data', '{}'::jsonb
+        ),
+        'steps', (
+            select coalesce(jsonb_agg(
+                case
+                    when e.status in ('completed', 'failed', 'skipped') then jsonb_build_object(
+                        'order', d.step_order,
+                        'name', d.step_name,
+                        'status', e.status,
+                        'output', e.output,
+                        'error', e.error_message,
+                        'started_at', e.started_at,
+                        'completed_at', e.completed_at,
+                        'duration_ms', e.duration_ms,
+                        'attempts', e.attempt
+                    )
+                    else jsonb_build_object(
+                        'order', d.step_order,
+                        'name', d.step_name,
+                        'status', 'pending',
+                        'output', format('<output of step %s: not run yet>', d.step_order),
+                        'error', null,
+                        'started_at', null,
+                        'completed_at', null,
+                        'duration_ms', null,
+                        'attempts', 0
+                    )
+                end
+                order by d.step_order
+            ), '[]'::jsonb)
+            from stepsync.step_definitions(task.id) as d
+            left join public.task_step_executions as e
+                on
+                    e.run_id = last_run_id
+                    and (
+                        e.step_id = d.step_id
+                        or (d.step_id is null and e.step_id is null and e.step_order = 1)
+                    )
+        )
+    );
+
+    for definition in
+        select d.* from stepsync.step_definitions(task.id) as d order by d.step_order
+    loop
+        previews := previews || jsonb_build_array(
+            jsonb_build_object(
+                'step_id', definition.step_id,
+                'order', definition.step_order,
+                'name', definition.step_name,
+                'instructions', definition.instructions,
+                'would_skip', stepsync.should_skip(
+                    stepsync.context_before(run_context, definition.step_order),
+                    definition.skip_if
+                ),
+                'input', stepsync.build_step_context(
+                    run_context,
+                    definition.step_order,
+                    definition.include_previous_context,
+                    definition.context_mode,
+                    definition.context_paths,
+                    definition.context_template,
+                    definition.context_data
+                )
+            )
+        );
+    end loop;
+
+    return jsonb_build_object(
+        'task_id', task.id,
+        'based_on_run_id', last_run_id,
+        'steps', previews
+    );
+end
+$$;
+
+comment on function stepsync.preview_task_run(uuid) is
+'Every step''s input as a new manual run would send it, built from the last run''s results '
+'or marked placeholders. For the task''s owner and the service. Use public.preview_task_run.';
+
+create or replace function stepsync.preview_step_context(p_step_id uuid)
+returns jsonb
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+    step_task_id uuid;
+    step_owner uuid;
+begin
+    select s.task_id, t.user_id into step_task_id, step_owner
+    from public.task_steps as s
+    inner join public.agent_tasks as t on s.task_id = t.id
+    where s.id = p_step_id and s.deleted_at is null;
+    if not found
+        or (not stepsync.caller_is_service() and step_owner is distinct from auth.uid()) then
+        raise exception 'step % not found', p_step_id
+            using errcode = 'P0002',
+            hint = 'Check the step id (deleted steps have no preview); only the task''s owner '
+            || 'and the service may preview it.';
+    end if;
+
+    return (
+        select p.preview || jsonb_build_object('based_on_run_id', run.preview -> 'based_on_run_id')
+        from (select stepsync.preview_task_run(step_task_id) as preview) as run
+        cross join lateral jsonb_array_elements(run.preview -> 'steps') as p (preview)
+        where p.preview ->> 'step_id' = p_step_id::text
+    );
+end
+$$;
+
+comment on function stepsync.preview_step_context(uuid) is
+'One step''s entry of preview_task_run. For the task''s owner and the service. Use '
+'public.preview_step_context.';
+
+revoke all on function stepsync.preview_task_run(uuid) from public;
+revoke all on function stepsync.preview_step_context(uuid) from public;
+grant execute on function stepsync.preview_task_run(uuid) to authenticated, service_role;
+grant execute on function stepsync.preview_step_context(uuid) to authenticated, service_role;
+
+create or replace function public.preview_task_run(p_task_id uuid)
+returns jsonb
+language sql
+stable
+security invoker
+set search_path = ''
+as $$
+    select stepsync.preview_task_run(p_task_id)
+$$;
+
+comment on function public.preview_task_run(uuid) is
+'Preview mode: {"task_id", "based_on_run_id", "steps": [{"step_id", "order", "name", '
+'"instructions", "would_skip", "input"}]}, each input exactly as execution would build it, '
+'from the last run''s outputs or placeholders "<output of step N: not run yet>".';
+
+create or replace function public.preview_step_context(p_step_id uuid)
+returns jsonb
+language sql
+stable
+security invoker
+set search_path = ''
+as $$
+    select stepsync.preview_step_context(p_step_id)
+$$;
+
+comment on function public.preview_step_context(uuid) is
+'Context preview of one step: its preview_task_run entry ({"step_id", "order", "name", '
+'"instructions", "would_skip", "input", "based_on_run_id"}).';
+
+revoke all on function public.preview_task_run(uuid) from public, anon;
+revoke all on function public.preview_step_context(uuid) from public, anon;
+grant execute on function public.preview_task_run(uuid) to authenticated, service_role;
+grant execute on function public.preview_step_context(uuid) to authenticated, service_role;
+
+-- Events: pg_notify in the transaction that makes the change, so the service wakes when
+-- there is work instead of polling for it.
+--
+--   stepsync_step_ready   payload: the step execution id; a step became queued and due.
+--                         A retry with a delay is not announced: pollers find it.
+--   stepsync_run_changed  payload: {"run_id": ..., "status": ...}; a run was created or
+--                         changed status.
+
+create or replace function stepsync.notify_step_ready()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    perform pg_notify('stepsync_step_ready', new.id::text);
+    return null;
+end
+$$;
+
+comment on function stepsync.notify_step_ready() is
+'Trigger: announces a step that became queued and due on channel stepsync_step_ready.';
+
+revoke all on function stepsync.notify_step_ready() from public;
+
+create or replace trigger task_step_executions_notify_ready
+after insert or update of status, run_after on public.task_step_executions
+for each row
+when (new.status = 'queued' and new.run_after <= now())
+execute function stepsync.notify_step_ready();
+
+comment on trigger task_step_executions_notify_ready on public.task_step_executions is
+'Wakes the service when a step can be claimed now.';
+
+create or replace function stepsync.notify_run_changed()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    perform pg_notify(
+        'stepsync_run_changed',
+        json_build_object('run_id', new.id, 'status', new.status)::text
+    );
+    return null;
+end
+$$;
+
+comment on function stepsync.notify_run_changed() is
+'Trigger: announces a run''s new status on channel stepsync_run_changed.';
+
+revoke all on function stepsync.notify_run_changed() from public;
+
+create or replace trigger agent_task_executions_notify_insert
+after insert on public.agent_task_executions
+for each row
+execute function stepsync.notify_run_changed();
+
+create or replace trigger agent_task_executions_notify_status
+after update of status on public.agent_task_executions
+for each row
+when (old.status is distinct from new.status)
+execute function stepsync.notify_run_changed();
+
+comment on trigger agent_task_executions_notify_insert on public.agent_task_executions is
+'Announces a new run on stepsync_run_changed.';
+comment on trigger agent_task_executions_notify_status on public.agent_task_executions is
+'Announces a run''s status change on stepsync_run_changed.';
+
+-- The workflow tables join Supabase Realtime's publication, so a browser subscribed to
+-- postgres_changes sees step and run status change live (Realtime applies RLS per
+-- subscriber). On a database without the publication nothing happens; a publication for
+-- all tables already covers them.
+
+create or replace function stepsync.add_to_realtime_publication(p_table regclass)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+begin
+    if not exists (
+        select from pg_catalog.pg_publication as p where p.pubname = 'supabase_realtime'
+    ) then
+        return false;
+    end if;
+    if exists (
+        select from pg_catalog.pg_publication_rel as r
+        inner join pg_catalog.pg_publication as p on r.prpubid = p.oid
+        where p.pubname = 'supabase_realtime' and r.prrelid = p_table
+    ) or exists (
+        select from pg_catalog.pg_publication as p
+        where p.pubname = 'supabase_realtime' and p.puballtables
+    ) then
+        return true;
+    end if;
+    execute format('alter publication supabase_realtime add table %s', p_table);
+    return true;
+end
+$$;
+
+revoke all on function stepsync.add_to_realtime_publication(regclass)
+from public, anon, authenticated;
+
+comment on function stepsync.add_to_realtime_publication(regclass) is
+'For migrations: adds a table to the supabase_realtime publication when that exists '
+'(idempotent). Returns whether the table is now published.';
+
+select stepsync.add_to_realtime_publication('public.task_steps');
+select stepsync.add_to_realtime_publication('public.agent_task_executions');
+select stepsync.add_to_realtime_publication('public.task_step_executions');
+
+-- Backfill bookkeeping: one row per backfill run (its checkpoint and counters), the steps
+-- each run created, and the tasks it had to leave without a step.
+--
+-- Service-only: RLS is on and only service_role has a policy; the API roles get nothing.
+
+create table if not exists stepsync.backfill_runs (
+    id uuid primary key default gen_random_uuid(),
+    kind text not null default 'legacy_tasks' check (kind in ('legacy_tasks')),
+    status text not null default 'running' check (
+        status in ('running', 'completed', 'rolled_back')
+    ),
+    batch_size integer not null check (batch_size between 1 and 100000),
+    last_task_id uuid,
+    batches integer not null default 0,
+    tasks_scanned bigint not null default 0,
+    steps_created bigint not null default 0,
+    already_has_steps bigint not null default 0,
+    marker_with_steps bigint not null default 0,
+    marker_without_steps bigint not null default 0,
+    blank_instructions bigint not null default 0,
+    long_instructions bigint not null default 0,
+    unnamed bigint not null default 0,
+    status_paused bigint not null default 0,
+    status_completed bigint not null default 0,
+    status_failed bigint not null default 0,
+    status_cancelled bigint not null default 0,
+    tasks_at_start bigint,
+    options jsonb not null default '{}'::jsonb,
+    started_by text not null default current_user,
+    started_at timestamptz not null default now(),
+    updated_at timestamptz not null default now(),
+    finished_at timestamptz,
+    rolled_back_at timestamptz,
+    rolled_back_steps bigint not null default 0,
+    rollback_kept_steps bigint not null default 0
+);
+
+create table if not exists stepsync.backfill_step_origin (
+    -- Not a foreign key: a per-row check would slow the bulk insert of every batch, and
+    -- runs are never deleted (no role has delete on backfill_runs).
+    backfill_run_id uuid not null,
+    task_id uuid not null,
+    step_id uuid not null,
+    -- A run gives a task at most one step. Keyed by task so a batch (which walks tasks in
+    -- id order) appends to the index instead of scattering random step ids over it.
+    primary key (backfill_run_id, task_id)
+);
+
+create table if not exists stepsync.backfill_exceptions (
+    backfill_run_id uuid not null references stepsync.backfill_runs (id),
+    task_id uuid not null,
+    category text not null check (
+        category in ('blank_instructions', 'marker_without_steps')
+    ),
+    detail text not null,
+    primary key (backfill_run_id, task_id)
+);
+
+alter table stepsync.backfill_runs enable row level security;
+alter table stepsync.backfill_step_origin enable row level security;
+alter table stepsync.backfill_exceptions enable row level security;
+
+revoke all on stepsync.backfill_runs from public, anon, authenticated;
+revoke all on stepsync.backfill_step_origin from public, anon, authenticated;
+revoke all on stepsync.backfill_exceptions from public, anon, authenticated;
+grant select, insert, update on stepsync.backfill_runs to service_role;
+grant select, insert, update, delete on stepsync.backfill_step_origin to service_role;
+grant select, insert, update, delete on stepsync.backfill_exceptions to service_role;
+
+create policy "Service role manages backfill runs" on stepsync.backfill_runs
+for all to service_role using (true) with check (true);
+create policy "Service role manages backfill step origins" on stepsync.backfill_step_origin
+for all to service_role using (true) with check (true);
+create policy "Service role manages backfill exceptions" on stepsync.backfill_exceptions
+for all to service_role using (true) with check (true);
+
+comment on table stepsync.backfill_runs is
+'One row per legacy-task backfill run: its keyset checkpoint (last_task_id), counters by '
+'category, and rollback state. A run whose process died stays running and is resumed.';
+comment on column stepsync.backfill_runs.status is
+'running (in progress or interrupted), completed, or rolled_back.';
+comment on column stepsync.backfill_runs.last_task_id is
+'Checkpoint: every agent_tasks.id up to and including this one has been processed.';
+comment on column stepsync.backfill_runs.batch_size is 'Tasks per batch transaction.';
+comment on column stepsync.backfill_runs.batches is 'Batches committed so far.';
+comment on column stepsync.backfill_runs.tasks_scanned is 'Tasks examined so far.';
+comment on column stepsync.backfill_runs.steps_created is 'Steps 1 this run created.';
+comment on column stepsync.backfill_runs.already_has_steps is
+'Tasks skipped because they already had live steps (marker tasks excluded).';
+comment on column stepsync.backfill_runs.marker_with_steps is
+'Tasks with the earlier multi-step marker text whose steps are present.';
+comment on column stepsync.backfill_runs.marker_without_steps is
+'Tasks with the earlier multi-step marker text and no live step: cannot be restored.';
+comment on column stepsync.backfill_runs.blank_instructions is
+'Tasks with empty or whitespace-only instructions and no step: left without one.';
+comment on column stepsync.backfill_runs.long_instructions is
+'Created steps whose instructions exceed 10,000 characters (migrated all the same).';
+comment on column stepsync.backfill_runs.unnamed is
+'Created steps whose task had a blank name (name derived from the instructions).';
+comment on column stepsync.backfill_runs.status_paused is 'Created steps of paused tasks.';
+comment on column stepsync.backfill_runs.status_completed is 'Created steps of completed tasks.';
+comment on column stepsync.backfill_runs.status_failed is 'Created steps of failed tasks.';
+comment on column stepsync.backfill_runs.status_cancelled is 'Created steps of cancelled tasks.';
+comment on column stepsync.backfill_runs.tasks_at_start is
+'Number of agent_tasks rows when the run started (for progress and ETA).';
+comment on column stepsync.backfill_runs.options is
+'Settings the run was started with (batch size, pause, timeouts).';
+comment on column stepsync.backfill_runs.started_by is 'Database role that started the run.';
+comment on column stepsync.backfill_runs.started_at is 'When the run started.';
+comment on column stepsync.backfill_runs.updated_at is 'When the last batch committed.';
+comment on column stepsync.backfill_runs.finished_at is 'When the last batch found no more tasks.';
+comment on column stepsync.backfill_runs.rolled_back_at is 'When a rollback of this run finished.';
+comment on column stepsync.backfill_runs.rolled_back_steps is 'Steps removed by rollback.';
+comment on column stepsync.backfill_runs.rollback_kept_steps is
+'Steps rollback kept because their task has other live steps now.';
+comment on column stepsync.backfill_runs.kind is 'What was backfilled (legacy_tasks).';
+
+comment on table stepsync.backfill_step_origin is
+'Which backfill run created which step: rollback removes exactly these rows'' steps.';
+comment on column stepsync.backfill_step_origin.step_id is 'A task_steps.id the run created.';
+comment on column stepsync.backfill_step_origin.backfill_run_id is 'The run that created it.';
+comment on column stepsync.backfill_step_origin.task_id is
+'The step''s task; rollback walks a run''s rows in task order.';
+
+comment on table stepsync.backfill_exceptions is
+'Tasks a backfill run could not give a step, with the reason; listed by the CLI.';
+comment on column stepsync.backfill_exceptions.backfill_run_id is 'The run that found it.';
+comment on column stepsync.backfill_exceptions.task_id is 'The task left without a step.';
+comment on column stepsync.backfill_exceptions.category is
+'blank_instructions or marker_without_steps.';
+comment on column stepsync.backfill_exceptions.detail is 'Why no step could be made.';
+
+-- Backfill of legacy single-instruction tasks into single-step workflows.
+--
+-- Each function call is one batch: the caller runs it in its own short transaction (with
+-- lock_timeout and statement_timeout set) and commits. Batches walk agent_tasks in
+-- keyset order of id; the run's checkpoint moves in the same transaction as the steps it
+-- created, so a killed process loses at most the batch in flight.
+--
+-- The classification of a task is spelled out inline in each function (no function call
+-- per row: a function with a fixed search_path cannot be inlined, and at a million rows
+-- the calls would cost more than the inserts). The rules, identical everywhere:
+--   blank:    instructions !~ '\S'                        (empty or whitespace only)
+--   marker:   instructions ~ '^\s*Multi-step task with [0-9]+ step'  (earlier variant)
+--   long:     char_length(instructions) > 10000
+--   unnamed:  btrim(name, E' \t\r\n\f\v') = ''
+--   step status: completed/failed/cancelled tasks keep that status, others are pending.
+--
+-- Whether a task already has a live step is a lateral subquery with LIMIT 1: one probe
+-- of task_steps by task_id per task of the batch. An `exists (...)` in the select list
+-- may be run "hashed" instead, reading every live step once per statement; the plans are
+-- cached, so once chosen (task_steps is small when a backfill starts) every later batch
+-- would read all the steps created so far, and the whole backfill would grow with the
+-- square of its size.
+
+create or replace function stepsync.backfill_start_run(
+    p_batch_size integer, p_options jsonb default '{}'::jsonb
+)
+returns uuid
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    run_id uuid;
+begin
+    if p_batch_size is null or p_batch_size not between 1 and 100000 then
+        raise exception 'batch size must be between 1 and 100000, got %', p_batch_size
+            using errcode = '22023';
+    end if;
+    insert into stepsync.backfill_runs (batch_size, options, tasks_at_start)
+    values (
+        p_batch_size,
+        coalesce(p_options, '{}'::jsonb),
+        (select count(*) from public.agent_tasks)
+    )
+    returning id into run_id;
+    return run_id;
+end
+$$;
+
+comment on function stepsync.backfill_start_run(integer, jsonb) is
+'Record a new legacy-task backfill run (status running, no checkpoint yet); returns its id.';
+
+revoke all on function stepsync.backfill_start_run(integer, jsonb) from public;
+grant execute on function stepsync.backfill_start_run(integer, jsonb) to service_role;
+
+create or replace function stepsync.backfill_legacy_tasks_batch(
+    p_run_id uuid, p_batch_size integer default null
+)
+returns table (tasks_scanned integer, steps_created integer, last_task_id uuid, done boolean)
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    run stepsync.backfill_runs;
+    ids uuid[];
+    batch_limit integer;
+    scanned integer;
+    created integer;
+begin
+    -- The run row is the checkpoint; NOWAIT makes a second process on the same run fail
+    -- at once instead of queueing behind the first.
+    select * into run from stepsync.backfill_runs as r where r.id = p_run_id
+    for update nowait;
+    if not found then
+        raise exception 'backfill run % does not exist', p_run_id using errcode = 'P0002';
+    end if;
+    if run.status <> 'running' then
+        raise exception 'backfill run % is %, it cannot continue', p_run_id, run.status
+            using errcode = '55000';
+    end if;
+    -- A resumed run may go on with a different batch size (smaller, after timeouts).
+    batch_limit := coalesce(p_batch_size, run.batch_size);
+    if batch_limit not between 1 and 100000 then
+        raise exception 'batch size must be between 1 and 100000, got %', batch_limit
+            using errcode = '22023';
+    end if;
+
+    -- Audit rows written by this transaction name the run; the compatibility triggers
+    -- have nothing to add to what the batch writes itself.
+    perform set_config('stepsync.audit_tag', p_run_id::text, true);
+    perform set_config('stepsync.compat_sync', 'off', true);
+
+    -- 1. Take the next tasks and hold them: a concurrent edit of their instructions waits
+    -- for this batch, then the compatibility trigger sees the new step and syncs it.
+    if run.last_task_id is null then
+        select array_agg(locked.id order by locked.id) into ids
+        from (
+            select t.id from public.agent_tasks as t
+            order by t.id
+            limit batch_limit
+            for share
+        ) as locked;
+    else
+        select array_agg(locked.id order by locked.id) into ids
+        from (
+            select t.id from public.agent_tasks as t
+            where t.id > run.last_task_id
+            order by t.id
+            limit batch_limit
+            for share
+        ) as locked;
+    end if;
+    scanned := coalesce(cardinality(ids), 0);
+
+    -- 2. A new statement, so a new snapshot: the tasks' current text and steps.
+    with batch as (
+        select
+            t.id,
+            t.name,
+            t.instructions,
+            t.status,
+            t.instructions !~ '\S' as is_blank,
+            t.instructions ~ '^\s*Multi-step task with [0-9]+ step' as is_marker,
+            live.task_id is not null as has_steps
+        from public.agent_tasks as t
+        left join lateral (
+            select s.task_id from public.task_steps as s
+            where s.task_id = t.id and s.deleted_at is null
+            limit 1
+        ) as live on true
+        where t.id = any(ids)
+    ),
+
+    eligible as (
+        select b.*
+        from batch as b
+        where not b.has_steps and not b.is_blank and not b.is_marker
+    ),
+
+    inserted as (
+        insert into public.task_steps (task_id, step_order, step_name, instructions, status)
+        select
+            e.id,
+            1,
+            coalesce(
+                nullif(left(btrim(e.name, e' \t\r\n\f\v'), 200), ''),
+                nullif(
+                    btrim(left(regexp_replace(
+                        btrim(left(e.instructions, 400), e' \t\r\n\f\v'), '\s+', ' ', 'g'
+                    ), 80)),
+                    ''
+                ),
+                'Step 1'
+            ),
+            e.instructions,
+            (case e.status
+                when 'completed' then 'completed'
+                when 'failed' then 'failed'
+                when 'cancelled' then 'cancelled'
+                else 'pending'
+            end)::public.task_step_status
+        from eligible as e
+        order by e.id
+        returning id, task_id
+    ),
+
+    origin as (
+        insert into stepsync.backfill_step_origin (backfill_run_id, task_id, step_id)
+        select p_run_id, i.task_id, i.id from inserted as i
+        order by i.task_id
+    ),
+
+    exceptions as (
+        insert into stepsync.backfill_exceptions (backfill_run_id, task_id, category, detail)
+        select
+            p_run_id,
+            b.id,
+            case when b.is_blank then 'blank_instructions' else 'marker_without_steps' end,
+            case
+                when b.is_blank then 'instructions are empty or whitespace: no valid step'
+                else 'multi-step marker text but no live steps: the steps cannot be '
+                    || 'restored from the marker'
+            end
+        from batch as b
+        where not b.has_steps and (b.is_blank or b.is_marker)
+        on conflict do nothing
+    ),
+
+    counted as (
+        select
+            count(*) filter (where b.has_steps and not b.is_marker) as already_has_steps,
+            count(*) filter (where b.has_steps and b.is_marker) as marker_with_steps,
+            count(*) filter (
+                where not b.has_steps and b.is_marker and not b.is_blank
+            ) as marker_without_steps,
+            count(*) filter (where not b.has_steps and b.is_blank) as blank_instructions
+        from batch as b
+    ),
+
+    flagged as (
+        select
+            count(*) as steps_created,
+            count(*) filter (where char_length(e.instructions) > 10000) as long_instructions,
+            count(*) filter (where btrim(e.name, e' \t\r\n\f\v') = '') as unnamed,
+            count(*) filter (where e.status = 'paused') as status_paused,
+            count(*) filter (where e.status = 'completed') as status_completed,
+            count(*) filter (where e.status = 'failed') as status_failed,
+            count(*) filter (where e.status = 'cancelled') as status_cancelled
+        from eligible as e
+    )
+
+    update stepsync.backfill_runs as r
+    set
+        last_task_id = coalesce(ids[cardinality(ids)], r.last_task_id),
+        batches = r.batches + 1,
+        tasks_scanned = r.tasks_scanned + scanned,
+        steps_created = r.steps_created + f.steps_created,
+        already_has_steps = r.already_has_steps + c.already_has_steps,
+        marker_with_steps = r.marker_with_steps + c.marker_with_steps,
+        marker_without_steps = r.marker_without_steps + c.marker_without_steps,
+        blank_instructions = r.blank_instructions + c.blank_instructions,
+        long_instructions = r.long_instructions + f.long_instructions,
+        unnamed = r.unnamed + f.unnamed,
+        status_paused = r.status_paused + f.status_paused,
+        status_completed = r.status_completed + f.status_completed,
+        status_failed = r.status_failed + f.status_failed,
+        status_cancelled = r.status_cancelled + f.status_cancelled,
+        updated_at = now(),
+        status = case when scanned < batch_limit then 'completed' else r.status end,
+        finished_at = case when scanned < batch_limit then now() end
+    from counted as c, flagged as f
+    where r.id = p_run_id
+    returning f.steps_created into created;
+
+    return query select
+        scanned,
+        created,
+        coalesce(ids[cardinality(ids)], run.last_task_id),
+        scanned < batch_limit;
+end
+$$;
+
+comment on function stepsync.backfill_legacy_tasks_batch(uuid, integer) is
+'One batch of a backfill run: the next p_batch_size tasks (default: the run''s batch '
+'size) after the checkpoint get step 1 where they have no live step and their '
+'instructions make a valid step; counters, exceptions and the checkpoint move in the '
+'same transaction. Call once per transaction.';
+
+revoke all on function stepsync.backfill_legacy_tasks_batch(uuid, integer) from public;
+grant execute on function stepsync.backfill_legacy_tasks_batch(uuid, integer) to service_role;
+
+create or replace function stepsync.backfill_plan_batch(
+    p_after uuid, p_batch_size integer, p_samples integer default 5
+)
+returns table (tasks_scanned integer, last_task_id uuid, counts jsonb, samples jsonb)
+language sql
+stable
+set search_path = ''
+as $$
+    with batch as (
+        select
+            t.id,
+            t.status,
+            t.instructions !~ '\S' as is_blank,
+            t.instructions ~ '^\s*Multi-step task with [0-9]+ step' as is_marker,
+            char_length(t.instructions) > 10000 as is_long,
+            btrim(t.name, e' \t\r\n\f\v') = '' as is_unnamed,
+            live.task_id is not null as has_steps
+        from public.agent_tasks as t
+        left join lateral (
+            select s.task_id from public.task_steps as s
+            where s.task_id = t.id and s.deleted_at is null
+            limit 1
+        ) as live on true
+        where p_after is null or t.id > p_after
+        order by t.id
+        limit p_batch_size
+    ),
+
+    categorised as (
+        select
+            b.*,
+            case
+                when b.has_steps and b.is_marker then 'marker_with_steps'
+                when b.has_steps then 'already_has_steps'
+                when b.is_blank then 'blank_instructions'
+                when b.is_marker then 'marker_without_steps'
+                else 'to_create'
+            end as category
+        from batch as b
+    ),
+
+    tagged as (
+        select c.id, c.category as tag from categorised as c
+        union all
+        select c.id, 'long_instructions' from categorised as c
+        where c.category = 'to_create' and c.is_long
+        union all
+        select c.id, 'unnamed' from categorised as c
+        where c.category = 'to_create' and c.is_unnamed
+        union all
+        select c.id, 'status_' || c.status from categorised as c
+        where c.category = 'to_create' and c.status <> 'active'
+    ),
+
+    numbered as (
+        select
+            t.tag,
+            t.id,
+            row_number() over (partition by t.tag order by t.id) as n,
+            count(*) over (partition by t.tag) as total
+        from tagged as t
+    )
+
+    select
+        (select count(*)::integer from batch),
+        (select b.id from batch as b order by b.id desc limit 1),
+        coalesce(
+            (select jsonb_object_agg(n.tag, n.total) from numbered as n where n.n = 1),
+            '{}'::jsonb
+        ),
+        coalesce(
+            (
+                select jsonb_object_agg(s.tag, s.ids)
+                from (
+                    select n.tag, jsonb_agg(n.id order by n.id) as ids
+                    from numbered as n
+                    where n.n <= p_samples
+                    group by n.tag
+                ) as s
+            ),
+            '{}'::jsonb
+        );
+$$;
+
+comment on function stepsync.backfill_plan_batch(uuid, integer, integer) is
+'Dry run of one batch: counts by category (to_create, already_has_steps, marker_with_steps, '
+'marker_without_steps, blank_instructions, and among to_create long_instructions, unnamed, '
+'status_*) and up to p_samples task ids each, for the next p_batch_size tasks after p_after.';
+
+revoke all on function stepsync.backfill_plan_batch(uuid, integer, integer) from public;
+grant execute on function stepsync.backfill_plan_batch(uuid, integer, integer) to service_role;
+
+create or replace function stepsync.backfill_verify_batch(
+    p_after uuid, p_batch_size integer, p_max_exceptions integer default 100
+)
+returns table (
+    tasks_scanned integer,
+    last_task_id uuid,
+    eligible integer,
+    verified integer,
+    tasks_checksum numeric,
+    steps_checksum numeric,
+    exceptions jsonb
+)
+language sql
+stable
+set search_path = ''
+as $$
+    with batch as (
+        select t.id, t.instructions
+        from public.agent_tasks as t
+        where p_after is null or t.id > p_after
+        order by t.id
+        limit p_batch_size
+    ),
+
+    checked as (
+        select
+            b.id,
+            b.instructions,
+            live.live_steps,
+            live.first_order,
+            live.first_instructions
+        from batch as b
+        cross join lateral (
+            select
+                count(*) as live_steps,
+                min(s.step_order) as first_order,
+                (array_agg(s.instructions order by s.step_order, s.id))[1]
+                    as first_instructions
+            from public.task_steps as s
+            where s.task_id = b.id and s.deleted_at is null
+        ) as live
+        where b.instructions ~ '\S'
+            and b.instructions !~ '^\s*Multi-step task with [0-9]+ step'
+    ),
+
+    judged as (
+        select
+            c.*,
+            case
+                when c.live_steps = 0 then 'no live step'
+                when c.live_steps > 1 then c.live_steps || ' live steps, expected one'
+                when c.first_order <> 1 then 'its only step has order ' || c.first_order
+                when c.first_instructions <> c.instructions
+                    then 'step 1 instructions differ from the task''s'
+            end as problem
+        from checked as c
+    )
+
+    select
+        (select count(*)::integer from batch),
+        (select b.id from batch as b order by b.id desc limit 1),
+        (select count(*)::integer from judged),
+        (select count(*)::integer from judged as j where j.problem is null),
+        coalesce(
+            (
+                select sum(hashtextextended(j.id::text || ':' || j.instructions, 0)::numeric)
+                from judged as j
+            ),
+            0
+        ),
+        coalesce(
+            (
+                select
+                    sum(
+                        hashtextextended(
+                            j.id::text || ':' || j.first_instructions, 0
+                        )::numeric
+                    )
+                from judged as j
+                where j.live_steps = 1 and j.first_order = 1
+            ),
+            0
+        ),
+        coalesce(
+            (
+                select jsonb_agg(jsonb_build_object('task_id', e.id, 'problem', e.problem))
+                from (
+                    select j.id, j.problem from judged as j
+                    where j.problem is not null
+                    order by j.id
+                    limit p_max_exceptions
+                ) as e
+            ),
+            '[]'::jsonb
+        );
+$$;
+
+comment on function stepsync.backfill_verify_batch(uuid, integer, integer) is
+'Verify one batch of tasks after p_after: every task whose instructions make a valid step '
+'(not blank, not the multi-step marker) must have exactly one live step, at order 1, with '
+'the same instructions. Returns counts, checksums of the task and step texts (equal sums '
+'when all match) and up to p_max_exceptions problems.';
+
+revoke all on function stepsync.backfill_verify_batch(uuid, integer, integer) from public;
+grant execute on function stepsync.backfill_verify_batch(uuid, integer, integer)
+to service_role;
+
+create or replace function stepsync.backfill_rollback_batch(
+    p_run_id uuid, p_after uuid, p_batch_size integer
+)
+returns table (
+    steps_seen integer, steps_removed integer, steps_kept integer, last_task_id uuid,
+    done boolean
+)
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    run stepsync.backfill_runs;
+    step_ids uuid[];
+    task_ids uuid[];
+    seen integer;
+    removed integer;
+    forgotten integer;
+begin
+    select * into run from stepsync.backfill_runs as r where r.id = p_run_id
+    for update nowait;
+    if not found then
+        raise exception 'backfill run % does not exist', p_run_id using errcode = 'P0002';
+    end if;
+    if p_batch_size is null or p_batch_size not between 1 and 100000 then
+        raise exception 'batch size must be between 1 and 100000, got %', p_batch_size
+            using errcode = '22023';
+    end if;
+    perform set_config('stepsync.audit_tag', p_run_id::text, true);
+    perform set_config('stepsync.compat_sync', 'off', true);
+
+    select array_agg(o.step_id order by o.task_id), array_agg(o.task_id order by o.task_id)
+    into step_ids, task_ids
+    from (
+        select o.step_id, o.task_id
+        from stepsync.backfill_step_origin as o
+        where o.backfill_run_id = p_run_id and (p_after is null or o.task_id > p_after)
+        order by o.task_id
+        limit p_batch_size
+    ) as o;
+    seen := coalesce(cardinality(step_ids), 0);
+
+    -- Hold the tasks so no one adds a step beside the one about to go.
+    perform from public.agent_tasks as t where t.id = any(task_ids) for share;
+
+    -- A step goes unless its task has another live step now (the user made it a
+    -- multi-step task): removing it would leave a gap at order 1.
+    with doomed as (
+        select s.id
+        from public.task_steps as s
+        where s.id = any(step_ids)
+            and (
+                s.deleted_at is not null
+                or not exists (
+                    select from public.task_steps as other
+                    where other.task_id = s.task_id
+                        and other.deleted_at is null
+                        and other.id <> s.id
+                )
+            )
+    ),
+
+    deleted as (
+        delete from public.task_steps as s
+        using doomed as d
+        where s.id = d.id
+        returning s.id
+    ),
+
+    cleared as (
+        -- Origin rows of removed steps, and of steps already gone some other way.
+        delete from stepsync.backfill_step_origin as o
+        where o.backfill_run_id = p_run_id
+            and o.task_id = any(task_ids)
+            and (
+                o.step_id in (select d.id from deleted as d)
+                or not exists (select from public.task_steps as s where s.id = o.step_id)
+            )
+        returning o.step_id
+    )
+
+    select (select count(*) from deleted), (select count(*) from cleared)
+    into removed, forgotten;
+
+    update stepsync.backfill_runs as r
+    set
+        rolled_back_steps = r.rolled_back_steps + removed,
+        rollback_kept_steps = case
+            when p_after is null then seen - forgotten
+            else r.rollback_kept_steps + seen - forgotten
+        end,
+        status = case when seen < p_batch_size then 'rolled_back' else r.status end,
+        rolled_back_at = case when seen < p_batch_size then now() else r.rolled_back_at end,
+        updated_at = now()
+    where r.id = p_run_id;
+
+    return query select
+        seen,
+        removed,
+        seen - forgotten,
+        coalesce(task_ids[seen], p_after),
+        seen < p_batch_size;
+end
+$$;
+
+comment on function stepsync.backfill_rollback_batch(uuid, uuid, integer) is
+'One batch of a rollback: removes the steps run p_run_id created (tasks after p_after), '
+'except those whose task has other live steps now (kept and counted). Steps created by '
+'users or the compatibility triggers are never touched: only backfill_step_origin rows '
+'of this run are considered.';
+
+revoke all on function stepsync.backfill_rollback_batch(uuid, uuid, integer) from public;
+grant execute on function stepsync.backfill_rollback_batch(uuid, uuid, integer)
+to service_role;
+
+-- Online compatibility between the legacy single-instruction code path and task_steps,
+-- while old and new code run side by side:
+--   * a task inserted the legacy way (instructions only) gets step 1 at once;
+--   * editing a single-step task's instructions updates its step 1, and editing the
+--     step updates the task's instructions;
+--   * a task with several live steps keeps a readable summary in its instructions
+--     ("Multi-step task with 3 steps: 1. Fetch; 2. Summarise; 3. Send").
+--
+-- Recursion guard: while one side writes the other, the transaction-local setting
+-- stepsync.compat_sync is 'off' and every trigger here returns at once. The backfill sets
+-- it too, since it writes both sides consistently itself. The flag legacy_task_compat
+-- switches all of this off (for a full rollback to the legacy behaviour).
+--
+-- The trigger functions are SECURITY DEFINER (owner rights) because a legacy writer, an
+-- API user, can neither read the flag nor always see every step; PostgreSQL refuses to
+-- call a trigger function other than as a trigger, and a trigger only fires for rows the
+-- writer's own statement reached through RLS. The functions they call are invokers with
+-- execute revoked from everyone: they run with the trigger's rights and nobody else's.
+
+insert into stepsync.feature_flags (name, enabled, rollout_percent, description)
+values (
+    'legacy_task_compat',
+    true,
+    100,
+    'Keep legacy agent_tasks.instructions and task_steps in sync (compatibility triggers). '
+    'Global on/off only.'
+)
+on conflict (name) do nothing;
+
+create or replace function stepsync.legacy_compat_active()
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+    select coalesce(current_setting('stepsync.compat_sync', true), '') <> 'off'
+        and coalesce(
+            (select f.enabled from stepsync.feature_flags as f
+                where f.name = 'legacy_task_compat'),
+            true
+        );
+$$;
+
+comment on function stepsync.legacy_compat_active() is
+'Whether the compatibility triggers act now: the flag legacy_task_compat is on and this '
+'transaction is not already inside a compatibility write (stepsync.compat_sync = off).';
+
+revoke all on function stepsync.legacy_compat_active() from public;
+
+create or replace function stepsync.create_legacy_step(p_task public.agent_tasks)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    previous text := current_setting('stepsync.compat_sync', true);
+begin
+    -- Same rules as stepsync.backfill_legacy_tasks_batch (name, status).
+    perform set_config('stepsync.compat_sync', 'off', true);
+    insert into public.task_steps (task_id, step_order, step_name, instructions, status)
+    values (
+        p_task.id,
+        1,
+        coalesce(
+            nullif(left(btrim(p_task.name, e' \t\r\n\f\v'), 200), ''),
+            nullif(
+                btrim(left(regexp_replace(
+                    btrim(left(p_task.instructions, 400), e' \t\r\n\f\v'), '\s+', ' ', 'g'
+                ), 80)),
+                ''
+            ),
+            'Step 1'
+        ),
+        p_task.instructions,
+        (case p_task.status
+            when 'completed' then 'completed'
+            when 'failed' then 'failed'
+            when 'cancelled' then 'cancelled'
+            else 'pending'
+        end)::public.task_step_status
+    );
+    perform set_config('stepsync.compat_sync', coalesce(previous, ''), true);
+end
+$$;
+
+comment on function stepsync.create_legacy_step(public.agent_tasks) is
+'Give a legacy task its step 1 (name from the task, or derived from the instructions; '
+'status from the task status), exactly as the backfill does.';
+
+revoke all on function stepsync.create_legacy_step(public.agent_tasks) from public;
+
+create or replace function stepsync.compat_task_inserted()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+    if not stepsync.legacy_compat_active()
+        or new.instructions !~ '\S'
+        or new.instructions ~ '^\s*Multi-step task with [0-9]+ step'
+        or exists (
+            select from public.task_steps as s
+            where s.task_id = new.id and s.deleted_at is null
+        ) then
+        return null;
+    end if;
+    perform stepsync.create_legacy_step(new);
+    return null;
+end
+$$;
+
+comment on function stepsync.compat_task_inserted() is
+'After a legacy insert into agent_tasks: the task gets step 1 when its instructions make '
+'a valid step (blank and multi-step marker texts are left to the backfill report).';
+
+revoke all on function stepsync.compat_task_inserted() from public;
+
+create or replace function stepsync.compat_task_instructions_changed()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    live_steps integer;
+    previous text := current_setting('stepsync.compat_sync', true);
+begin
+    if not stepsync.legacy_compat_active() then
+        return null;
+    end if;
+    select count(*) into live_steps
+    from public.task_steps as s
+    where s.task_id = new.id and s.deleted_at is null;
+
+    if live_steps = 0 then
+        if new.instructions ~ '\S'
+            and new.instructions !~ '^\s*Multi-step task with [0-9]+ step' then
+            perform stepsync.create_legacy_step(new);
+        end if;
+    elsif live_steps = 1 then
+        if new.instructions !~ '\S' then
+            raise exception 'instructions of task % cannot be blank: they are its step 1',
+                new.id
+                using errcode = '23514',
+                hint = 'Give the task instructions, or delete its step first.';
+        end if;
+        perform set_config('stepsync.compat_sync', 'off', true);
+        update public.task_steps as s
+        set instructions = new.instructions, updated_at = now()
+        where s.task_id = new.id
+            and s.deleted_at is null
+            and s.instructions is distinct from new.instructions;
+        perform set_config('stepsync.compat_sync', coalesce(previous, ''), true);
+    elsif new.instructions !~ '^\s*Multi-step task with [0-9]+ step' then
+        raise exception 'task % has % steps: its instructions are a summary of them',
+            new.id, live_steps
+            using errcode = '23514',
+            hint = 'Edit the steps (save_task_steps or task_steps) instead.';
+    end if;
+    return null;
+end
+$$;
+
+comment on function stepsync.compat_task_instructions_changed() is
+'After agent_tasks.instructions changes: a single-step task''s step 1 takes the new text; '
+'a task without live steps gets step 1; a multi-step task refuses free text (its '
+'instructions summarise its steps).';
+
+revoke all on function stepsync.compat_task_instructions_changed() from public;
+
+create or replace function stepsync.sync_task_instructions(p_task_ids uuid[])
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    previous text := current_setting('stepsync.compat_sync', true);
+begin
+    perform set_config('stepsync.compat_sync', 'off', true);
+    update public.agent_tasks as t
+    set instructions = live.text, updated_at = now()
+    from (
+        select
+            s.task_id,
+            case
+                when count(*) = 1 then min(s.instructions)
+                else format(
+                    'Multi-step task with %s steps: %s',
+                    count(*),
+                    string_agg(
+                        format('%s. %s', s.step_order, s.step_name), '; '
+                        order by s.step_order, s.id
+                    )
+                )
+            end as text
+        from public.task_steps as s
+        where s.task_id = any(p_task_ids) and s.deleted_at is null
+        group by s.task_id
+    ) as live
+    where t.id = live.task_id and t.instructions is distinct from live.text;
+    perform set_config('stepsync.compat_sync', coalesce(previous, ''), true);
+end
+$$;
+
+comment on function stepsync.sync_task_instructions(uuid[]) is
+'Write each task''s instructions from its live steps: the text of its only step, or a '
+'"Multi-step task with N steps: 1. name; …" summary. Tasks without live steps keep theirs.';
+
+revoke all on function stepsync.sync_task_instructions(uuid[]) from public;
+
+create or replace function stepsync.compat_steps_changed()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    task_ids uuid[];
+begin
+    if not stepsync.legacy_compat_active() then
+        return null;
+    end if;
+    if tg_op = 'INSERT' then
+        select array_agg(distinct n.task_id) into task_ids from new_rows as n;
+    elsif tg_op = 'DELETE' then
+        select array_agg(distinct o.task_id) into task_ids from old_rows as o;
+    else
+        -- Only changes the task's text depends on; run snapshots (status,
+        -- execution_result) written by the engine do not count.
+        select array_agg(distinct changed.task_id) into task_ids
+        from (
+            select n.task_id, o.task_id as old_task_id
+            from new_rows as n
+            inner join old_rows as o on n.id = o.id
+            where (n.task_id, n.step_order, n.step_name, n.instructions, n.deleted_at)
+                is distinct from
+                (o.task_id, o.step_order, o.step_name, o.instructions, o.deleted_at)
+        ) as moved,
+            lateral (values (moved.task_id), (moved.old_task_id)) as changed (task_id);
+    end if;
+    if task_ids is not null then
+        perform stepsync.sync_task_instructions(task_ids);
+    end if;
+    return null;
+end
+$$;
+
+comment on function stepsync.compat_steps_changed() is
+'After a statement changes task_steps: the affected tasks'' instructions follow their live '
+'steps (one statement per change, however many rows it touched).';
+
+revoke all on function stepsync.compat_steps_changed() from public;
+
+create or replace trigger stepsync_compat_task_inserted
+after insert on public.agent_tasks
+for each row execute function stepsync.compat_task_inserted();
+
+create or replace trigger stepsync_compat_task_instructions_changed
+after update of instructions on public.agent_tasks
+for each row
+when (old.instructions is distinct from new.instructions)
+execute function stepsync.compat_task_instructions_changed();
+
+create or replace trigger stepsync_compat_steps_inserted
+after insert on public.task_steps
+referencing new table as new_rows
+for each statement execute function stepsync.compat_steps_changed();
+
+create or replace trigger stepsync_compat_steps_updated
+after update on public.task_steps
+referencing old table as old_rows new table as new_rows
+for each statement execute function stepsync.compat_steps_changed();
+
+create or replace trigger stepsync_compat_steps_deleted
+after delete on public.task_steps
+referencing old table as old_rows
+for each statement execute function stepsync.compat_steps_changed();
+
+comment on trigger stepsync_compat_task_inserted on public.agent_tasks is
+'A task inserted the legacy way gets step 1.';
+comment on trigger stepsync_compat_task_instructions_changed on public.agent_tasks is
+'Legacy edits of instructions reach step 1 of a single-step task.';
+comment on trigger stepsync_compat_steps_inserted on public.task_steps is
+'New steps: the task''s instructions follow (text of step 1, or a summary).';
+comment on trigger stepsync_compat_steps_updated on public.task_steps is
+'Edited, reordered or soft-deleted steps: the task''s instructions follow.';
+comment on trigger stepsync_compat_steps_deleted on public.task_steps is
+'Deleted steps: the task''s instructions follow.';

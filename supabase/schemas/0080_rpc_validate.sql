@@ -1,0 +1,186 @@
+-- validate_task_steps: every problem that keeps a task from running, as the editor shows
+-- it and as start_task_run refuses it. SECURITY INVOKER: the caller sees only what row
+-- level security lets it see.
+
+create or replace function public.validate_task_steps(p_task_id uuid)
+returns jsonb
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+declare
+    task_owner uuid;
+    problems jsonb;
+begin
+    select t.user_id into task_owner from public.agent_tasks as t where t.id = p_task_id;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+
+    with steps as (
+        select
+            s.*,
+            row_number() over (order by s.step_order, s.id) as position,
+            count(*) over (partition by s.step_order) as sharing_order,
+            count(*) over () as live_count
+        from public.task_steps as s
+        where s.task_id = p_task_id and s.deleted_at is null
+    ),
+
+    found_problems as (
+        select
+            'no_steps' as code,
+            'the task has no steps' as message,
+            null::uuid as step_id,
+            null::integer as step_order,
+            null::text as field
+        where not exists (select from steps)
+        union all
+        select distinct
+            'too_many_steps',
+            format('the task has %s steps; at most 50 are allowed', steps.live_count),
+            null::uuid,
+            null::integer,
+            null::text
+        from steps
+        where steps.live_count > 50
+        union all
+        select
+            'duplicate_step_order',
+            format('%s steps share position %s', steps.sharing_order, steps.step_order),
+            steps.id,
+            steps.step_order,
+            'step_order'
+        from steps
+        where steps.sharing_order > 1
+        union all
+        select
+            'step_order_gap',
+            format(
+                'step at position %s should be at %s: positions run 1..%s without gaps',
+                steps.step_order, steps.position, steps.live_count
+            ),
+            steps.id,
+            steps.step_order,
+            'step_order'
+        from steps
+        where steps.sharing_order = 1 and steps.step_order <> steps.position
+        union all
+        select
+            'step_order_out_of_range',
+            format('position %s is outside 1..50', steps.step_order),
+            steps.id,
+            steps.step_order,
+            'step_order'
+        from steps
+        where steps.step_order not between 1 and 50
+        union all
+        select
+            'blank_step_name',
+            'the step name is blank',
+            steps.id,
+            steps.step_order,
+            'step_name'
+        from steps
+        where btrim(steps.step_name) = ''
+        union all
+        select
+            'step_name_too_long',
+            format('the step name has %s characters; at most 200', char_length(steps.step_name)),
+            steps.id,
+            steps.step_order,
+            'step_name'
+        from steps
+        where char_length(btrim(steps.step_name)) > 200
+        union all
+        select
+            'blank_instructions',
+            'the instructions are blank',
+            steps.id,
+            steps.step_order,
+            'instructions'
+        from steps
+        where btrim(steps.instructions) = ''
+        union all
+        select
+            'custom_without_template',
+            'context_mode custom needs a context_template',
+            steps.id,
+            steps.step_order,
+            'context_template'
+        from steps
+        where steps.context_mode = 'custom' and coalesce(btrim(steps.context_template), '') = ''
+        union all
+        select
+            'selective_without_paths',
+            'context_mode selective needs at least one context_paths entry',
+            steps.id,
+            steps.step_order,
+            'context_paths'
+        from steps
+        where steps.context_mode = 'selective' and cardinality(steps.context_paths) = 0
+        union all
+        select
+            'foreign_agent',
+            format('agent %s does not belong to the task owner', steps.agent_id),
+            steps.id,
+            steps.step_order,
+            'agent_id'
+        from steps
+        where
+            steps.agent_id is not null
+            and not exists (
+                select from public.agents as a
+                where a.id = steps.agent_id and a.user_id = task_owner
+            )
+        union all
+        select
+            'inactive_agent',
+            format('agent %s is not active', steps.agent_id),
+            steps.id,
+            steps.step_order,
+            'agent_id'
+        from steps
+        inner join public.agents as a on steps.agent_id = a.id
+        where a.user_id = task_owner and not a.active
+        union all
+        select
+            'invalid_retry_backoff',
+            'retry_backoff_max_seconds is below retry_backoff_seconds',
+            steps.id,
+            steps.step_order,
+            'retry_backoff_max_seconds'
+        from steps
+        where steps.retry_backoff_max_seconds < steps.retry_backoff_seconds
+    )
+
+    select
+        coalesce(
+            jsonb_agg(
+                jsonb_build_object(
+                    'code', p.code,
+                    'message', p.message,
+                    'step_id', p.step_id,
+                    'step_order', p.step_order,
+                    'field', p.field
+                )
+                order by p.step_order nulls first, p.code
+            ),
+            '[]'::jsonb
+        )
+    into problems
+    from found_problems as p;
+    return problems;
+end
+$$;
+
+comment on function public.validate_task_steps(uuid) is
+'Every problem that keeps the task from running, as a JSON array of {code, message, '
+'step_id, step_order, field}; [] when the task is valid. Codes: no_steps, too_many_steps, '
+'duplicate_step_order, step_order_gap, step_order_out_of_range, blank_step_name, '
+'step_name_too_long, blank_instructions, custom_without_template, '
+'selective_without_paths, foreign_agent, inactive_agent, invalid_retry_backoff.';
+
+revoke all on function public.validate_task_steps(uuid) from public, anon;
+grant execute on function public.validate_task_steps(uuid) to authenticated, service_role;

@@ -1,0 +1,315 @@
+-- Completing and failing a step attempt (service only), fenced by the lease token.
+--
+-- Both lock the run row before the step row (the lock order of every run transition),
+-- and both move the run on in the same transaction: the next step is queued or handed
+-- off, or the run completes or fails.
+--
+-- A worker running many steps at once finishes several of them within a millisecond or
+-- two. complete_steps records all of them in one transaction: one round trip and one
+-- commit instead of one each, and one set-based UPDATE of the step rows. Each step is
+-- still fenced by its own lease token, and each run still moves on in the same
+-- transaction that completes its step. complete_step is complete_steps for one step, so
+-- both follow one code path.
+--
+-- Hand-off: the worker that completed step N has a free slot and is the one most likely
+-- to want step N + 1. With p_worker given, a next step that is plainly due (pending, no
+-- skip_if) is leased to that worker at once (lease_steps) instead of being queued,
+-- announced and claimed: one step update fewer, no notification, no claim round trip,
+-- and the step starts as soon as the completion commits.
+
+create or replace function stepsync.complete_steps(
+    p_step_execution_ids uuid[],
+    p_lease_tokens bigint[],
+    p_outputs jsonb[],
+    p_worker text default null,
+    p_lease_seconds integer default null
+)
+returns table (step_execution_id uuid, completed boolean, next_step jsonb)
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    completed_ids uuid[];
+    completed_tokens bigint[];
+    completed_runs uuid[];
+    advanced_runs uuid[];
+    plain_steps uuid[];
+    plain_runs uuid[];
+    finished_runs uuid[];
+    handed_off jsonb := '{}'::jsonb;
+    advancing uuid;
+begin
+    if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens)
+        or cardinality(p_step_execution_ids) is distinct from cardinality(p_outputs) then
+        raise exception 'step ids, lease tokens and outputs must be arrays of the same length'
+            using errcode = '22023';
+    end if;
+
+    -- Lock order: the runs first, then their steps. In id order, so that two batches
+    -- sharing runs wait for each other instead of deadlocking. Stale tokens take no lock.
+    perform from public.agent_task_executions as r
+    where r.id in (
+        select s.run_id
+        from public.task_step_executions as s
+        inner join unnest(p_step_execution_ids, p_lease_tokens) as held (id, token)
+            on s.id = held.id and s.lease_token = held.token
+        where s.status = 'running'
+    )
+    order by r.id
+    for no key update of r;
+
+    with done as (
+        update public.task_step_executions as s
+        set
+            status = 'completed',
+            output = coalesce(result.output, 'null'::jsonb),
+            error_message = null,
+            completed_at = now(),
+            duration_ms = (extract(epoch from now() - s.started_at) * 1000)::integer,
+            lease_owner = null,
+            lease_expires_at = null,
+            updated_at = now()
+        from unnest(p_step_execution_ids, p_lease_tokens, p_outputs)
+            as result (id, token, output)
+        where s.id = result.id
+            and s.lease_token = result.token
+            and s.status = 'running'
+        returning s.id, s.lease_token, s.run_id
+    )
+
+    select
+        array_agg(done.id),
+        array_agg(done.lease_token),
+        array_agg(done.run_id),
+        array_agg(distinct done.run_id)
+    into completed_ids, completed_tokens, completed_runs, advanced_runs
+    from done;
+
+    -- Most runs simply go on to their next step: a pending one without skip_if. Those
+    -- are handed off or queued in one statement. Runs without a step left are finished
+    -- together (finish_runs). The others (next step has a skip_if, run no longer running)
+    -- take advance_run, which handles every case. All of it runs after the UPDATE above,
+    -- as statements of their own, so that it sees the completed steps.
+    select
+        array_agg(upcoming.id) filter (where upcoming.id is not null),
+        array_agg(advanced.run_id) filter (where upcoming.id is not null),
+        array_agg(advanced.run_id) filter (where upcoming.run_id is null)
+    into plain_steps, plain_runs, finished_runs
+    from unnest(advanced_runs) as advanced (run_id)
+    inner join public.agent_task_executions as r
+        on advanced.run_id = r.id and r.status = 'running'
+    left join lateral (
+        select s.id, s.run_id, s.status, s.skip_if
+        from public.task_step_executions as s
+        where s.run_id = advanced.run_id and s.status in ('pending', 'queued', 'running')
+        order by s.step_order
+        limit 1
+    ) as upcoming on true
+    where upcoming.run_id is null or (upcoming.status = 'pending' and upcoming.skip_if is null);
+
+    if p_worker is null then
+        update public.task_step_executions as s
+        set
+            status = 'queued',
+            run_after = now(),
+            queued_at = now(),
+            updated_at = now()
+        where s.id = any(plain_steps);
+    elsif plain_steps is not null then
+        select jsonb_object_agg(leased.run_id::text, to_jsonb(leased))
+        into handed_off
+        from stepsync.lease_steps(plain_steps, p_worker, p_lease_seconds) as leased;
+    end if;
+
+    if finished_runs is not null then
+        perform stepsync.finish_runs(finished_runs, 'completed');
+    end if;
+
+    foreach advancing in array coalesce(advanced_runs, '{}') loop
+        if not advancing = any(coalesce(plain_runs, '{}') || coalesce(finished_runs, '{}')) then
+            perform stepsync.advance_run(advancing);
+        end if;
+    end loop;
+
+    return query
+    select given.id, done.id is not null, handed_off -> done.run_id::text
+    from unnest(p_step_execution_ids, p_lease_tokens) with ordinality
+        as given (id, token, position)
+    left join unnest(completed_ids, completed_tokens, completed_runs)
+        as done (id, token, run_id)
+        on given.id = done.id and given.token = done.token
+    order by given.position;
+end
+$$;
+
+comment on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, integer) is
+'Completes the given running steps (each at most once), each with its output if its lease '
+'token is current, and moves each affected run on in the same transaction. With p_worker, '
+'a run''s plainly due next step is leased to p_worker for p_lease_seconds instead of '
+'queued. One row per given step, in the given order: completed = false means a stale token '
+'or a step no longer running (nothing changed for it); next_step is the step handed off '
+'(the columns claim_steps returns, as JSON) or null. Service only.';
+
+revoke all on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, integer)
+from public, anon, authenticated;
+grant execute on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, integer)
+to service_role;
+
+create or replace function stepsync.complete_step(
+    p_step_execution_id uuid,
+    p_lease_token bigint,
+    p_output jsonb
+)
+returns boolean
+language sql
+volatile
+set search_path = ''
+as $$
+    select c.completed
+    from stepsync.complete_steps(
+        array[p_step_execution_id], array[p_lease_token], array[p_output]
+    ) as c
+$$;
+
+comment on function stepsync.complete_step(uuid, bigint, jsonb) is
+'Completes a running step with p_output if p_lease_token is its current fencing token, and '
+'queues the next step or completes the run in the same transaction. false = stale token '
+'(or the step is no longer running): nothing changed. Service only; complete_steps for '
+'several at once.';
+
+revoke all on function stepsync.complete_step(uuid, bigint, jsonb)
+from public, anon, authenticated;
+grant execute on function stepsync.complete_step(uuid, bigint, jsonb) to service_role;
+
+create or replace function stepsync.record_step_failure(
+    p_step_execution_id uuid,
+    p_lease_token bigint,
+    p_error text,
+    p_retryable boolean,
+    p_lease_expired boolean
+)
+returns text
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    step public.task_step_executions;
+    delay_seconds double precision;
+    reason text := left(coalesce(nullif(btrim(p_error), ''), 'step failed'), 10000);
+begin
+    select s.* into step
+    from public.task_step_executions as s
+    where
+        s.id = p_step_execution_id
+        and s.status = 'running'
+        and s.lease_token = p_lease_token;
+    if not found then
+        return 'stale';
+    end if;
+    perform from public.agent_task_executions as r
+    where r.id = step.run_id
+    for no key update;
+
+    select s.* into step
+    from public.task_step_executions as s
+    where s.id = p_step_execution_id
+        and s.status = 'running'
+        and s.lease_token = p_lease_token
+        and (not p_lease_expired or s.lease_expires_at < now())
+    for update;
+    if not found then
+        return 'stale';
+    end if;
+
+    if p_retryable and step.attempt < step.max_attempts then
+        -- Exponential backoff with up to 20 % added jitter, so that steps failing
+        -- together do not retry together.
+        delay_seconds := case when p_lease_expired then 0 else
+            least(
+                step.retry_backoff_max_seconds,
+                step.retry_backoff_seconds * power(2, step.attempt - 1)
+            ) * (1 + 0.2 * random())
+        end;
+        update public.task_step_executions as s
+        set
+            status = 'queued',
+            run_after = now() + make_interval(secs => delay_seconds),
+            queued_at = now(),
+            error_message = reason,
+            last_error_at = now(),
+            lease_owner = null,
+            lease_expires_at = null,
+            updated_at = now()
+        where s.id = step.id;
+        return 'retrying';
+    end if;
+
+    update public.task_step_executions as s
+    set
+        status = 'failed',
+        error_message = reason,
+        last_error_at = now(),
+        completed_at = now(),
+        duration_ms = (extract(epoch from now() - s.started_at) * 1000)::integer,
+        lease_owner = null,
+        lease_expires_at = null,
+        updated_at = now()
+    where s.id = step.id;
+
+    if step.on_failure = 'continue' then
+        perform stepsync.advance_run(step.run_id);
+    else
+        update public.task_step_executions as s
+        set
+            status = 'skipped',
+            skip_reason = format('run stopped: step %s failed', step.step_order),
+            completed_at = now(),
+            updated_at = now()
+        where s.run_id = step.run_id and s.status in ('pending', 'queued');
+        perform stepsync.finish_run(
+            step.run_id,
+            'failed',
+            format('step %s (%s) failed: %s', step.step_order, step.step_name, reason)
+        );
+    end if;
+    return 'failed';
+end
+$$;
+
+comment on function stepsync.record_step_failure(uuid, bigint, text, boolean, boolean) is
+'Shared by fail_step and reap_expired_leases: with attempts left (and p_retryable) the step '
+'is queued again after its backoff (due at once when p_lease_expired: the worker died, not '
+'necessarily the step); otherwise it fails and its on_failure decides: stop (run failed, '
+'remaining steps skipped) or continue.';
+
+revoke all on function stepsync.record_step_failure(uuid, bigint, text, boolean, boolean)
+from public, anon, authenticated;
+grant execute on function stepsync.record_step_failure(uuid, bigint, text, boolean, boolean)
+to service_role;
+
+create or replace function stepsync.fail_step(
+    p_step_execution_id uuid,
+    p_lease_token bigint,
+    p_error text,
+    p_retryable boolean default true
+)
+returns text
+language sql
+volatile
+set search_path = ''
+as $$
+    select stepsync.record_step_failure(
+        p_step_execution_id, p_lease_token, p_error, coalesce(p_retryable, true), false
+    )
+$$;
+
+comment on function stepsync.fail_step(uuid, bigint, text, boolean) is
+'Records a failed attempt if p_lease_token is current: ''retrying'' (queued again after '
+'least(max, base * 2^(attempt-1)) seconds plus up to 20 % jitter), ''failed'' (no attempts '
+'left or not retryable; on_failure applied) or ''stale'' (nothing changed). Service only.';
+
+revoke all on function stepsync.fail_step(uuid, bigint, text, boolean)
+from public, anon, authenticated;
+grant execute on function stepsync.fail_step(uuid, bigint, text, boolean) to service_role;
