@@ -29,8 +29,9 @@ install: $(BIN)/stepsync $(SUPABASE_CLI)  ## virtualenv, Python packages, Supaba
 system-deps:  ## PostgreSQL 15 with pgTAP and pg_prove (Debian packages)
 	scripts/install_system_deps.sh
 
-lint: install  ## sqlfluff over all SQL, ruff over all Python
+lint: install  ## sqlfluff over all SQL, ruff over all Python, the stepsync migration up to date
 	$(BIN)/sqlfluff lint supabase sync/sql
+	$(BIN)/python scripts/build_schema_migration.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

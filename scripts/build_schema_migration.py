@@ -18,9 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS_DIR = ROOT / "supabase" / "schemas"
-MIGRATIONS_DIR = ROOT / "supabase" / "migrations"
-MIGRATION = MIGRATIONS_DIR / "20261126002000_stepsync.sql"
+MIGRATION_NAME = "20261126002000_stepsync.sql"
 HEADER = """\
 -- stepsync: schema stepsync, the workflow tables and every function, trigger, policy,
 -- grant and comment of the engine, on top of the legacy baseline.
@@ -30,25 +28,61 @@ HEADER = """\
 """
 
 
-def schema_files() -> list[Path]:
-    files = sorted(SCHEMAS_DIR.glob("*.sql"))
+def expected_migration(schemas_dir: Path) -> str:
+    files = sorted(schemas_dir.glob("*.sql"))
     if not files:
-        raise SystemExit(f"no schema files in {SCHEMAS_DIR}")
-    return files
-
-
-def expected_migration() -> str:
+        raise SystemExit(f"no schema files in {schemas_dir}")
     parts = [HEADER]
-    for path in schema_files():
+    for path in files:
         text = path.read_text()
         if not text.endswith("\n"):
-            raise SystemExit(f"{path.relative_to(ROOT)}: the file must end with a newline")
+            raise SystemExit(f"{path.name}: a schema file must end with a newline")
         parts.append(text)
     return "\n".join(parts)
 
 
-def later_migrations() -> list[str]:
-    return sorted(p.name for p in MIGRATIONS_DIR.glob("*.sql") if p.name > MIGRATION.name)
+def build(root: Path, *, check: bool) -> int:
+    """Write the migration (or check it); the exit status."""
+    migrations_dir = root / "supabase" / "migrations"
+    migration = migrations_dir / MIGRATION_NAME
+    later = sorted(p.name for p in migrations_dir.glob("*.sql") if p.name > MIGRATION_NAME)
+    if later:
+        if check:
+            print(
+                f"{MIGRATION_NAME} is followed by {len(later)} later migration(s): "
+                "tests/test_schema_equivalence.py compares them with supabase/schemas."
+            )
+            return 0
+        print(
+            f"{MIGRATION_NAME} is applied history ({later[0]} follows it): put the change "
+            "in a new migration and make the same edit in supabase/schemas.",
+            file=sys.stderr,
+        )
+        return 1
+
+    expected = expected_migration(root / "supabase" / "schemas")
+    current = migration.read_text() if migration.exists() else ""
+    if current == expected:
+        return 0
+    if not check:
+        migration.write_text(expected)
+        print(f"wrote supabase/migrations/{MIGRATION_NAME}")
+        return 0
+    diff = difflib.unified_diff(
+        current.splitlines(),
+        expected.splitlines(),
+        f"supabase/migrations/{MIGRATION_NAME}",
+        "supabase/schemas/*.sql",
+        lineterm="",
+        n=1,
+    )
+    print(
+        f"supabase/migrations/{MIGRATION_NAME} differs from supabase/schemas: "
+        "run scripts/build_schema_migration.py",
+        file=sys.stderr,
+    )
+    print("\n".join(list(diff)[:40]), file=sys.stderr)
+    return 1
 
 
 def main() -> int:
@@ -56,47 +90,11 @@ def main() -> int:
     parser.add_argument(
         "--check", action="store_true", help="fail when the migration differs; write nothing"
     )
+    parser.add_argument(
+        "--root", type=Path, default=ROOT, help="the repository (default: this script's)"
+    )
     args = parser.parse_args()
-
-    later = later_migrations()
-    if later:
-        if args.check:
-            print(
-                f"{MIGRATION.name} is followed by {len(later)} later migration(s): "
-                "tests/test_schema_equivalence.py checks them against supabase/schemas."
-            )
-            return 0
-        print(
-            f"{MIGRATION.name} is applied history ({later[0]} follows it): put the change "
-            "in a new migration and make the same edit in supabase/schemas.",
-            file=sys.stderr,
-        )
-        return 1
-
-    expected = expected_migration()
-    current = MIGRATION.read_text() if MIGRATION.exists() else ""
-    if not args.check:
-        if current != expected:
-            MIGRATION.write_text(expected)
-            print(f"wrote {MIGRATION.relative_to(ROOT)}")
-        return 0
-    if current == expected:
-        return 0
-    diff = difflib.unified_diff(
-        current.splitlines(),
-        expected.splitlines(),
-        str(MIGRATION.relative_to(ROOT)),
-        "supabase/schemas/*.sql",
-        lineterm="",
-        n=1,
-    )
-    print(
-        f"{MIGRATION.relative_to(ROOT)} differs from supabase/schemas: run "
-        "scripts/build_schema_migration.py",
-        file=sys.stderr,
-    )
-    print("\n".join(list(diff)[:40]), file=sys.stderr)
-    return 1
+    return build(args.root, check=args.check)
 
 
 if __name__ == "__main__":
