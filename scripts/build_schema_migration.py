@@ -4,10 +4,13 @@
 schema files in file order, each separated from the next by one blank line: the schema
 files are where the SQL is read and edited, the migration is what gets applied.
 
-That holds while it is the newest migration. Once a later migration exists, it is
-history that databases have applied: it is never rewritten again, every change is a new
-migration plus the same edit in ``supabase/schemas``, and the catalog-equivalence test
-(tests/test_schema_equivalence.py) checks that the two still build the same database.
+Every change to the schema is a new migration plus the same edit in ``supabase/schemas``
+(supabase/schemas/README.md). While the stepsync migration is the newest one, ``--check``
+keeps it equal to the schema files, so an edit there without a migration fails lint.
+Once a later migration exists, the stepsync migration is history that databases have
+applied and is never rewritten; the catalog-equivalence test
+(tests/test_schema_equivalence.py) then checks that migrations and schema files still
+build the same database.
 """
 
 from __future__ import annotations
@@ -77,8 +80,9 @@ def build(root: Path, *, check: bool) -> int:
         n=1,
     )
     print(
-        f"supabase/migrations/{MIGRATION_NAME} differs from supabase/schemas: "
-        "run scripts/build_schema_migration.py",
+        f"supabase/migrations/{MIGRATION_NAME} differs from supabase/schemas. A change to "
+        "the schema also needs a new migration (supabase/schemas/README.md); an edit of "
+        "`--` comments only: run scripts/build_schema_migration.py",
         file=sys.stderr,
     )
     print("\n".join(list(diff)[:40]), file=sys.stderr)

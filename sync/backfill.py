@@ -1,10 +1,11 @@
 """Legacy single-instruction tasks become single-step workflows: plan, run, verify, roll back.
 
-All the work is done by the set-based SQL functions of migration ``backfill_functions``;
-this module drives them one batch per short transaction, with ``lock_timeout`` and
-``statement_timeout`` set for that transaction, retries a batch that lost a lock race,
-pauses between batches, and reports progress. Memory stays flat: nothing but counters
-and a few sample ids is kept between batches.
+All the work is done by the set-based SQL functions of
+``supabase/schemas/0230_backfill_functions.sql``; this module drives them one batch per
+short transaction, with ``lock_timeout`` and ``statement_timeout`` set for that
+transaction, retries a batch that lost a lock race, pauses between batches, and reports
+progress. Memory stays flat: nothing but counters and a few sample ids is kept between
+batches.
 """
 
 from __future__ import annotations
