@@ -32,19 +32,11 @@ select held from stepsync.heartbeat_steps(
     %(worker)s, %(ids)s::uuid[], %(tokens)s::bigint[], %(lease_seconds)s
 ) as held
 """
-# A handed-off step comes back as JSON; unpacked here into the claim's typed columns, so
-# that the driver parses its ids as it does a claim's (in C, not uuid.UUID per field).
 COMPLETE_STEPS = """
-select done.step_execution_id as done_id, done.completed, next.*
+select done.step_execution_id as done_id, done.completed, (done.next_step).*
   from stepsync.complete_steps(
       %(ids)s::uuid[], %(tokens)s::bigint[], %(outputs)s::jsonb[], %(worker)s, %(lease_seconds)s
   ) as done
-  left join lateral jsonb_to_record(done.next_step) as next (
-      step_execution_id uuid, run_id uuid, lease_token bigint, task_id uuid, user_id uuid,
-      agent_id uuid, step_order integer, step_name text, instructions text, context jsonb,
-      attempt integer, timeout_seconds integer, idempotency_key text, conversation_id uuid,
-      trigger_data jsonb
-  ) on true
 """
 FAIL_STEP = "select stepsync.fail_step(%(id)s, %(token)s, %(error)s, %(retryable)s)"
 RELEASE_STEPS = "select stepsync.release_steps(%(worker)s, %(ids)s::uuid[], %(tokens)s::bigint[])"

@@ -495,7 +495,7 @@ def complete_many(
     """complete_steps; with ``worker``, next steps are handed to it (third column)."""
     with as_service(conn):
         return conn.execute(
-            "select step_execution_id, completed, next_step"
+            "select step_execution_id, completed, to_jsonb(next_step)"
             " from stepsync.complete_steps(%s::uuid[], %s::bigint[], %s::jsonb[], %s, 60)",
             [
                 [step["step_execution_id"] for step, _ in results],

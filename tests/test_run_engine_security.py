@@ -18,7 +18,7 @@ SERVICE_CALLS = [
     "select stepsync.release_steps('w', '{}'::uuid[], '{}'::bigint[])",
     "select stepsync.reap_expired_leases()",
     "select stepsync.queue_depth()",
-    "select stepsync.advance_run(gen_random_uuid())",
+    "select stepsync.advance_runs(array[gen_random_uuid()])",
     "select stepsync.finish_runs('{}'::uuid[], 'failed')",
     "select stepsync.run_context(gen_random_uuid())",
     "select * from stepsync.run_context_heads",
