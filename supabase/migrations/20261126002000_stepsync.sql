@@ -395,6 +395,7 @@ returns trigger
 language plpgsql
 security definer
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
@@ -1829,6 +1830,18 @@ comment on function stepsync.flag_enabled_for(text, uuid) is
 --
 -- Writes to both tables go through the run engine functions (start_task_run, claim_steps,
 -- complete_step, ...). API users only read their own rows.
+--
+-- The engine's hot path reads only the rows it works on, whatever the statistics say. The
+-- service starts before the work arrives, so its first calls of each engine function are
+-- planned, and the plans kept for the connection's life, while these tables are nearly
+-- empty; a join planned then stays a loop over whole tables once they hold thousands of
+-- queued steps and millions of finished ones. So every hot statement is keyed by
+-- construction: the rows it changes are named by primary key (`id = any(array)`), by the
+-- claim or lease index, or by (run_id, step_order); any other row it needs comes from a
+-- scalar or LATERAL ... LIMIT subquery keyed by a column of the row at hand, which the
+-- planner cannot turn into a scan of a whole table. `enable_seqscan = off` on the hot
+-- functions keeps a tiny table's sequential scan out of a plan that outlives the tiny
+-- table. tests/test_hot_path_plans.py holds every hot statement to this.
 
 -- Run rows: owner (for RLS without a join), step progress and cancellation.
 alter table public.agent_task_executions
@@ -2073,6 +2086,33 @@ comment on index public.task_step_executions_claim_idx is
 comment on index public.task_step_executions_lease_idx is
 'reap_expired_leases: running steps by lease expiry.';
 
+create type stepsync.leased_step as (
+    step_execution_id uuid,
+    run_id uuid,
+    lease_token bigint,
+    task_id uuid,
+    user_id uuid,
+    agent_id uuid,
+    step_order integer,
+    step_name text,
+    instructions text,
+    context jsonb,
+    attempt integer,
+    timeout_seconds integer,
+    idempotency_key text,
+    conversation_id uuid,
+    trigger_data jsonb
+);
+
+comment on type stepsync.leased_step is
+'A step leased to a worker: what to run (instructions, built context, agent, timeout), '
+'the lease that proves it is the worker''s (lease_token) and the idempotency key that '
+'stays the same across its attempts. Returned by claim_steps, lease_steps and the '
+'hand-off of complete_steps.';
+
+revoke all on type stepsync.leased_step from public;
+grant usage on type stepsync.leased_step to service_role;
+
 -- Who may act on a task's runs: its owner (an API caller whose auth.uid() owns the task)
 -- or the service (service_role, or a direct database session that is not an API role).
 --
@@ -2267,7 +2307,14 @@ select
     jsonb_build_object(
         'task', jsonb_build_object(
             'id', r.task_id,
-            'name', coalesce(r.metadata ->> 'task_name', t.name)
+            -- The task's name as the run started, else looked up by key.
+            'name', coalesce(
+                r.metadata ->> 'task_name',
+                (
+                    select t.name from public.agent_tasks as t
+                    where t.id = r.task_id
+                )
+            )
         ),
         'run', jsonb_build_object(
             'id', r.id,
@@ -2275,8 +2322,7 @@ select
             'trigger_data', r.trigger_data
         )
     ) as head
-from public.agent_task_executions as r
-inner join public.agent_tasks as t on r.task_id = t.id;
+from public.agent_task_executions as r;
 
 comment on view stepsync.run_context_heads is
 'The task and run parts of each run''s context (see run_context).';
@@ -2652,6 +2698,10 @@ grant execute on function stepsync.build_step_context(
 -- Lock order, everywhere: the run row first (for no key update), then its step rows.
 -- cancel, complete, fail and the reaper all follow it, so they cannot deadlock.
 --
+-- A run moves on in one place, advance_runs, for any number of runs at once: starting a
+-- run, completing steps (complete_steps hands it every run its batch moved) and a failed
+-- step that says `continue` all call it.
+--
 -- A finished run leaves three writes behind: the run row, the task's counters and the
 -- definitions' latest-run snapshot (task_steps), the last two audited. The snapshot is
 -- written when the run ends, not at every step transition: every statement on task_steps
@@ -2668,10 +2718,12 @@ create or replace function stepsync.finish_runs(
 returns void
 language plpgsql
 volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
     finishing uuid[];
+    latest uuid[];
 begin
     -- Lock order: runs in id order, then tasks in id order, then definitions (the same
     -- order as one run at a time, so batches and single calls wait instead of
@@ -2679,11 +2731,10 @@ begin
     select array_agg(open_run.id) into finishing
     from (
         select r.id
-        from unnest(p_run_ids) as given (id)
-        inner join public.agent_task_executions as r on given.id = r.id
-        where r.status in ('pending', 'running')
+        from public.agent_task_executions as r
+        where r.id = any(p_run_ids) and r.status in ('pending', 'running')
         order by r.id
-        for no key update of r
+        for no key update
     ) as open_run;
     if finishing is null then
         return;
@@ -2696,30 +2747,42 @@ begin
         status = p_status,
         completed_at = now(),
         duration_ms = (extract(epoch from now() - coalesce(r.started_at, r.created_at)) * 1000)::integer,
-        output = case
-            when jsonb_typeof(last_step.output) = 'string' then last_step.output #>> '{}'
-            else last_step.output::text
-        end,
+        output = (
+            select
+                case
+                    when jsonb_typeof(s.output) = 'string' then s.output #>> '{}'
+                    else s.output::text
+                end
+            from public.task_step_executions as s
+            where s.run_id = r.id and s.status = 'completed'
+            order by s.step_order desc
+            limit 1
+        ),
         error_message = coalesce(p_error, r.error_message),
         updated_at = now()
-    from unnest(finishing) as finished (id)
-    left join lateral (
-        select s.output
-        from public.task_step_executions as s
-        where s.run_id = finished.id and s.status = 'completed'
-        order by s.step_order desc
-        limit 1
-    ) as last_step on true
-    where r.id = finished.id;
+    where r.id = any(finishing);
 
     -- The tasks' counters, as the legacy executor kept them. Cancelled runs are not
     -- executions that succeeded or failed, so they count nowhere.
     if p_status in ('completed', 'failed') then
-        perform from unnest(finishing) as finished (id)
-        inner join public.agent_task_executions as r on finished.id = r.id
-        inner join public.agent_tasks as t on r.task_id = t.id
-        order by t.id
-        for no key update of t;
+        with per_task as materialized (
+            select run.task_id, count(*)::integer as runs
+            from unnest(finishing) as finished (id)
+            cross join lateral (
+                select r.task_id from public.agent_task_executions as r
+                where r.id = finished.id
+                limit 1
+            ) as run
+            group by run.task_id
+        ),
+
+        locked as (
+            select t.id
+            from public.agent_tasks as t
+            where t.id = any(array(select p.task_id from per_task as p))
+            order by t.id
+            for no key update
+        )
 
         update public.agent_tasks as t
         set
@@ -2730,23 +2793,28 @@ begin
             = t.failed_executions + per_task.runs * (p_status = 'failed')::integer,
             last_run_at = now(),
             updated_at = now()
-        from (
-            select r.task_id, count(*)::integer as runs
-            from unnest(finishing) as finished (id)
-            inner join public.agent_task_executions as r on finished.id = r.id
-            group by r.task_id
-        ) as per_task
-        where t.id = per_task.task_id;
+        from per_task
+        where
+            t.id = any(array(select l.id from locked as l))
+            and t.id = per_task.task_id;
     end if;
 
     -- The definitions keep their task's latest run's final status and result for the UI
     -- (live progress is on task_step_executions). An older run finishing late does not
     -- overwrite a newer one's; a row already holding exactly this is not rewritten.
-    update public.task_steps as d
-    set
-        status = snapshot.status,
-        execution_result = snapshot.result
-    from (
+    select array_agg(finished.id) into latest
+    from unnest(finishing) as finished (id)
+    cross join lateral (
+        select r.task_id, r.created_at from public.agent_task_executions as r
+        where r.id = finished.id
+        limit 1
+    ) as run
+    where not exists (
+        select from public.agent_task_executions as newer
+        where newer.task_id = run.task_id and newer.created_at > run.created_at
+    );
+
+    with snapshot as materialized (
         select
             s.step_id,
             s.status,
@@ -2761,19 +2829,21 @@ begin
                 'completed_at', s.completed_at,
                 'duration_ms', s.duration_ms
             ) as result
-        from unnest(finishing) as finished (id)
-        inner join public.agent_task_executions as run on finished.id = run.id
-        inner join public.task_step_executions as s on run.id = s.run_id
+        from public.task_step_executions as s
         where
-            not exists (
-                select from public.agent_task_executions as newer
-                where newer.task_id = run.task_id and newer.created_at > run.created_at
-            )
+            s.run_id = any(latest)
             and s.step_id is not null
             and s.status in ('completed', 'failed', 'skipped', 'cancelled')
-    ) as snapshot
+    )
+
+    update public.task_steps as d
+    set
+        status = snapshot.status,
+        execution_result = snapshot.result
+    from snapshot
     where
-        d.id = snapshot.step_id
+        d.id = any(array(select snapshot.step_id from snapshot))
+        and d.id = snapshot.step_id
         and (d.status, d.execution_result)
         is distinct from (snapshot.status, snapshot.result);
 end
@@ -2816,78 +2886,138 @@ grant execute on function stepsync.finish_run(
     uuid, public.task_execution_status_enum, text
 ) to service_role;
 
-create or replace function stepsync.advance_run(p_run_id uuid)
-returns void
+create or replace function stepsync.advance_runs(
+    p_run_ids uuid[],
+    p_worker text default null,
+    p_lease_seconds integer default null
+)
+returns setof stepsync.leased_step
 language plpgsql
+volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
-    run_status public.task_execution_status_enum;
-    next_step public.task_step_executions;
+    moving uuid[];
+    skipping uuid[];
+    plain uuid[];
+    handing_off uuid[];
+    queueing uuid[] := '{}';
+    ended uuid[] := '{}';
+    ready_now uuid[];
+    ended_now uuid[];
 begin
-    select r.status into run_status
-    from public.agent_task_executions as r
-    where r.id = p_run_id
-    for no key update;
-    if run_status is distinct from 'running' then
-        return;
-    end if;
+    -- Lock order: runs in id order, then their steps.
+    select array_agg(open_run.id) into moving
+    from (
+        select r.id
+        from public.agent_task_executions as r
+        where r.id = any(p_run_ids) and r.status = 'running'
+        order by r.id
+        for no key update
+    ) as open_run;
 
-    loop
-        -- Steps run one at a time, in order, so the first unfinished step says it all:
-        -- queued or running means one is in flight (nothing to do), pending is the next
-        -- one. One probe of the (run_id, step_order) index. No row lock is needed: a
-        -- pending step only changes under the run lock, which this transaction holds.
-        select s.* into next_step
-        from public.task_step_executions as s
-        where s.run_id = p_run_id and s.status in ('pending', 'queued', 'running')
-        order by s.step_order
-        limit 1;
+    -- Steps run one at a time, in order, so a run's first unfinished step says it all:
+    -- queued or running means one is in flight (nothing to do), pending is the next one,
+    -- none means the run is over. A pending step whose skip_if holds is skipped and the
+    -- run looks again: each round settles every run or skips one step of it.
+    while moving is not null loop
+        select
+            array_agg(upcoming.run_id) filter (where upcoming.id is null),
+            array_agg(upcoming.id) filter (
+                where upcoming.status = 'pending' and not upcoming.skips
+            ),
+            array_agg(upcoming.id) filter (where upcoming.skips),
+            array_agg(upcoming.id) filter (
+                where upcoming.status = 'pending' and upcoming.skip_if is null
+            )
+        into ended_now, ready_now, skipping, plain
+        from (
+            select
+                run.run_id,
+                next_step.id,
+                next_step.status,
+                next_step.skip_if,
+                coalesce(
+                    next_step.status = 'pending'
+                    and next_step.skip_if is not null
+                    and stepsync.should_skip(
+                        stepsync.context_before(
+                            stepsync.run_context(run.run_id), next_step.step_order
+                        ),
+                        next_step.skip_if
+                    ),
+                    false
+                ) as skips
+            from unnest(moving) as run (run_id)
+            left join lateral (
+                select s.id, s.status, s.skip_if, s.step_order
+                from public.task_step_executions as s
+                where s.run_id = run.run_id and s.status in ('pending', 'queued', 'running')
+                order by s.step_order
+                limit 1
+            ) as next_step on true
+        ) as upcoming;
 
-        if not found then
-            perform stepsync.finish_run(p_run_id, 'completed');
-            return;
-        end if;
-        if next_step.status <> 'pending' then
-            return;
-        end if;
-
-        if next_step.skip_if is not null
-            and stepsync.should_skip(
-                stepsync.context_before(stepsync.run_context(p_run_id), next_step.step_order),
-                next_step.skip_if
-            ) then
-            update public.task_step_executions as s
-            set
-                status = 'skipped',
-                skip_reason = format('skip_if matched: %s', next_step.skip_if),
-                completed_at = now(),
-                updated_at = now()
-            where s.id = next_step.id;
+        ended := ended || coalesce(ended_now, '{}');
+        -- Only a plainly due next step (no skip_if to weigh, found on the first look) is
+        -- handed to p_worker; any step reached through a skip is queued for all workers.
+        if handing_off is null then
+            handing_off := coalesce(plain, '{}');
+            queueing := queueing || array(
+                select ready.id from unnest(ready_now) as ready (id)
+                where ready.id <> all(handing_off)
+            );
         else
-            update public.task_step_executions as s
-            set
-                status = 'queued',
-                run_after = now(),
-                queued_at = now(),
-                updated_at = now()
-            where s.id = next_step.id;
-            return;
+            queueing := queueing || coalesce(ready_now, '{}');
         end if;
+        update public.task_step_executions as s
+        set
+            status = 'skipped',
+            skip_reason = format('skip_if matched: %s', s.skip_if),
+            completed_at = now(),
+            updated_at = now()
+        where s.id = any(skipping);
+        select array_agg(s.run_id) into moving
+        from public.task_step_executions as s
+        where s.id = any(skipping);
     end loop;
+
+    if cardinality(ended) > 0 then
+        perform stepsync.finish_runs(ended, 'completed');
+    end if;
+    if p_worker is null then
+        queueing := queueing || coalesce(handing_off, '{}');
+    end if;
+    update public.task_step_executions as s
+    set
+        status = 'queued',
+        run_after = now(),
+        queued_at = now(),
+        updated_at = now()
+    where s.id = any(queueing);
+    if p_worker is not null and cardinality(handing_off) > 0 then
+        return query
+        select * from stepsync.lease_steps(handing_off, p_worker, p_lease_seconds);
+    end if;
 end
 $$;
 
-comment on function stepsync.advance_run(uuid) is
-'Moves a running run forward: queues its next pending step (skipping those whose skip_if '
-'holds) or, when none is left, completes the run. No-op while a step is in flight.';
+comment on function stepsync.advance_runs(uuid[], text, integer) is
+'Moves the given running runs forward, set-based: each run''s next pending step is '
+'queued, or with p_worker, when it is plainly due (no skip_if), leased to that worker for '
+'p_lease_seconds (returned: the hand-off); steps whose skip_if holds are skipped on the '
+'way; a run with no step left is completed. A run with a step in flight is left alone. '
+'Service only.';
 
-revoke all on function stepsync.advance_run(uuid) from public;
-grant execute on function stepsync.advance_run(uuid) to service_role;
+revoke all on function stepsync.advance_runs(uuid[], text, integer)
+from public, anon, authenticated;
+grant execute on function stepsync.advance_runs(uuid[], text, integer) to service_role;
 
 create or replace function stepsync.on_step_status_change()
 returns trigger
 language plpgsql
+set enable_seqscan = off
 set search_path = ''
 as $$
 begin
@@ -2986,6 +3116,7 @@ returns uuid
 language plpgsql
 volatile
 security definer
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
@@ -3092,7 +3223,7 @@ begin
     )
     where r.id = new_run_id;
 
-    perform stepsync.advance_run(new_run_id);
+    perform from stepsync.advance_runs(array[new_run_id]);
     return new_run_id;
 end
 $$;
@@ -3137,40 +3268,21 @@ to authenticated, service_role;
 --
 -- stepsync.lease_steps is the one place a step is taken: running, one more attempt, the
 -- lease and a new token, and the input context built from the run (through the views of
--- 0130_run_context.sql, which the planner inlines into its one statement). A worker gets
--- a step two ways: claim_steps picks due queued steps with FOR UPDATE SKIP LOCKED and
--- leases them; complete_steps leases a run's next step to the worker that completed the
--- one before, without queueing it first.
+-- 0130_run_context.sql, keyed by the step's run). A worker gets a step two ways:
+-- claim_steps picks due queued steps with FOR UPDATE SKIP LOCKED and leases them;
+-- advance_runs, called by complete_steps, leases a run's next step to the worker that
+-- completed the one before, without queueing it first. All three return the one record
+-- type of a leased step, stepsync.leased_step.
 
 create or replace function stepsync.lease_steps(
     p_step_execution_ids uuid[],
     p_worker text,
     p_lease_seconds integer
 )
-returns table (
-    step_execution_id uuid,
-    run_id uuid,
-    lease_token bigint,
-    task_id uuid,
-    user_id uuid,
-    agent_id uuid,
-    step_order integer,
-    step_name text,
-    instructions text,
-    context jsonb,
-    attempt integer,
-    timeout_seconds integer,
-    idempotency_key text,
-    conversation_id uuid,
-    trigger_data jsonb
-)
+returns setof stepsync.leased_step
 language plpgsql
 volatile
--- Its statement takes the step ids as an array parameter. With the default plan cache
--- mode PostgreSQL plans it anew on every call (the generic plan's estimate looks worse
--- than the custom ones), although the generic plan is the same index walk at a fraction
--- of the cost.
-set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 set search_path = ''
 as $$
 begin
@@ -3183,27 +3295,11 @@ begin
     end if;
 
     -- The caller holds the steps: row locks from its claim, or the run lock under which
-    -- a pending step cannot change. Only waiting steps (pending, queued) are leased.
+    -- a pending step cannot change. Only waiting steps (pending, queued) are leased. The
+    -- context a step sees is read from its own run's rows: the head by the run's key, the
+    -- earlier steps by (run_id, step_order).
     return query
-    with step_context as (
-        select
-            s.id,
-            h.head || jsonb_build_object(
-                'steps', coalesce(
-                    (
-                        select jsonb_agg(e.entry order by e.step_order)
-                        from stepsync.run_context_entries as e
-                        where e.run_id = s.run_id and e.step_order < s.step_order
-                    ),
-                    '[]'::jsonb
-                )
-            ) as run_context
-        from public.task_step_executions as s
-        inner join stepsync.run_context_heads as h on s.run_id = h.run_id
-        where s.id = any(p_step_execution_ids) and s.status in ('pending', 'queued')
-    ),
-
-    leased as (
+    with leased as (
         update public.task_step_executions as s
         set
             status = 'running',
@@ -3215,7 +3311,17 @@ begin
             queued_at = coalesce(s.queued_at, now()),
             started_at = now(),
             input_context = stepsync.build_step_context(
-                step_context.run_context,
+                (select h.head from stepsync.run_context_heads as h where h.run_id = s.run_id)
+                || jsonb_build_object(
+                    'steps', coalesce(
+                        (
+                            select jsonb_agg(e.entry order by e.step_order)
+                            from stepsync.run_context_entries as e
+                            where e.run_id = s.run_id and e.step_order < s.step_order
+                        ),
+                        '[]'::jsonb
+                    )
+                ),
                 s.step_order,
                 s.include_previous_context,
                 s.context_mode,
@@ -3224,8 +3330,7 @@ begin
                 s.context_data
             ),
             updated_at = now()
-        from step_context
-        where s.id = step_context.id
+        where s.id = any(p_step_execution_ids) and s.status in ('pending', 'queued')
         returning s.*
     )
 
@@ -3243,10 +3348,15 @@ begin
         l.attempt,
         l.timeout_seconds,
         l.idempotency_key,
-        r.conversation_id,
-        r.trigger_data
+        run.conversation_id,
+        run.trigger_data
     from leased as l
-    inner join public.agent_task_executions as r on l.run_id = r.id
+    cross join lateral (
+        select r.conversation_id, r.trigger_data
+        from public.agent_task_executions as r
+        where r.id = l.run_id
+        limit 1
+    ) as run
     order by l.run_after, l.id;
 end
 $$;
@@ -3254,8 +3364,7 @@ $$;
 comment on function stepsync.lease_steps(uuid[], text, integer) is
 'Leases the given waiting steps (pending or queued) to p_worker for p_lease_seconds: '
 'running, attempt + 1, a new fencing token, the input context built and stored. The '
-'caller must hold the steps (row locks or the run lock). Returns what claim_steps returns. '
-'Service only.';
+'caller must hold the steps (row locks or the run lock). Service only.';
 
 revoke all on function stepsync.lease_steps(uuid[], text, integer)
 from public, anon, authenticated;
@@ -3266,31 +3375,12 @@ create or replace function stepsync.claim_steps(
     p_batch integer,
     p_lease_seconds integer
 )
-returns table (
-    step_execution_id uuid,
-    run_id uuid,
-    lease_token bigint,
-    task_id uuid,
-    user_id uuid,
-    agent_id uuid,
-    step_order integer,
-    step_name text,
-    instructions text,
-    context jsonb,
-    attempt integer,
-    timeout_seconds integer,
-    idempotency_key text,
-    conversation_id uuid,
-    trigger_data jsonb
-)
+returns setof stepsync.leased_step
 language plpgsql
 volatile
--- The claim must walk task_step_executions_claim_idx in (run_after, id) order and stop
--- after p_batch rows. When the statistics still describe a nearly empty queue (a burst of
--- new runs before autovacuum has analyzed the table) the planner prefers a bitmap scan
--- that reads and sorts every due step on every claim instead, at a cost that grows with
--- the backlog. Without bitmap scans the ordered index scan is the cheapest plan whatever
--- the statistics say.
+-- Only the claim index's ordered walk is left to the planner: no sequential scan, no
+-- bitmap scan that would read and sort every due step.
+set enable_seqscan = off
 set enable_bitmapscan = off
 set search_path = ''
 as $$
@@ -3303,23 +3393,26 @@ begin
             using errcode = '22023';
     end if;
 
-    -- Pick due queued steps of running runs, skipping rows another worker holds (its own
-    -- statement: planned and cached on its own, it walks the claim index in order), then
-    -- lease them.
+    -- Due queued steps in (run_after, id) order, skipping rows another worker holds. A
+    -- run stops having queued steps when it ends; the run's status is still checked, by
+    -- key, for each step taken.
     select array_agg(due.id) into picked
     from (
         select s.id
         from public.task_step_executions as s
-        inner join public.agent_task_executions as r on s.run_id = r.id
-        where s.status = 'queued' and s.run_after <= now() and r.status = 'running'
+        where
+            s.status = 'queued'
+            and s.run_after <= now()
+            and (
+                select r.status from public.agent_task_executions as r where r.id = s.run_id
+            ) = 'running'
         order by s.run_after, s.id
         limit p_batch
-        for update of s skip locked
+        for update skip locked
     ) as due;
 
     return query
-    select l.*
-    from stepsync.lease_steps(picked, p_worker, p_lease_seconds) as l;
+    select * from stepsync.lease_steps(picked, p_worker, p_lease_seconds);
 end
 $$;
 
@@ -3332,6 +3425,28 @@ revoke all on function stepsync.claim_steps(text, integer, integer)
 from public, anon, authenticated;
 grant execute on function stepsync.claim_steps(text, integer, integer) to service_role;
 
+create or replace function stepsync.lease_keys(p_step_execution_ids uuid[], p_lease_tokens bigint[])
+returns text[]
+language sql
+immutable
+set search_path = ''
+as $$
+    select array(
+        select held.id::text || ':' || held.token::text
+        from unnest(p_step_execution_ids, p_lease_tokens) with ordinality as held (id, token, position)
+        order by held.position
+    )
+$$;
+
+comment on function stepsync.lease_keys(uuid[], bigint[]) is
+'The leases given as parallel arrays of step ids and tokens, as one array of '
+'''<id>:<token>'' keys in the same order. Functions that take leases in bulk compare '
+'each step row''s own key with it: a filter on the rows found by id, never a join that '
+'a plan made on small tables could turn into a scan of all steps.';
+
+revoke all on function stepsync.lease_keys(uuid[], bigint[]) from public, anon, authenticated;
+grant execute on function stepsync.lease_keys(uuid[], bigint[]) to service_role;
+
 create or replace function stepsync.heartbeat_steps(
     p_worker text,
     p_step_execution_ids uuid[],
@@ -3341,8 +3456,11 @@ create or replace function stepsync.heartbeat_steps(
 returns setof uuid
 language plpgsql
 volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
+declare
+    held text[] := stepsync.lease_keys(p_step_execution_ids, p_lease_tokens);
 begin
     if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens) then
         raise exception 'step ids and lease tokens must be arrays of the same length'
@@ -3358,9 +3476,9 @@ begin
     set
         lease_expires_at = now() + make_interval(secs => p_lease_seconds),
         updated_at = now()
-    from unnest(p_step_execution_ids, p_lease_tokens) as held (id, token)
-    where s.id = held.id
-        and s.lease_token = held.token
+    where
+        s.id = any(p_step_execution_ids)
+        and s.id::text || ':' || s.lease_token::text = any(held)
         and s.lease_owner = p_worker
         and s.status = 'running'
     returning s.id;
@@ -3384,9 +3502,11 @@ create or replace function stepsync.release_steps(
 returns integer
 language plpgsql
 volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
+    held text[] := stepsync.lease_keys(p_step_execution_ids, p_lease_tokens);
     released integer;
 begin
     if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens) then
@@ -3404,9 +3524,9 @@ begin
         lease_owner = null,
         lease_expires_at = null,
         updated_at = now()
-    from unnest(p_step_execution_ids, p_lease_tokens) as held (id, token)
-    where s.id = held.id
-        and s.lease_token = held.token
+    where
+        s.id = any(p_step_execution_ids)
+        and s.id::text || ':' || s.lease_token::text = any(held)
         and s.lease_owner = p_worker
         and s.status = 'running';
     get diagnostics released = row_count;
@@ -3455,7 +3575,7 @@ grant execute on function stepsync.queue_depth() to service_role;
 --
 -- Hand-off: the worker that completed step N has a free slot and is the one most likely
 -- to want step N + 1. With p_worker given, a next step that is plainly due (pending, no
--- skip_if) is leased to that worker at once (lease_steps) instead of being queued,
+-- skip_if) is leased to that worker at once (advance_runs) instead of being queued,
 -- announced and claimed: one step update fewer, no notification, no claim round trip,
 -- and the step starts as soon as the completion commits.
 
@@ -3466,21 +3586,17 @@ create or replace function stepsync.complete_steps(
     p_worker text default null,
     p_lease_seconds integer default null
 )
-returns table (step_execution_id uuid, completed boolean, next_step jsonb)
+returns table (step_execution_id uuid, completed boolean, next_step stepsync.leased_step)
 language plpgsql
 volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
-    completed_ids uuid[];
-    completed_tokens bigint[];
+    held text[] := stepsync.lease_keys(p_step_execution_ids, p_lease_tokens);
+    completed_keys text[];
     completed_runs uuid[];
-    advanced_runs uuid[];
-    plain_steps uuid[];
-    plain_runs uuid[];
-    finished_runs uuid[];
-    handed_off jsonb := '{}'::jsonb;
-    advancing uuid;
+    handed_off stepsync.leased_step[];
 begin
     if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens)
         or cardinality(p_step_execution_ids) is distinct from cardinality(p_outputs) then
@@ -3488,110 +3604,82 @@ begin
             using errcode = '22023';
     end if;
 
-    -- Lock order: the runs first, then their steps. In id order, so that two batches
-    -- sharing runs wait for each other instead of deadlocking. Stale tokens take no lock.
+    -- Lock order: the runs first (in id order, so that two batches sharing runs wait
+    -- instead of deadlocking), then their steps. Stale tokens take no lock. A step's
+    -- output is at the position of its lease in the arrays.
     perform from public.agent_task_executions as r
-    where r.id in (
+    where r.id = any(array(
         select s.run_id
         from public.task_step_executions as s
-        inner join unnest(p_step_execution_ids, p_lease_tokens) as held (id, token)
-            on s.id = held.id and s.lease_token = held.token
-        where s.status = 'running'
-    )
+        where
+            s.id = any(p_step_execution_ids)
+            and s.status = 'running'
+            and s.id::text || ':' || s.lease_token::text = any(held)
+    ))
     order by r.id
-    for no key update of r;
+    for no key update;
 
     with done as (
         update public.task_step_executions as s
         set
             status = 'completed',
-            output = coalesce(result.output, 'null'::jsonb),
+            output = coalesce(
+                p_outputs[array_position(held, s.id::text || ':' || s.lease_token::text)],
+                'null'::jsonb
+            ),
             error_message = null,
             completed_at = now(),
             duration_ms = (extract(epoch from now() - s.started_at) * 1000)::integer,
             lease_owner = null,
             lease_expires_at = null,
             updated_at = now()
-        from unnest(p_step_execution_ids, p_lease_tokens, p_outputs)
-            as result (id, token, output)
-        where s.id = result.id
-            and s.lease_token = result.token
+        where
+            s.id = any(p_step_execution_ids)
             and s.status = 'running'
-        returning s.id, s.lease_token, s.run_id
+            and s.id::text || ':' || s.lease_token::text = any(held)
+        returning s.id::text || ':' || s.lease_token::text as lease_key, s.run_id
     )
 
-    select
-        array_agg(done.id),
-        array_agg(done.lease_token),
-        array_agg(done.run_id),
-        array_agg(distinct done.run_id)
-    into completed_ids, completed_tokens, completed_runs, advanced_runs
+    select array_agg(done.lease_key), array_agg(distinct done.run_id)
+    into completed_keys, completed_runs
     from done;
 
-    -- Most runs simply go on to their next step: a pending one without skip_if. Those
-    -- are handed off or queued in one statement. Runs without a step left are finished
-    -- together (finish_runs). The others (next step has a skip_if, run no longer running)
-    -- take advance_run, which handles every case. All of it runs after the UPDATE above,
-    -- as statements of their own, so that it sees the completed steps.
-    select
-        array_agg(upcoming.id) filter (where upcoming.id is not null),
-        array_agg(advanced.run_id) filter (where upcoming.id is not null),
-        array_agg(advanced.run_id) filter (where upcoming.run_id is null)
-    into plain_steps, plain_runs, finished_runs
-    from unnest(advanced_runs) as advanced (run_id)
-    inner join public.agent_task_executions as r
-        on advanced.run_id = r.id and r.status = 'running'
-    left join lateral (
-        select s.id, s.run_id, s.status, s.skip_if
-        from public.task_step_executions as s
-        where s.run_id = advanced.run_id and s.status in ('pending', 'queued', 'running')
-        order by s.step_order
-        limit 1
-    ) as upcoming on true
-    where upcoming.run_id is null or (upcoming.status = 'pending' and upcoming.skip_if is null);
-
-    if p_worker is null then
-        update public.task_step_executions as s
-        set
-            status = 'queued',
-            run_after = now(),
-            queued_at = now(),
-            updated_at = now()
-        where s.id = any(plain_steps);
-    elsif plain_steps is not null then
-        select jsonb_object_agg(leased.run_id::text, to_jsonb(leased))
-        into handed_off
-        from stepsync.lease_steps(plain_steps, p_worker, p_lease_seconds) as leased;
-    end if;
-
-    if finished_runs is not null then
-        perform stepsync.finish_runs(finished_runs, 'completed');
-    end if;
-
-    foreach advancing in array coalesce(advanced_runs, '{}') loop
-        if not advancing = any(coalesce(plain_runs, '{}') || coalesce(finished_runs, '{}')) then
-            perform stepsync.advance_run(advancing);
-        end if;
-    end loop;
+    -- As statements of their own, after the UPDATE, so that they see the completed steps.
+    select array_agg(handed) into handed_off
+    from stepsync.advance_runs(completed_runs, p_worker, p_lease_seconds) as handed;
 
     return query
-    select given.id, done.id is not null, handed_off -> done.run_id::text
-    from unnest(p_step_execution_ids, p_lease_tokens) with ordinality
-        as given (id, token, position)
-    left join unnest(completed_ids, completed_tokens, completed_runs)
-        as done (id, token, run_id)
-        on given.id = done.id and given.token = done.token
+    select
+        given.id,
+        given.completed,
+        (
+            select handed
+            from unnest(handed_off) as handed
+            where
+                given.completed
+                and handed.run_id = (
+                    select s.run_id from public.task_step_executions as s where s.id = given.id
+                )
+            limit 1
+        )
+    from (
+        select
+            step.id,
+            step.position,
+            held[step.position] = any(coalesce(completed_keys, '{}')) as completed
+        from unnest(p_step_execution_ids) with ordinality as step (id, position)
+    ) as given
     order by given.position;
 end
 $$;
 
 comment on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, integer) is
 'Completes the given running steps (each at most once), each with its output if its lease '
-'token is current, and moves each affected run on in the same transaction. With p_worker, '
-'a run''s plainly due next step is leased to p_worker for p_lease_seconds instead of '
+'token is current, and moves each affected run on in the same transaction (advance_runs). '
+'With p_worker, a run''s next step is leased to p_worker for p_lease_seconds instead of '
 'queued. One row per given step, in the given order: completed = false means a stale token '
-'or a step no longer running (nothing changed for it); next_step is the step handed off '
-'(the columns claim_steps returns, as JSON) or null. Service only.';
+'or a step no longer running (nothing changed for it); next_step is the step handed off, '
+'or null. Service only.';
 
 revoke all on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, integer)
 from public, anon, authenticated;
@@ -3634,6 +3722,7 @@ create or replace function stepsync.record_step_failure(
 returns text
 language plpgsql
 volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
@@ -3656,7 +3745,8 @@ begin
 
     select s.* into step
     from public.task_step_executions as s
-    where s.id = p_step_execution_id
+    where
+        s.id = p_step_execution_id
         and s.status = 'running'
         and s.lease_token = p_lease_token
         and (not p_lease_expired or s.lease_expires_at < now())
@@ -3701,7 +3791,7 @@ begin
     where s.id = step.id;
 
     if step.on_failure = 'continue' then
-        perform stepsync.advance_run(step.run_id);
+        perform from stepsync.advance_runs(array[step.run_id]);
     else
         update public.task_step_executions as s
         set
@@ -3710,8 +3800,8 @@ begin
             completed_at = now(),
             updated_at = now()
         where s.run_id = step.run_id and s.status in ('pending', 'queued');
-        perform stepsync.finish_run(
-            step.run_id,
+        perform stepsync.finish_runs(
+            array[step.run_id],
             'failed',
             format('step %s (%s) failed: %s', step.step_order, step.step_name, reason)
         );
@@ -3763,6 +3853,7 @@ returns boolean
 language plpgsql
 volatile
 security definer
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
@@ -3832,6 +3923,7 @@ create or replace function stepsync.reap_expired_leases()
 returns integer
 language plpgsql
 volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare

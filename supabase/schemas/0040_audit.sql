@@ -129,6 +129,7 @@ returns trigger
 language plpgsql
 security definer
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare

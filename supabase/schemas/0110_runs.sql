@@ -3,6 +3,18 @@
 --
 -- Writes to both tables go through the run engine functions (start_task_run, claim_steps,
 -- complete_step, ...). API users only read their own rows.
+--
+-- The engine's hot path reads only the rows it works on, whatever the statistics say. The
+-- service starts before the work arrives, so its first calls of each engine function are
+-- planned, and the plans kept for the connection's life, while these tables are nearly
+-- empty; a join planned then stays a loop over whole tables once they hold thousands of
+-- queued steps and millions of finished ones. So every hot statement is keyed by
+-- construction: the rows it changes are named by primary key (`id = any(array)`), by the
+-- claim or lease index, or by (run_id, step_order); any other row it needs comes from a
+-- scalar or LATERAL ... LIMIT subquery keyed by a column of the row at hand, which the
+-- planner cannot turn into a scan of a whole table. `enable_seqscan = off` on the hot
+-- functions keeps a tiny table's sequential scan out of a plan that outlives the tiny
+-- table. tests/test_hot_path_plans.py holds every hot statement to this.
 
 -- Run rows: owner (for RLS without a join), step progress and cancellation.
 alter table public.agent_task_executions
@@ -246,3 +258,30 @@ comment on index public.task_step_executions_claim_idx is
 'claim_steps and queue_depth: queued steps by due time.';
 comment on index public.task_step_executions_lease_idx is
 'reap_expired_leases: running steps by lease expiry.';
+
+create type stepsync.leased_step as (
+    step_execution_id uuid,
+    run_id uuid,
+    lease_token bigint,
+    task_id uuid,
+    user_id uuid,
+    agent_id uuid,
+    step_order integer,
+    step_name text,
+    instructions text,
+    context jsonb,
+    attempt integer,
+    timeout_seconds integer,
+    idempotency_key text,
+    conversation_id uuid,
+    trigger_data jsonb
+);
+
+comment on type stepsync.leased_step is
+'A step leased to a worker: what to run (instructions, built context, agent, timeout), '
+'the lease that proves it is the worker''s (lease_token) and the idempotency key that '
+'stays the same across its attempts. Returned by claim_steps, lease_steps and the '
+'hand-off of complete_steps.';
+
+revoke all on type stepsync.leased_step from public;
+grant usage on type stepsync.leased_step to service_role;

@@ -136,7 +136,14 @@ select
     jsonb_build_object(
         'task', jsonb_build_object(
             'id', r.task_id,
-            'name', coalesce(r.metadata ->> 'task_name', t.name)
+            -- The task's name as the run started, else looked up by key.
+            'name', coalesce(
+                r.metadata ->> 'task_name',
+                (
+                    select t.name from public.agent_tasks as t
+                    where t.id = r.task_id
+                )
+            )
         ),
         'run', jsonb_build_object(
             'id', r.id,
@@ -144,8 +151,7 @@ select
             'trigger_data', r.trigger_data
         )
     ) as head
-from public.agent_task_executions as r
-inner join public.agent_tasks as t on r.task_id = t.id;
+from public.agent_task_executions as r;
 
 comment on view stepsync.run_context_heads is
 'The task and run parts of each run''s context (see run_context).';

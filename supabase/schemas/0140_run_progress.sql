@@ -5,6 +5,10 @@
 -- Lock order, everywhere: the run row first (for no key update), then its step rows.
 -- cancel, complete, fail and the reaper all follow it, so they cannot deadlock.
 --
+-- A run moves on in one place, advance_runs, for any number of runs at once: starting a
+-- run, completing steps (complete_steps hands it every run its batch moved) and a failed
+-- step that says `continue` all call it.
+--
 -- A finished run leaves three writes behind: the run row, the task's counters and the
 -- definitions' latest-run snapshot (task_steps), the last two audited. The snapshot is
 -- written when the run ends, not at every step transition: every statement on task_steps
@@ -21,10 +25,12 @@ create or replace function stepsync.finish_runs(
 returns void
 language plpgsql
 volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
     finishing uuid[];
+    latest uuid[];
 begin
     -- Lock order: runs in id order, then tasks in id order, then definitions (the same
     -- order as one run at a time, so batches and single calls wait instead of
@@ -32,11 +38,10 @@ begin
     select array_agg(open_run.id) into finishing
     from (
         select r.id
-        from unnest(p_run_ids) as given (id)
-        inner join public.agent_task_executions as r on given.id = r.id
-        where r.status in ('pending', 'running')
+        from public.agent_task_executions as r
+        where r.id = any(p_run_ids) and r.status in ('pending', 'running')
         order by r.id
-        for no key update of r
+        for no key update
     ) as open_run;
     if finishing is null then
         return;
@@ -49,30 +54,42 @@ begin
         status = p_status,
         completed_at = now(),
         duration_ms = (extract(epoch from now() - coalesce(r.started_at, r.created_at)) * 1000)::integer,
-        output = case
-            when jsonb_typeof(last_step.output) = 'string' then last_step.output #>> '{}'
-            else last_step.output::text
-        end,
+        output = (
+            select
+                case
+                    when jsonb_typeof(s.output) = 'string' then s.output #>> '{}'
+                    else s.output::text
+                end
+            from public.task_step_executions as s
+            where s.run_id = r.id and s.status = 'completed'
+            order by s.step_order desc
+            limit 1
+        ),
         error_message = coalesce(p_error, r.error_message),
         updated_at = now()
-    from unnest(finishing) as finished (id)
-    left join lateral (
-        select s.output
-        from public.task_step_executions as s
-        where s.run_id = finished.id and s.status = 'completed'
-        order by s.step_order desc
-        limit 1
-    ) as last_step on true
-    where r.id = finished.id;
+    where r.id = any(finishing);
 
     -- The tasks' counters, as the legacy executor kept them. Cancelled runs are not
     -- executions that succeeded or failed, so they count nowhere.
     if p_status in ('completed', 'failed') then
-        perform from unnest(finishing) as finished (id)
-        inner join public.agent_task_executions as r on finished.id = r.id
-        inner join public.agent_tasks as t on r.task_id = t.id
-        order by t.id
-        for no key update of t;
+        with per_task as materialized (
+            select run.task_id, count(*)::integer as runs
+            from unnest(finishing) as finished (id)
+            cross join lateral (
+                select r.task_id from public.agent_task_executions as r
+                where r.id = finished.id
+                limit 1
+            ) as run
+            group by run.task_id
+        ),
+
+        locked as (
+            select t.id
+            from public.agent_tasks as t
+            where t.id = any(array(select p.task_id from per_task as p))
+            order by t.id
+            for no key update
+        )
 
         update public.agent_tasks as t
         set
@@ -83,23 +100,28 @@ begin
             = t.failed_executions + per_task.runs * (p_status = 'failed')::integer,
             last_run_at = now(),
             updated_at = now()
-        from (
-            select r.task_id, count(*)::integer as runs
-            from unnest(finishing) as finished (id)
-            inner join public.agent_task_executions as r on finished.id = r.id
-            group by r.task_id
-        ) as per_task
-        where t.id = per_task.task_id;
+        from per_task
+        where
+            t.id = any(array(select l.id from locked as l))
+            and t.id = per_task.task_id;
     end if;
 
     -- The definitions keep their task's latest run's final status and result for the UI
     -- (live progress is on task_step_executions). An older run finishing late does not
     -- overwrite a newer one's; a row already holding exactly this is not rewritten.
-    update public.task_steps as d
-    set
-        status = snapshot.status,
-        execution_result = snapshot.result
-    from (
+    select array_agg(finished.id) into latest
+    from unnest(finishing) as finished (id)
+    cross join lateral (
+        select r.task_id, r.created_at from public.agent_task_executions as r
+        where r.id = finished.id
+        limit 1
+    ) as run
+    where not exists (
+        select from public.agent_task_executions as newer
+        where newer.task_id = run.task_id and newer.created_at > run.created_at
+    );
+
+    with snapshot as materialized (
         select
             s.step_id,
             s.status,
@@ -114,19 +136,21 @@ begin
                 'completed_at', s.completed_at,
                 'duration_ms', s.duration_ms
             ) as result
-        from unnest(finishing) as finished (id)
-        inner join public.agent_task_executions as run on finished.id = run.id
-        inner join public.task_step_executions as s on run.id = s.run_id
+        from public.task_step_executions as s
         where
-            not exists (
-                select from public.agent_task_executions as newer
-                where newer.task_id = run.task_id and newer.created_at > run.created_at
-            )
+            s.run_id = any(latest)
             and s.step_id is not null
             and s.status in ('completed', 'failed', 'skipped', 'cancelled')
-    ) as snapshot
+    )
+
+    update public.task_steps as d
+    set
+        status = snapshot.status,
+        execution_result = snapshot.result
+    from snapshot
     where
-        d.id = snapshot.step_id
+        d.id = any(array(select snapshot.step_id from snapshot))
+        and d.id = snapshot.step_id
         and (d.status, d.execution_result)
         is distinct from (snapshot.status, snapshot.result);
 end
@@ -169,78 +193,138 @@ grant execute on function stepsync.finish_run(
     uuid, public.task_execution_status_enum, text
 ) to service_role;
 
-create or replace function stepsync.advance_run(p_run_id uuid)
-returns void
+create or replace function stepsync.advance_runs(
+    p_run_ids uuid[],
+    p_worker text default null,
+    p_lease_seconds integer default null
+)
+returns setof stepsync.leased_step
 language plpgsql
+volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
-    run_status public.task_execution_status_enum;
-    next_step public.task_step_executions;
+    moving uuid[];
+    skipping uuid[];
+    plain uuid[];
+    handing_off uuid[];
+    queueing uuid[] := '{}';
+    ended uuid[] := '{}';
+    ready_now uuid[];
+    ended_now uuid[];
 begin
-    select r.status into run_status
-    from public.agent_task_executions as r
-    where r.id = p_run_id
-    for no key update;
-    if run_status is distinct from 'running' then
-        return;
-    end if;
+    -- Lock order: runs in id order, then their steps.
+    select array_agg(open_run.id) into moving
+    from (
+        select r.id
+        from public.agent_task_executions as r
+        where r.id = any(p_run_ids) and r.status = 'running'
+        order by r.id
+        for no key update
+    ) as open_run;
 
-    loop
-        -- Steps run one at a time, in order, so the first unfinished step says it all:
-        -- queued or running means one is in flight (nothing to do), pending is the next
-        -- one. One probe of the (run_id, step_order) index. No row lock is needed: a
-        -- pending step only changes under the run lock, which this transaction holds.
-        select s.* into next_step
-        from public.task_step_executions as s
-        where s.run_id = p_run_id and s.status in ('pending', 'queued', 'running')
-        order by s.step_order
-        limit 1;
+    -- Steps run one at a time, in order, so a run's first unfinished step says it all:
+    -- queued or running means one is in flight (nothing to do), pending is the next one,
+    -- none means the run is over. A pending step whose skip_if holds is skipped and the
+    -- run looks again: each round settles every run or skips one step of it.
+    while moving is not null loop
+        select
+            array_agg(upcoming.run_id) filter (where upcoming.id is null),
+            array_agg(upcoming.id) filter (
+                where upcoming.status = 'pending' and not upcoming.skips
+            ),
+            array_agg(upcoming.id) filter (where upcoming.skips),
+            array_agg(upcoming.id) filter (
+                where upcoming.status = 'pending' and upcoming.skip_if is null
+            )
+        into ended_now, ready_now, skipping, plain
+        from (
+            select
+                run.run_id,
+                next_step.id,
+                next_step.status,
+                next_step.skip_if,
+                coalesce(
+                    next_step.status = 'pending'
+                    and next_step.skip_if is not null
+                    and stepsync.should_skip(
+                        stepsync.context_before(
+                            stepsync.run_context(run.run_id), next_step.step_order
+                        ),
+                        next_step.skip_if
+                    ),
+                    false
+                ) as skips
+            from unnest(moving) as run (run_id)
+            left join lateral (
+                select s.id, s.status, s.skip_if, s.step_order
+                from public.task_step_executions as s
+                where s.run_id = run.run_id and s.status in ('pending', 'queued', 'running')
+                order by s.step_order
+                limit 1
+            ) as next_step on true
+        ) as upcoming;
 
-        if not found then
-            perform stepsync.finish_run(p_run_id, 'completed');
-            return;
-        end if;
-        if next_step.status <> 'pending' then
-            return;
-        end if;
-
-        if next_step.skip_if is not null
-            and stepsync.should_skip(
-                stepsync.context_before(stepsync.run_context(p_run_id), next_step.step_order),
-                next_step.skip_if
-            ) then
-            update public.task_step_executions as s
-            set
-                status = 'skipped',
-                skip_reason = format('skip_if matched: %s', next_step.skip_if),
-                completed_at = now(),
-                updated_at = now()
-            where s.id = next_step.id;
+        ended := ended || coalesce(ended_now, '{}');
+        -- Only a plainly due next step (no skip_if to weigh, found on the first look) is
+        -- handed to p_worker; any step reached through a skip is queued for all workers.
+        if handing_off is null then
+            handing_off := coalesce(plain, '{}');
+            queueing := queueing || array(
+                select ready.id from unnest(ready_now) as ready (id)
+                where ready.id <> all(handing_off)
+            );
         else
-            update public.task_step_executions as s
-            set
-                status = 'queued',
-                run_after = now(),
-                queued_at = now(),
-                updated_at = now()
-            where s.id = next_step.id;
-            return;
+            queueing := queueing || coalesce(ready_now, '{}');
         end if;
+        update public.task_step_executions as s
+        set
+            status = 'skipped',
+            skip_reason = format('skip_if matched: %s', s.skip_if),
+            completed_at = now(),
+            updated_at = now()
+        where s.id = any(skipping);
+        select array_agg(s.run_id) into moving
+        from public.task_step_executions as s
+        where s.id = any(skipping);
     end loop;
+
+    if cardinality(ended) > 0 then
+        perform stepsync.finish_runs(ended, 'completed');
+    end if;
+    if p_worker is null then
+        queueing := queueing || coalesce(handing_off, '{}');
+    end if;
+    update public.task_step_executions as s
+    set
+        status = 'queued',
+        run_after = now(),
+        queued_at = now(),
+        updated_at = now()
+    where s.id = any(queueing);
+    if p_worker is not null and cardinality(handing_off) > 0 then
+        return query
+        select * from stepsync.lease_steps(handing_off, p_worker, p_lease_seconds);
+    end if;
 end
 $$;
 
-comment on function stepsync.advance_run(uuid) is
-'Moves a running run forward: queues its next pending step (skipping those whose skip_if '
-'holds) or, when none is left, completes the run. No-op while a step is in flight.';
+comment on function stepsync.advance_runs(uuid[], text, integer) is
+'Moves the given running runs forward, set-based: each run''s next pending step is '
+'queued, or with p_worker, when it is plainly due (no skip_if), leased to that worker for '
+'p_lease_seconds (returned: the hand-off); steps whose skip_if holds are skipped on the '
+'way; a run with no step left is completed. A run with a step in flight is left alone. '
+'Service only.';
 
-revoke all on function stepsync.advance_run(uuid) from public;
-grant execute on function stepsync.advance_run(uuid) to service_role;
+revoke all on function stepsync.advance_runs(uuid[], text, integer)
+from public, anon, authenticated;
+grant execute on function stepsync.advance_runs(uuid[], text, integer) to service_role;
 
 create or replace function stepsync.on_step_status_change()
 returns trigger
 language plpgsql
+set enable_seqscan = off
 set search_path = ''
 as $$
 begin

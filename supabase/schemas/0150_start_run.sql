@@ -61,6 +61,7 @@ returns uuid
 language plpgsql
 volatile
 security definer
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
@@ -167,7 +168,7 @@ begin
     )
     where r.id = new_run_id;
 
-    perform stepsync.advance_run(new_run_id);
+    perform from stepsync.advance_runs(array[new_run_id]);
     return new_run_id;
 end
 $$;

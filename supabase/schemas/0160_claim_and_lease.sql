@@ -6,40 +6,21 @@
 --
 -- stepsync.lease_steps is the one place a step is taken: running, one more attempt, the
 -- lease and a new token, and the input context built from the run (through the views of
--- 0130_run_context.sql, which the planner inlines into its one statement). A worker gets
--- a step two ways: claim_steps picks due queued steps with FOR UPDATE SKIP LOCKED and
--- leases them; complete_steps leases a run's next step to the worker that completed the
--- one before, without queueing it first.
+-- 0130_run_context.sql, keyed by the step's run). A worker gets a step two ways:
+-- claim_steps picks due queued steps with FOR UPDATE SKIP LOCKED and leases them;
+-- advance_runs, called by complete_steps, leases a run's next step to the worker that
+-- completed the one before, without queueing it first. All three return the one record
+-- type of a leased step, stepsync.leased_step.
 
 create or replace function stepsync.lease_steps(
     p_step_execution_ids uuid[],
     p_worker text,
     p_lease_seconds integer
 )
-returns table (
-    step_execution_id uuid,
-    run_id uuid,
-    lease_token bigint,
-    task_id uuid,
-    user_id uuid,
-    agent_id uuid,
-    step_order integer,
-    step_name text,
-    instructions text,
-    context jsonb,
-    attempt integer,
-    timeout_seconds integer,
-    idempotency_key text,
-    conversation_id uuid,
-    trigger_data jsonb
-)
+returns setof stepsync.leased_step
 language plpgsql
 volatile
--- Its statement takes the step ids as an array parameter. With the default plan cache
--- mode PostgreSQL plans it anew on every call (the generic plan's estimate looks worse
--- than the custom ones), although the generic plan is the same index walk at a fraction
--- of the cost.
-set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 set search_path = ''
 as $$
 begin
@@ -52,27 +33,11 @@ begin
     end if;
 
     -- The caller holds the steps: row locks from its claim, or the run lock under which
-    -- a pending step cannot change. Only waiting steps (pending, queued) are leased.
+    -- a pending step cannot change. Only waiting steps (pending, queued) are leased. The
+    -- context a step sees is read from its own run's rows: the head by the run's key, the
+    -- earlier steps by (run_id, step_order).
     return query
-    with step_context as (
-        select
-            s.id,
-            h.head || jsonb_build_object(
-                'steps', coalesce(
-                    (
-                        select jsonb_agg(e.entry order by e.step_order)
-                        from stepsync.run_context_entries as e
-                        where e.run_id = s.run_id and e.step_order < s.step_order
-                    ),
-                    '[]'::jsonb
-                )
-            ) as run_context
-        from public.task_step_executions as s
-        inner join stepsync.run_context_heads as h on s.run_id = h.run_id
-        where s.id = any(p_step_execution_ids) and s.status in ('pending', 'queued')
-    ),
-
-    leased as (
+    with leased as (
         update public.task_step_executions as s
         set
             status = 'running',
@@ -84,7 +49,17 @@ begin
             queued_at = coalesce(s.queued_at, now()),
             started_at = now(),
             input_context = stepsync.build_step_context(
-                step_context.run_context,
+                (select h.head from stepsync.run_context_heads as h where h.run_id = s.run_id)
+                || jsonb_build_object(
+                    'steps', coalesce(
+                        (
+                            select jsonb_agg(e.entry order by e.step_order)
+                            from stepsync.run_context_entries as e
+                            where e.run_id = s.run_id and e.step_order < s.step_order
+                        ),
+                        '[]'::jsonb
+                    )
+                ),
                 s.step_order,
                 s.include_previous_context,
                 s.context_mode,
@@ -93,8 +68,7 @@ begin
                 s.context_data
             ),
             updated_at = now()
-        from step_context
-        where s.id = step_context.id
+        where s.id = any(p_step_execution_ids) and s.status in ('pending', 'queued')
         returning s.*
     )
 
@@ -112,10 +86,15 @@ begin
         l.attempt,
         l.timeout_seconds,
         l.idempotency_key,
-        r.conversation_id,
-        r.trigger_data
+        run.conversation_id,
+        run.trigger_data
     from leased as l
-    inner join public.agent_task_executions as r on l.run_id = r.id
+    cross join lateral (
+        select r.conversation_id, r.trigger_data
+        from public.agent_task_executions as r
+        where r.id = l.run_id
+        limit 1
+    ) as run
     order by l.run_after, l.id;
 end
 $$;
@@ -123,8 +102,7 @@ $$;
 comment on function stepsync.lease_steps(uuid[], text, integer) is
 'Leases the given waiting steps (pending or queued) to p_worker for p_lease_seconds: '
 'running, attempt + 1, a new fencing token, the input context built and stored. The '
-'caller must hold the steps (row locks or the run lock). Returns what claim_steps returns. '
-'Service only.';
+'caller must hold the steps (row locks or the run lock). Service only.';
 
 revoke all on function stepsync.lease_steps(uuid[], text, integer)
 from public, anon, authenticated;
@@ -135,31 +113,12 @@ create or replace function stepsync.claim_steps(
     p_batch integer,
     p_lease_seconds integer
 )
-returns table (
-    step_execution_id uuid,
-    run_id uuid,
-    lease_token bigint,
-    task_id uuid,
-    user_id uuid,
-    agent_id uuid,
-    step_order integer,
-    step_name text,
-    instructions text,
-    context jsonb,
-    attempt integer,
-    timeout_seconds integer,
-    idempotency_key text,
-    conversation_id uuid,
-    trigger_data jsonb
-)
+returns setof stepsync.leased_step
 language plpgsql
 volatile
--- The claim must walk task_step_executions_claim_idx in (run_after, id) order and stop
--- after p_batch rows. When the statistics still describe a nearly empty queue (a burst of
--- new runs before autovacuum has analyzed the table) the planner prefers a bitmap scan
--- that reads and sorts every due step on every claim instead, at a cost that grows with
--- the backlog. Without bitmap scans the ordered index scan is the cheapest plan whatever
--- the statistics say.
+-- Only the claim index's ordered walk is left to the planner: no sequential scan, no
+-- bitmap scan that would read and sort every due step.
+set enable_seqscan = off
 set enable_bitmapscan = off
 set search_path = ''
 as $$
@@ -172,23 +131,26 @@ begin
             using errcode = '22023';
     end if;
 
-    -- Pick due queued steps of running runs, skipping rows another worker holds (its own
-    -- statement: planned and cached on its own, it walks the claim index in order), then
-    -- lease them.
+    -- Due queued steps in (run_after, id) order, skipping rows another worker holds. A
+    -- run stops having queued steps when it ends; the run's status is still checked, by
+    -- key, for each step taken.
     select array_agg(due.id) into picked
     from (
         select s.id
         from public.task_step_executions as s
-        inner join public.agent_task_executions as r on s.run_id = r.id
-        where s.status = 'queued' and s.run_after <= now() and r.status = 'running'
+        where
+            s.status = 'queued'
+            and s.run_after <= now()
+            and (
+                select r.status from public.agent_task_executions as r where r.id = s.run_id
+            ) = 'running'
         order by s.run_after, s.id
         limit p_batch
-        for update of s skip locked
+        for update skip locked
     ) as due;
 
     return query
-    select l.*
-    from stepsync.lease_steps(picked, p_worker, p_lease_seconds) as l;
+    select * from stepsync.lease_steps(picked, p_worker, p_lease_seconds);
 end
 $$;
 
@@ -201,6 +163,28 @@ revoke all on function stepsync.claim_steps(text, integer, integer)
 from public, anon, authenticated;
 grant execute on function stepsync.claim_steps(text, integer, integer) to service_role;
 
+create or replace function stepsync.lease_keys(p_step_execution_ids uuid[], p_lease_tokens bigint[])
+returns text[]
+language sql
+immutable
+set search_path = ''
+as $$
+    select array(
+        select held.id::text || ':' || held.token::text
+        from unnest(p_step_execution_ids, p_lease_tokens) with ordinality as held (id, token, position)
+        order by held.position
+    )
+$$;
+
+comment on function stepsync.lease_keys(uuid[], bigint[]) is
+'The leases given as parallel arrays of step ids and tokens, as one array of '
+'''<id>:<token>'' keys in the same order. Functions that take leases in bulk compare '
+'each step row''s own key with it: a filter on the rows found by id, never a join that '
+'a plan made on small tables could turn into a scan of all steps.';
+
+revoke all on function stepsync.lease_keys(uuid[], bigint[]) from public, anon, authenticated;
+grant execute on function stepsync.lease_keys(uuid[], bigint[]) to service_role;
+
 create or replace function stepsync.heartbeat_steps(
     p_worker text,
     p_step_execution_ids uuid[],
@@ -210,8 +194,11 @@ create or replace function stepsync.heartbeat_steps(
 returns setof uuid
 language plpgsql
 volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
+declare
+    held text[] := stepsync.lease_keys(p_step_execution_ids, p_lease_tokens);
 begin
     if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens) then
         raise exception 'step ids and lease tokens must be arrays of the same length'
@@ -227,9 +214,9 @@ begin
     set
         lease_expires_at = now() + make_interval(secs => p_lease_seconds),
         updated_at = now()
-    from unnest(p_step_execution_ids, p_lease_tokens) as held (id, token)
-    where s.id = held.id
-        and s.lease_token = held.token
+    where
+        s.id = any(p_step_execution_ids)
+        and s.id::text || ':' || s.lease_token::text = any(held)
         and s.lease_owner = p_worker
         and s.status = 'running'
     returning s.id;
@@ -253,9 +240,11 @@ create or replace function stepsync.release_steps(
 returns integer
 language plpgsql
 volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
+    held text[] := stepsync.lease_keys(p_step_execution_ids, p_lease_tokens);
     released integer;
 begin
     if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens) then
@@ -273,9 +262,9 @@ begin
         lease_owner = null,
         lease_expires_at = null,
         updated_at = now()
-    from unnest(p_step_execution_ids, p_lease_tokens) as held (id, token)
-    where s.id = held.id
-        and s.lease_token = held.token
+    where
+        s.id = any(p_step_execution_ids)
+        and s.id::text || ':' || s.lease_token::text = any(held)
         and s.lease_owner = p_worker
         and s.status = 'running';
     get diagnostics released = row_count;

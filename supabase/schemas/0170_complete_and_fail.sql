@@ -13,7 +13,7 @@
 --
 -- Hand-off: the worker that completed step N has a free slot and is the one most likely
 -- to want step N + 1. With p_worker given, a next step that is plainly due (pending, no
--- skip_if) is leased to that worker at once (lease_steps) instead of being queued,
+-- skip_if) is leased to that worker at once (advance_runs) instead of being queued,
 -- announced and claimed: one step update fewer, no notification, no claim round trip,
 -- and the step starts as soon as the completion commits.
 
@@ -24,21 +24,17 @@ create or replace function stepsync.complete_steps(
     p_worker text default null,
     p_lease_seconds integer default null
 )
-returns table (step_execution_id uuid, completed boolean, next_step jsonb)
+returns table (step_execution_id uuid, completed boolean, next_step stepsync.leased_step)
 language plpgsql
 volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
-    completed_ids uuid[];
-    completed_tokens bigint[];
+    held text[] := stepsync.lease_keys(p_step_execution_ids, p_lease_tokens);
+    completed_keys text[];
     completed_runs uuid[];
-    advanced_runs uuid[];
-    plain_steps uuid[];
-    plain_runs uuid[];
-    finished_runs uuid[];
-    handed_off jsonb := '{}'::jsonb;
-    advancing uuid;
+    handed_off stepsync.leased_step[];
 begin
     if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens)
         or cardinality(p_step_execution_ids) is distinct from cardinality(p_outputs) then
@@ -46,110 +42,82 @@ begin
             using errcode = '22023';
     end if;
 
-    -- Lock order: the runs first, then their steps. In id order, so that two batches
-    -- sharing runs wait for each other instead of deadlocking. Stale tokens take no lock.
+    -- Lock order: the runs first (in id order, so that two batches sharing runs wait
+    -- instead of deadlocking), then their steps. Stale tokens take no lock. A step's
+    -- output is at the position of its lease in the arrays.
     perform from public.agent_task_executions as r
-    where r.id in (
+    where r.id = any(array(
         select s.run_id
         from public.task_step_executions as s
-        inner join unnest(p_step_execution_ids, p_lease_tokens) as held (id, token)
-            on s.id = held.id and s.lease_token = held.token
-        where s.status = 'running'
-    )
+        where
+            s.id = any(p_step_execution_ids)
+            and s.status = 'running'
+            and s.id::text || ':' || s.lease_token::text = any(held)
+    ))
     order by r.id
-    for no key update of r;
+    for no key update;
 
     with done as (
         update public.task_step_executions as s
         set
             status = 'completed',
-            output = coalesce(result.output, 'null'::jsonb),
+            output = coalesce(
+                p_outputs[array_position(held, s.id::text || ':' || s.lease_token::text)],
+                'null'::jsonb
+            ),
             error_message = null,
             completed_at = now(),
             duration_ms = (extract(epoch from now() - s.started_at) * 1000)::integer,
             lease_owner = null,
             lease_expires_at = null,
             updated_at = now()
-        from unnest(p_step_execution_ids, p_lease_tokens, p_outputs)
-            as result (id, token, output)
-        where s.id = result.id
-            and s.lease_token = result.token
+        where
+            s.id = any(p_step_execution_ids)
             and s.status = 'running'
-        returning s.id, s.lease_token, s.run_id
+            and s.id::text || ':' || s.lease_token::text = any(held)
+        returning s.id::text || ':' || s.lease_token::text as lease_key, s.run_id
     )
 
-    select
-        array_agg(done.id),
-        array_agg(done.lease_token),
-        array_agg(done.run_id),
-        array_agg(distinct done.run_id)
-    into completed_ids, completed_tokens, completed_runs, advanced_runs
+    select array_agg(done.lease_key), array_agg(distinct done.run_id)
+    into completed_keys, completed_runs
     from done;
 
-    -- Most runs simply go on to their next step: a pending one without skip_if. Those
-    -- are handed off or queued in one statement. Runs without a step left are finished
-    -- together (finish_runs). The others (next step has a skip_if, run no longer running)
-    -- take advance_run, which handles every case. All of it runs after the UPDATE above,
-    -- as statements of their own, so that it sees the completed steps.
-    select
-        array_agg(upcoming.id) filter (where upcoming.id is not null),
-        array_agg(advanced.run_id) filter (where upcoming.id is not null),
-        array_agg(advanced.run_id) filter (where upcoming.run_id is null)
-    into plain_steps, plain_runs, finished_runs
-    from unnest(advanced_runs) as advanced (run_id)
-    inner join public.agent_task_executions as r
-        on advanced.run_id = r.id and r.status = 'running'
-    left join lateral (
-        select s.id, s.run_id, s.status, s.skip_if
-        from public.task_step_executions as s
-        where s.run_id = advanced.run_id and s.status in ('pending', 'queued', 'running')
-        order by s.step_order
-        limit 1
-    ) as upcoming on true
-    where upcoming.run_id is null or (upcoming.status = 'pending' and upcoming.skip_if is null);
-
-    if p_worker is null then
-        update public.task_step_executions as s
-        set
-            status = 'queued',
-            run_after = now(),
-            queued_at = now(),
-            updated_at = now()
-        where s.id = any(plain_steps);
-    elsif plain_steps is not null then
-        select jsonb_object_agg(leased.run_id::text, to_jsonb(leased))
-        into handed_off
-        from stepsync.lease_steps(plain_steps, p_worker, p_lease_seconds) as leased;
-    end if;
-
-    if finished_runs is not null then
-        perform stepsync.finish_runs(finished_runs, 'completed');
-    end if;
-
-    foreach advancing in array coalesce(advanced_runs, '{}') loop
-        if not advancing = any(coalesce(plain_runs, '{}') || coalesce(finished_runs, '{}')) then
-            perform stepsync.advance_run(advancing);
-        end if;
-    end loop;
+    -- As statements of their own, after the UPDATE, so that they see the completed steps.
+    select array_agg(handed) into handed_off
+    from stepsync.advance_runs(completed_runs, p_worker, p_lease_seconds) as handed;
 
     return query
-    select given.id, done.id is not null, handed_off -> done.run_id::text
-    from unnest(p_step_execution_ids, p_lease_tokens) with ordinality
-        as given (id, token, position)
-    left join unnest(completed_ids, completed_tokens, completed_runs)
-        as done (id, token, run_id)
-        on given.id = done.id and given.token = done.token
+    select
+        given.id,
+        given.completed,
+        (
+            select handed
+            from unnest(handed_off) as handed
+            where
+                given.completed
+                and handed.run_id = (
+                    select s.run_id from public.task_step_executions as s where s.id = given.id
+                )
+            limit 1
+        )
+    from (
+        select
+            step.id,
+            step.position,
+            held[step.position] = any(coalesce(completed_keys, '{}')) as completed
+        from unnest(p_step_execution_ids) with ordinality as step (id, position)
+    ) as given
     order by given.position;
 end
 $$;
 
 comment on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, integer) is
 'Completes the given running steps (each at most once), each with its output if its lease '
-'token is current, and moves each affected run on in the same transaction. With p_worker, '
-'a run''s plainly due next step is leased to p_worker for p_lease_seconds instead of '
+'token is current, and moves each affected run on in the same transaction (advance_runs). '
+'With p_worker, a run''s next step is leased to p_worker for p_lease_seconds instead of '
 'queued. One row per given step, in the given order: completed = false means a stale token '
-'or a step no longer running (nothing changed for it); next_step is the step handed off '
-'(the columns claim_steps returns, as JSON) or null. Service only.';
+'or a step no longer running (nothing changed for it); next_step is the step handed off, '
+'or null. Service only.';
 
 revoke all on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, integer)
 from public, anon, authenticated;
@@ -192,6 +160,7 @@ create or replace function stepsync.record_step_failure(
 returns text
 language plpgsql
 volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
@@ -214,7 +183,8 @@ begin
 
     select s.* into step
     from public.task_step_executions as s
-    where s.id = p_step_execution_id
+    where
+        s.id = p_step_execution_id
         and s.status = 'running'
         and s.lease_token = p_lease_token
         and (not p_lease_expired or s.lease_expires_at < now())
@@ -259,7 +229,7 @@ begin
     where s.id = step.id;
 
     if step.on_failure = 'continue' then
-        perform stepsync.advance_run(step.run_id);
+        perform from stepsync.advance_runs(array[step.run_id]);
     else
         update public.task_step_executions as s
         set
@@ -268,8 +238,8 @@ begin
             completed_at = now(),
             updated_at = now()
         where s.run_id = step.run_id and s.status in ('pending', 'queued');
-        perform stepsync.finish_run(
-            step.run_id,
+        perform stepsync.finish_runs(
+            array[step.run_id],
             'failed',
             format('step %s (%s) failed: %s', step.step_order, step.step_name, reason)
         );

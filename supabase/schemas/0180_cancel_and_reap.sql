@@ -5,6 +5,7 @@ returns boolean
 language plpgsql
 volatile
 security definer
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
@@ -74,6 +75,7 @@ create or replace function stepsync.reap_expired_leases()
 returns integer
 language plpgsql
 volatile
+set enable_seqscan = off
 set search_path = ''
 as $$
 declare
