@@ -235,13 +235,19 @@ def test_an_expired_lease_is_reaped_and_the_stale_token_rejected(
     expire_leases(conn, run_id)
     assert reap(conn) == 1
     row = step_rows(conn, run_id)[0]
-    assert (row["status"], row["attempt"], row["lease_owner"]) == ("queued", 1, None)
+    # A lost lease is not the step's failure: its attempt is given back.
+    assert (row["status"], row["attempt"], row["lost_leases"], row["lease_owner"]) == (
+        "queued",
+        0,
+        1,
+        None,
+    )
     assert row["error_message"] == "lease of worker crashed expired"
     assert row["run_after"] <= conn.execute("select now()").fetchone()[0]
 
     fresh = claim_one(conn, worker="healthy")
     assert fresh["lease_token"] > stale["lease_token"]
-    assert fresh["attempt"] == 2
+    assert fresh["attempt"] == 1
     assert complete(conn, stale, {"late": True}) is False
     assert fail(conn, stale, "late failure") == "stale"
     with as_service(conn):
@@ -256,15 +262,56 @@ def test_an_expired_lease_is_reaped_and_the_stale_token_rejected(
     assert [r["status"] for r in rows] == ["completed", "queued"]
 
 
-def test_an_expired_lease_without_attempts_left_fails_per_on_failure(
+def test_lost_leases_use_no_attempt_up_to_max_lost_leases(conn: psycopg.Connection) -> None:
+    # One attempt only, and three lost leases allowed (the default): three workers die
+    # mid-step and the fourth completes it.
+    _, task_id, _ = make_workflow(conn, [{}])
+    run_id = start_run(conn, task_id)
+    for _ in range(3):
+        claim_one(conn, worker="doomed")
+        expire_leases(conn, run_id)
+        assert reap(conn) == 1
+    row = step_rows(conn, run_id)[0]
+    assert (row["status"], row["attempt"], row["lost_leases"]) == ("queued", 0, 3)
+    survivor = claim_one(conn, worker="survivor")
+    assert survivor["attempt"] == 1
+    assert complete(conn, survivor, {"done": True})
+    assert run_row(conn, run_id)["status"] == "completed"
+
+
+def test_a_step_that_loses_its_lease_too_often_fails_per_on_failure(
     conn: psycopg.Connection,
 ) -> None:
-    _, task_id, _ = make_workflow(conn, [{"on_failure": "continue"}, {}])
+    _, task_id, _ = make_workflow(
+        conn, [{"on_failure": "continue", "max_lost_leases": 1, "max_attempts": 5}, {}]
+    )
     run_id = start_run(conn, task_id)
-    claim_one(conn)
-    expire_leases(conn, run_id)
-    assert reap(conn) == 1
+    for expected in ("queued", "failed"):
+        claim_one(conn, worker="doomed")
+        expire_leases(conn, run_id)
+        assert reap(conn) == 1
+        assert step_rows(conn, run_id)[0]["status"] == expected
+    failed = step_rows(conn, run_id)[0]
+    assert failed["lost_leases"] == 2
+    assert failed["error_message"] == (
+        "lease lost 2 times, more than max_lost_leases (1) allows: the worker running the"
+        " step stopped or lost the database each time (last: lease of worker doomed expired)"
+    )
     assert statuses(conn, run_id) == ["failed", "queued"]
+
+
+def test_nothing_is_reaped_within_the_grace_after_the_database_started(
+    conn: psycopg.Connection,
+) -> None:
+    _, task_id, _ = make_workflow(conn, [{}])
+    run_id = start_run(conn, task_id)
+    claim_one(conn, worker="cut-off")
+    expire_leases(conn, run_id)
+    with as_service(conn):
+        # A grace longer than the server has been up: its owner may still report.
+        assert conn.execute("select stepsync.reap_expired_leases(86400 * 365)").fetchone()[0] == 0
+    assert statuses(conn, run_id) == ["running"]
+    assert reap(conn) == 1
 
 
 def test_heartbeat_extends_only_held_leases(conn: psycopg.Connection) -> None:

@@ -79,6 +79,7 @@ add column if not exists context_template text,
 add column if not exists skip_if jsonpath,
 add column if not exists on_failure public.step_failure_action not null default 'stop',
 add column if not exists max_attempts integer not null default 1,
+add column if not exists max_lost_leases integer not null default 3,
 add column if not exists retry_backoff_seconds integer not null default 5,
 add column if not exists retry_backoff_max_seconds integer not null default 600,
 add column if not exists timeout_seconds integer not null default 300,
@@ -100,6 +101,7 @@ add constraint task_steps_selective_needs_paths check (
     context_mode <> 'selective' or cardinality(context_paths) > 0
 ),
 add constraint task_steps_max_attempts_range check (max_attempts between 1 and 20),
+add constraint task_steps_max_lost_leases_range check (max_lost_leases between 0 and 20),
 add constraint task_steps_backoff_range check (
     retry_backoff_seconds between 0 and 3600
     and retry_backoff_max_seconds between retry_backoff_seconds and 86400
@@ -146,7 +148,12 @@ comment on column public.task_steps.skip_if is
 comment on column public.task_steps.on_failure is
 'What a failure (attempts exhausted) does to the run: stop or continue.';
 comment on column public.task_steps.max_attempts is
-'Attempts before the step fails for good (1 = no retry).';
+'Attempts before the step fails for good (1 = no retry). Counts the step''s own errors '
+'and timeouts; a lost lease (its worker died or lost the database) is not one.';
+comment on column public.task_steps.max_lost_leases is
+'How often the step may lose its lease (its worker died or lost the database) and be '
+'queued again without using an attempt; one more loss fails it. Protects the workers '
+'from a step that kills whoever runs it.';
 comment on column public.task_steps.retry_backoff_seconds is
 'Base delay before a retry; doubled each attempt, with jitter.';
 comment on column public.task_steps.retry_backoff_max_seconds is
@@ -181,6 +188,8 @@ comment on constraint task_steps_selective_needs_paths on public.task_steps is
 'context_mode selective needs at least one jsonpath.';
 comment on constraint task_steps_max_attempts_range on public.task_steps is
 '1 to 20 attempts.';
+comment on constraint task_steps_max_lost_leases_range on public.task_steps is
+'0 to 20 lost leases before the step fails.';
 comment on constraint task_steps_backoff_range on public.task_steps is
 'Backoff base 0..3600 s, its cap between the base and 86400 s.';
 comment on constraint task_steps_timeout_range on public.task_steps is
@@ -1144,12 +1153,13 @@ begin
                 step.context_paths := paths;
             when field in (
                 'max_attempts', 'retry_backoff_seconds', 'retry_backoff_max_seconds',
-                'timeout_seconds'
+                'timeout_seconds', 'max_lost_leases'
             ) then
                 number_value := case when jsonb_typeof(value) = 'number' then value::numeric end;
                 lowest := case when field in ('max_attempts', 'timeout_seconds') then 1 else 0 end;
                 highest := case field
                     when 'max_attempts' then 20
+                    when 'max_lost_leases' then 20
                     when 'retry_backoff_seconds' then 3600
                     else 86400
                 end;
@@ -1162,6 +1172,7 @@ begin
                 end if;
                 case field
                     when 'max_attempts' then step.max_attempts := number_value;
+                    when 'max_lost_leases' then step.max_lost_leases := number_value;
                     when 'retry_backoff_seconds' then step.retry_backoff_seconds := number_value;
                     when 'retry_backoff_max_seconds' then
                         step.retry_backoff_max_seconds := number_value;
@@ -1183,7 +1194,8 @@ begin
                     hint = 'Fields: step_name, instructions, include_previous_context, '
                     'context_data, context_mode, context_paths, context_template, skip_if, '
                     'on_failure, max_attempts, retry_backoff_seconds, '
-                    'retry_backoff_max_seconds, timeout_seconds, agent_id (and id).';
+                    'retry_backoff_max_seconds, timeout_seconds, max_lost_leases, agent_id '
+                    '(and id).';
         end case;
     end loop;
 
@@ -1323,6 +1335,7 @@ begin
         retry_backoff_seconds = r.retry_backoff_seconds,
         retry_backoff_max_seconds = r.retry_backoff_max_seconds,
         timeout_seconds = r.timeout_seconds,
+        max_lost_leases = r.max_lost_leases,
         agent_id = r.agent_id
     from unnest(saved) as r
     where
@@ -1332,25 +1345,26 @@ begin
             s.step_order, s.step_name, s.instructions, s.include_previous_context,
             s.context_data, s.context_mode, s.context_paths::text, s.context_template,
             s.skip_if::text, s.on_failure, s.max_attempts, s.retry_backoff_seconds,
-            s.retry_backoff_max_seconds, s.timeout_seconds, s.agent_id
+            s.retry_backoff_max_seconds, s.timeout_seconds, s.max_lost_leases, s.agent_id
         ) is distinct from (
             r.step_order, r.step_name, r.instructions, r.include_previous_context,
             r.context_data, r.context_mode, r.context_paths::text, r.context_template,
             r.skip_if::text, r.on_failure, r.max_attempts, r.retry_backoff_seconds,
-            r.retry_backoff_max_seconds, r.timeout_seconds, r.agent_id
+            r.retry_backoff_max_seconds, r.timeout_seconds, r.max_lost_leases, r.agent_id
         );
 
     insert into public.task_steps (
         id, task_id, step_order, step_name, instructions, include_previous_context,
         context_data, context_mode, context_paths, context_template, skip_if, on_failure,
         max_attempts, retry_backoff_seconds, retry_backoff_max_seconds, timeout_seconds,
-        agent_id
+        max_lost_leases, agent_id
     )
     select
         r.id, r.task_id, r.step_order, r.step_name, r.instructions,
         r.include_previous_context, r.context_data, r.context_mode, r.context_paths,
         r.context_template, r.skip_if, r.on_failure, r.max_attempts,
-        r.retry_backoff_seconds, r.retry_backoff_max_seconds, r.timeout_seconds, r.agent_id
+        r.retry_backoff_seconds, r.retry_backoff_max_seconds, r.timeout_seconds,
+        r.max_lost_leases, r.agent_id
     from unnest(saved) as r
     where r.id <> all(kept)
     order by r.step_order;
@@ -1939,12 +1953,14 @@ create table if not exists public.task_step_executions (
     skip_if jsonpath,
     on_failure public.step_failure_action not null,
     max_attempts integer not null check (max_attempts between 1 and 20),
+    max_lost_leases integer not null default 3 check (max_lost_leases between 0 and 20),
     retry_backoff_seconds integer not null check (retry_backoff_seconds >= 0),
     retry_backoff_max_seconds integer not null check (retry_backoff_max_seconds >= 0),
     timeout_seconds integer not null check (timeout_seconds > 0),
     -- Execution state.
     status public.task_step_status not null default 'pending',
     attempt integer not null default 0 check (attempt >= 0),
+    lost_leases integer not null default 0 check (lost_leases >= 0),
     run_after timestamptz,
     queued_at timestamptz,
     lease_owner text,
@@ -2034,6 +2050,8 @@ comment on column public.task_step_executions.on_failure is
 'Snapshot of task_steps.on_failure.';
 comment on column public.task_step_executions.max_attempts is
 'Snapshot of task_steps.max_attempts.';
+comment on column public.task_step_executions.max_lost_leases is
+'Snapshot of task_steps.max_lost_leases.';
 comment on column public.task_step_executions.retry_backoff_seconds is
 'Snapshot of task_steps.retry_backoff_seconds.';
 comment on column public.task_step_executions.retry_backoff_max_seconds is
@@ -2043,7 +2061,11 @@ comment on column public.task_step_executions.timeout_seconds is
 comment on column public.task_step_executions.status is
 'pending → queued → running → completed | failed | skipped | cancelled.';
 comment on column public.task_step_executions.attempt is
-'Attempts started so far (a claim counts one; a graceful release gives it back).';
+'Attempts started so far (a claim counts one; a graceful release or a lost lease gives it '
+'back).';
+comment on column public.task_step_executions.lost_leases is
+'How often the step''s lease lapsed without a result (its worker died or lost the '
+'database); reaped and queued again without using an attempt, up to max_lost_leases.';
 comment on column public.task_step_executions.run_after is
 'A queued step is claimable from this time on (retry backoff).';
 comment on column public.task_step_executions.queued_at is
@@ -3072,7 +3094,8 @@ returns table (
     max_attempts integer,
     retry_backoff_seconds integer,
     retry_backoff_max_seconds integer,
-    timeout_seconds integer
+    timeout_seconds integer,
+    max_lost_leases integer
 )
 language sql
 stable
@@ -3082,7 +3105,7 @@ as $$
         s.id, s.step_order, s.step_name, s.instructions, coalesce(s.agent_id, t.agent_id),
         s.include_previous_context, s.context_mode, s.context_paths, s.context_template,
         s.context_data, s.skip_if, s.on_failure, s.max_attempts, s.retry_backoff_seconds,
-        s.retry_backoff_max_seconds, s.timeout_seconds
+        s.retry_backoff_max_seconds, s.timeout_seconds, s.max_lost_leases
     from public.task_steps as s
     inner join public.agent_tasks as t on s.task_id = t.id
     where s.task_id = p_task_id and s.deleted_at is null
@@ -3090,7 +3113,7 @@ as $$
     -- A task without live steps is a one-step workflow made of its instructions.
     select
         null, 1, coalesce(nullif(left(btrim(t.name), 200), ''), 'Step 1'), t.instructions,
-        t.agent_id, false, 'previous', '{}', null, '{}'::jsonb, null, 'stop', 1, 5, 600, 300
+        t.agent_id, false, 'previous', '{}', null, '{}'::jsonb, null, 'stop', 1, 5, 600, 300, 3
     from public.agent_tasks as t
     where t.id = p_task_id
         and not exists (
@@ -3198,14 +3221,14 @@ begin
         run_id, task_id, user_id, step_id, step_order, step_name, instructions, agent_id,
         include_previous_context, context_mode, context_paths, context_template,
         context_data, skip_if, on_failure, max_attempts, retry_backoff_seconds,
-        retry_backoff_max_seconds, timeout_seconds
+        retry_backoff_max_seconds, timeout_seconds, max_lost_leases
     )
     select
         new_run_id, task.id, task.user_id, d.step_id, d.step_order, d.step_name,
         d.instructions, d.agent_id, d.include_previous_context, d.context_mode,
         d.context_paths, d.context_template, d.context_data, d.skip_if, d.on_failure,
         d.max_attempts, d.retry_backoff_seconds, d.retry_backoff_max_seconds,
-        d.timeout_seconds
+        d.timeout_seconds, d.max_lost_leases
     from stepsync.step_definitions(task.id) as d;
 
     -- What the run was asked to do, in the legacy column the app shows.
@@ -3755,15 +3778,37 @@ begin
         return 'stale';
     end if;
 
-    if p_retryable and step.attempt < step.max_attempts then
+    -- A lease that lapsed without a result is not the step's failure: its worker died or
+    -- lost the database. The attempt is given back and the step is due again at once, up
+    -- to max_lost_leases times; a step that keeps killing its workers then fails.
+    if p_lease_expired and step.lost_leases < step.max_lost_leases then
+        update public.task_step_executions as s
+        set
+            status = 'queued',
+            attempt = greatest(s.attempt - 1, 0),
+            lost_leases = s.lost_leases + 1,
+            run_after = now(),
+            queued_at = now(),
+            error_message = reason,
+            last_error_at = now(),
+            lease_owner = null,
+            lease_expires_at = null,
+            updated_at = now()
+        where s.id = step.id;
+        return 'retrying';
+    elsif p_lease_expired then
+        reason := format(
+            'lease lost %s times, more than max_lost_leases (%s) allows: the worker running '
+            'the step stopped or lost the database each time (last: %s)',
+            step.lost_leases + 1, step.max_lost_leases, reason
+        );
+    elsif p_retryable and step.attempt < step.max_attempts then
         -- Exponential backoff with up to 20 % added jitter, so that steps failing
         -- together do not retry together.
-        delay_seconds := case when p_lease_expired then 0 else
-            least(
-                step.retry_backoff_max_seconds,
-                step.retry_backoff_seconds * power(2, step.attempt - 1)
-            ) * (1 + 0.2 * random())
-        end;
+        delay_seconds := least(
+            step.retry_backoff_max_seconds,
+            step.retry_backoff_seconds * power(2, step.attempt - 1)
+        ) * (1 + 0.2 * random());
         update public.task_step_executions as s
         set
             status = 'queued',
@@ -3781,6 +3826,7 @@ begin
     update public.task_step_executions as s
     set
         status = 'failed',
+        lost_leases = s.lost_leases + p_lease_expired::integer,
         error_message = reason,
         last_error_at = now(),
         completed_at = now(),
@@ -3811,10 +3857,11 @@ end
 $$;
 
 comment on function stepsync.record_step_failure(uuid, bigint, text, boolean, boolean) is
-'Shared by fail_step and reap_expired_leases: with attempts left (and p_retryable) the step '
-'is queued again after its backoff (due at once when p_lease_expired: the worker died, not '
-'necessarily the step); otherwise it fails and its on_failure decides: stop (run failed, '
-'remaining steps skipped) or continue.';
+'Shared by fail_step and reap_expired_leases. A lost lease (p_lease_expired: the worker '
+'died, not the step) queues the step again at once and gives its attempt back, up to '
+'max_lost_leases times. A failed attempt with attempts left (and p_retryable) is queued '
+'again after its backoff. Otherwise the step fails and its on_failure decides: stop (run '
+'failed, remaining steps skipped) or continue.';
 
 revoke all on function stepsync.record_step_failure(uuid, bigint, text, boolean, boolean)
 from public, anon, authenticated;
@@ -3919,7 +3966,7 @@ comment on function public.cancel_task_run(uuid) is
 revoke all on function public.cancel_task_run(uuid) from public, anon;
 grant execute on function public.cancel_task_run(uuid) to authenticated, service_role;
 
-create or replace function stepsync.reap_expired_leases()
+create or replace function stepsync.reap_expired_leases(p_grace_seconds integer default 0)
 returns integer
 language plpgsql
 volatile
@@ -3930,10 +3977,17 @@ declare
     expired record;
     reaped integer := 0;
 begin
-    -- Each expired lease is handled like a failed attempt that may retry at once (the
-    -- worker died, the step did not necessarily fail); without attempts left the step
-    -- fails and its on_failure applies. A lease renewed or re-claimed meanwhile no longer
-    -- matches its token and is left alone.
+    -- After the database restarts, every lease ran out while no worker could renew it.
+    -- Their owners get p_grace_seconds to reconnect and report (a late result of the lease
+    -- owner is accepted while the step has not been taken over) before any is reaped.
+    if now() < pg_catalog.pg_postmaster_start_time() + make_interval(secs => p_grace_seconds)
+        then
+        return 0;
+    end if;
+
+    -- Each expired lease is a lost lease (record_step_failure): the step is due again at
+    -- once without using an attempt, or fails once it lost too many. A lease renewed or
+    -- re-claimed meanwhile no longer matches its token and is left alone.
     for expired in
         select s.id, s.lease_token, s.lease_owner
         from public.task_step_executions as s
@@ -3954,12 +4008,14 @@ begin
 end
 $$;
 
-comment on function stepsync.reap_expired_leases() is
-'Steps whose lease expired go back to the queue (due now) if they have attempts left, else '
-'fail per on_failure. Returns how many were reaped. Service only.';
+comment on function stepsync.reap_expired_leases(integer) is
+'Steps whose lease expired go back to the queue (due now) without using an attempt, up to '
+'their max_lost_leases, else fail per on_failure. Nothing is reaped within p_grace_seconds '
+'of the database''s start, so that owners can report what finished during the outage. '
+'Returns how many were reaped. Service only.';
 
-revoke all on function stepsync.reap_expired_leases() from public, anon, authenticated;
-grant execute on function stepsync.reap_expired_leases() to service_role;
+revoke all on function stepsync.reap_expired_leases(integer) from public, anon, authenticated;
+grant execute on function stepsync.reap_expired_leases(integer) to service_role;
 
 -- Preview: every step's input as a new run would send it (the editor's "preview mode").
 --

@@ -31,6 +31,7 @@ add column if not exists context_template text,
 add column if not exists skip_if jsonpath,
 add column if not exists on_failure public.step_failure_action not null default 'stop',
 add column if not exists max_attempts integer not null default 1,
+add column if not exists max_lost_leases integer not null default 3,
 add column if not exists retry_backoff_seconds integer not null default 5,
 add column if not exists retry_backoff_max_seconds integer not null default 600,
 add column if not exists timeout_seconds integer not null default 300,
@@ -52,6 +53,7 @@ add constraint task_steps_selective_needs_paths check (
     context_mode <> 'selective' or cardinality(context_paths) > 0
 ),
 add constraint task_steps_max_attempts_range check (max_attempts between 1 and 20),
+add constraint task_steps_max_lost_leases_range check (max_lost_leases between 0 and 20),
 add constraint task_steps_backoff_range check (
     retry_backoff_seconds between 0 and 3600
     and retry_backoff_max_seconds between retry_backoff_seconds and 86400
@@ -98,7 +100,12 @@ comment on column public.task_steps.skip_if is
 comment on column public.task_steps.on_failure is
 'What a failure (attempts exhausted) does to the run: stop or continue.';
 comment on column public.task_steps.max_attempts is
-'Attempts before the step fails for good (1 = no retry).';
+'Attempts before the step fails for good (1 = no retry). Counts the step''s own errors '
+'and timeouts; a lost lease (its worker died or lost the database) is not one.';
+comment on column public.task_steps.max_lost_leases is
+'How often the step may lose its lease (its worker died or lost the database) and be '
+'queued again without using an attempt; one more loss fails it. Protects the workers '
+'from a step that kills whoever runs it.';
 comment on column public.task_steps.retry_backoff_seconds is
 'Base delay before a retry; doubled each attempt, with jitter.';
 comment on column public.task_steps.retry_backoff_max_seconds is
@@ -133,6 +140,8 @@ comment on constraint task_steps_selective_needs_paths on public.task_steps is
 'context_mode selective needs at least one jsonpath.';
 comment on constraint task_steps_max_attempts_range on public.task_steps is
 '1 to 20 attempts.';
+comment on constraint task_steps_max_lost_leases_range on public.task_steps is
+'0 to 20 lost leases before the step fails.';
 comment on constraint task_steps_backoff_range on public.task_steps is
 'Backoff base 0..3600 s, its cap between the base and 86400 s.';
 comment on constraint task_steps_timeout_range on public.task_steps is

@@ -166,12 +166,13 @@ begin
                 step.context_paths := paths;
             when field in (
                 'max_attempts', 'retry_backoff_seconds', 'retry_backoff_max_seconds',
-                'timeout_seconds'
+                'timeout_seconds', 'max_lost_leases'
             ) then
                 number_value := case when jsonb_typeof(value) = 'number' then value::numeric end;
                 lowest := case when field in ('max_attempts', 'timeout_seconds') then 1 else 0 end;
                 highest := case field
                     when 'max_attempts' then 20
+                    when 'max_lost_leases' then 20
                     when 'retry_backoff_seconds' then 3600
                     else 86400
                 end;
@@ -184,6 +185,7 @@ begin
                 end if;
                 case field
                     when 'max_attempts' then step.max_attempts := number_value;
+                    when 'max_lost_leases' then step.max_lost_leases := number_value;
                     when 'retry_backoff_seconds' then step.retry_backoff_seconds := number_value;
                     when 'retry_backoff_max_seconds' then
                         step.retry_backoff_max_seconds := number_value;
@@ -205,7 +207,8 @@ begin
                     hint = 'Fields: step_name, instructions, include_previous_context, '
                     'context_data, context_mode, context_paths, context_template, skip_if, '
                     'on_failure, max_attempts, retry_backoff_seconds, '
-                    'retry_backoff_max_seconds, timeout_seconds, agent_id (and id).';
+                    'retry_backoff_max_seconds, timeout_seconds, max_lost_leases, agent_id '
+                    '(and id).';
         end case;
     end loop;
 
@@ -345,6 +348,7 @@ begin
         retry_backoff_seconds = r.retry_backoff_seconds,
         retry_backoff_max_seconds = r.retry_backoff_max_seconds,
         timeout_seconds = r.timeout_seconds,
+        max_lost_leases = r.max_lost_leases,
         agent_id = r.agent_id
     from unnest(saved) as r
     where
@@ -354,25 +358,26 @@ begin
             s.step_order, s.step_name, s.instructions, s.include_previous_context,
             s.context_data, s.context_mode, s.context_paths::text, s.context_template,
             s.skip_if::text, s.on_failure, s.max_attempts, s.retry_backoff_seconds,
-            s.retry_backoff_max_seconds, s.timeout_seconds, s.agent_id
+            s.retry_backoff_max_seconds, s.timeout_seconds, s.max_lost_leases, s.agent_id
         ) is distinct from (
             r.step_order, r.step_name, r.instructions, r.include_previous_context,
             r.context_data, r.context_mode, r.context_paths::text, r.context_template,
             r.skip_if::text, r.on_failure, r.max_attempts, r.retry_backoff_seconds,
-            r.retry_backoff_max_seconds, r.timeout_seconds, r.agent_id
+            r.retry_backoff_max_seconds, r.timeout_seconds, r.max_lost_leases, r.agent_id
         );
 
     insert into public.task_steps (
         id, task_id, step_order, step_name, instructions, include_previous_context,
         context_data, context_mode, context_paths, context_template, skip_if, on_failure,
         max_attempts, retry_backoff_seconds, retry_backoff_max_seconds, timeout_seconds,
-        agent_id
+        max_lost_leases, agent_id
     )
     select
         r.id, r.task_id, r.step_order, r.step_name, r.instructions,
         r.include_previous_context, r.context_data, r.context_mode, r.context_paths,
         r.context_template, r.skip_if, r.on_failure, r.max_attempts,
-        r.retry_backoff_seconds, r.retry_backoff_max_seconds, r.timeout_seconds, r.agent_id
+        r.retry_backoff_seconds, r.retry_backoff_max_seconds, r.timeout_seconds,
+        r.max_lost_leases, r.agent_id
     from unnest(saved) as r
     where r.id <> all(kept)
     order by r.step_order;

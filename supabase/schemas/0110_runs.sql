@@ -112,12 +112,14 @@ create table if not exists public.task_step_executions (
     skip_if jsonpath,
     on_failure public.step_failure_action not null,
     max_attempts integer not null check (max_attempts between 1 and 20),
+    max_lost_leases integer not null default 3 check (max_lost_leases between 0 and 20),
     retry_backoff_seconds integer not null check (retry_backoff_seconds >= 0),
     retry_backoff_max_seconds integer not null check (retry_backoff_max_seconds >= 0),
     timeout_seconds integer not null check (timeout_seconds > 0),
     -- Execution state.
     status public.task_step_status not null default 'pending',
     attempt integer not null default 0 check (attempt >= 0),
+    lost_leases integer not null default 0 check (lost_leases >= 0),
     run_after timestamptz,
     queued_at timestamptz,
     lease_owner text,
@@ -207,6 +209,8 @@ comment on column public.task_step_executions.on_failure is
 'Snapshot of task_steps.on_failure.';
 comment on column public.task_step_executions.max_attempts is
 'Snapshot of task_steps.max_attempts.';
+comment on column public.task_step_executions.max_lost_leases is
+'Snapshot of task_steps.max_lost_leases.';
 comment on column public.task_step_executions.retry_backoff_seconds is
 'Snapshot of task_steps.retry_backoff_seconds.';
 comment on column public.task_step_executions.retry_backoff_max_seconds is
@@ -216,7 +220,11 @@ comment on column public.task_step_executions.timeout_seconds is
 comment on column public.task_step_executions.status is
 'pending → queued → running → completed | failed | skipped | cancelled.';
 comment on column public.task_step_executions.attempt is
-'Attempts started so far (a claim counts one; a graceful release gives it back).';
+'Attempts started so far (a claim counts one; a graceful release or a lost lease gives it '
+'back).';
+comment on column public.task_step_executions.lost_leases is
+'How often the step''s lease lapsed without a result (its worker died or lost the '
+'database); reaped and queued again without using an attempt, up to max_lost_leases.';
 comment on column public.task_step_executions.run_after is
 'A queued step is claimable from this time on (retry backoff).';
 comment on column public.task_step_executions.queued_at is

@@ -17,7 +17,8 @@ returns table (
     max_attempts integer,
     retry_backoff_seconds integer,
     retry_backoff_max_seconds integer,
-    timeout_seconds integer
+    timeout_seconds integer,
+    max_lost_leases integer
 )
 language sql
 stable
@@ -27,7 +28,7 @@ as $$
         s.id, s.step_order, s.step_name, s.instructions, coalesce(s.agent_id, t.agent_id),
         s.include_previous_context, s.context_mode, s.context_paths, s.context_template,
         s.context_data, s.skip_if, s.on_failure, s.max_attempts, s.retry_backoff_seconds,
-        s.retry_backoff_max_seconds, s.timeout_seconds
+        s.retry_backoff_max_seconds, s.timeout_seconds, s.max_lost_leases
     from public.task_steps as s
     inner join public.agent_tasks as t on s.task_id = t.id
     where s.task_id = p_task_id and s.deleted_at is null
@@ -35,7 +36,7 @@ as $$
     -- A task without live steps is a one-step workflow made of its instructions.
     select
         null, 1, coalesce(nullif(left(btrim(t.name), 200), ''), 'Step 1'), t.instructions,
-        t.agent_id, false, 'previous', '{}', null, '{}'::jsonb, null, 'stop', 1, 5, 600, 300
+        t.agent_id, false, 'previous', '{}', null, '{}'::jsonb, null, 'stop', 1, 5, 600, 300, 3
     from public.agent_tasks as t
     where t.id = p_task_id
         and not exists (
@@ -143,14 +144,14 @@ begin
         run_id, task_id, user_id, step_id, step_order, step_name, instructions, agent_id,
         include_previous_context, context_mode, context_paths, context_template,
         context_data, skip_if, on_failure, max_attempts, retry_backoff_seconds,
-        retry_backoff_max_seconds, timeout_seconds
+        retry_backoff_max_seconds, timeout_seconds, max_lost_leases
     )
     select
         new_run_id, task.id, task.user_id, d.step_id, d.step_order, d.step_name,
         d.instructions, d.agent_id, d.include_previous_context, d.context_mode,
         d.context_paths, d.context_template, d.context_data, d.skip_if, d.on_failure,
         d.max_attempts, d.retry_backoff_seconds, d.retry_backoff_max_seconds,
-        d.timeout_seconds
+        d.timeout_seconds, d.max_lost_leases
     from stepsync.step_definitions(task.id) as d;
 
     -- What the run was asked to do, in the legacy column the app shows.

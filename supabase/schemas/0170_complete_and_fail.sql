@@ -193,15 +193,37 @@ begin
         return 'stale';
     end if;
 
-    if p_retryable and step.attempt < step.max_attempts then
+    -- A lease that lapsed without a result is not the step's failure: its worker died or
+    -- lost the database. The attempt is given back and the step is due again at once, up
+    -- to max_lost_leases times; a step that keeps killing its workers then fails.
+    if p_lease_expired and step.lost_leases < step.max_lost_leases then
+        update public.task_step_executions as s
+        set
+            status = 'queued',
+            attempt = greatest(s.attempt - 1, 0),
+            lost_leases = s.lost_leases + 1,
+            run_after = now(),
+            queued_at = now(),
+            error_message = reason,
+            last_error_at = now(),
+            lease_owner = null,
+            lease_expires_at = null,
+            updated_at = now()
+        where s.id = step.id;
+        return 'retrying';
+    elsif p_lease_expired then
+        reason := format(
+            'lease lost %s times, more than max_lost_leases (%s) allows: the worker running '
+            'the step stopped or lost the database each time (last: %s)',
+            step.lost_leases + 1, step.max_lost_leases, reason
+        );
+    elsif p_retryable and step.attempt < step.max_attempts then
         -- Exponential backoff with up to 20 % added jitter, so that steps failing
         -- together do not retry together.
-        delay_seconds := case when p_lease_expired then 0 else
-            least(
-                step.retry_backoff_max_seconds,
-                step.retry_backoff_seconds * power(2, step.attempt - 1)
-            ) * (1 + 0.2 * random())
-        end;
+        delay_seconds := least(
+            step.retry_backoff_max_seconds,
+            step.retry_backoff_seconds * power(2, step.attempt - 1)
+        ) * (1 + 0.2 * random());
         update public.task_step_executions as s
         set
             status = 'queued',
@@ -219,6 +241,7 @@ begin
     update public.task_step_executions as s
     set
         status = 'failed',
+        lost_leases = s.lost_leases + p_lease_expired::integer,
         error_message = reason,
         last_error_at = now(),
         completed_at = now(),
@@ -249,10 +272,11 @@ end
 $$;
 
 comment on function stepsync.record_step_failure(uuid, bigint, text, boolean, boolean) is
-'Shared by fail_step and reap_expired_leases: with attempts left (and p_retryable) the step '
-'is queued again after its backoff (due at once when p_lease_expired: the worker died, not '
-'necessarily the step); otherwise it fails and its on_failure decides: stop (run failed, '
-'remaining steps skipped) or continue.';
+'Shared by fail_step and reap_expired_leases. A lost lease (p_lease_expired: the worker '
+'died, not the step) queues the step again at once and gives its attempt back, up to '
+'max_lost_leases times. A failed attempt with attempts left (and p_retryable) is queued '
+'again after its backoff. Otherwise the step fails and its on_failure decides: stop (run '
+'failed, remaining steps skipped) or continue.';
 
 revoke all on function stepsync.record_step_failure(uuid, bigint, text, boolean, boolean)
 from public, anon, authenticated;

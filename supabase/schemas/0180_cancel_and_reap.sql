@@ -71,7 +71,7 @@ comment on function public.cancel_task_run(uuid) is
 revoke all on function public.cancel_task_run(uuid) from public, anon;
 grant execute on function public.cancel_task_run(uuid) to authenticated, service_role;
 
-create or replace function stepsync.reap_expired_leases()
+create or replace function stepsync.reap_expired_leases(p_grace_seconds integer default 0)
 returns integer
 language plpgsql
 volatile
@@ -82,10 +82,17 @@ declare
     expired record;
     reaped integer := 0;
 begin
-    -- Each expired lease is handled like a failed attempt that may retry at once (the
-    -- worker died, the step did not necessarily fail); without attempts left the step
-    -- fails and its on_failure applies. A lease renewed or re-claimed meanwhile no longer
-    -- matches its token and is left alone.
+    -- After the database restarts, every lease ran out while no worker could renew it.
+    -- Their owners get p_grace_seconds to reconnect and report (a late result of the lease
+    -- owner is accepted while the step has not been taken over) before any is reaped.
+    if now() < pg_catalog.pg_postmaster_start_time() + make_interval(secs => p_grace_seconds)
+        then
+        return 0;
+    end if;
+
+    -- Each expired lease is a lost lease (record_step_failure): the step is due again at
+    -- once without using an attempt, or fails once it lost too many. A lease renewed or
+    -- re-claimed meanwhile no longer matches its token and is left alone.
     for expired in
         select s.id, s.lease_token, s.lease_owner
         from public.task_step_executions as s
@@ -106,9 +113,11 @@ begin
 end
 $$;
 
-comment on function stepsync.reap_expired_leases() is
-'Steps whose lease expired go back to the queue (due now) if they have attempts left, else '
-'fail per on_failure. Returns how many were reaped. Service only.';
+comment on function stepsync.reap_expired_leases(integer) is
+'Steps whose lease expired go back to the queue (due now) without using an attempt, up to '
+'their max_lost_leases, else fail per on_failure. Nothing is reaped within p_grace_seconds '
+'of the database''s start, so that owners can report what finished during the outage. '
+'Returns how many were reaped. Service only.';
 
-revoke all on function stepsync.reap_expired_leases() from public, anon, authenticated;
-grant execute on function stepsync.reap_expired_leases() to service_role;
+revoke all on function stepsync.reap_expired_leases(integer) from public, anon, authenticated;
+grant execute on function stepsync.reap_expired_leases(integer) to service_role;
