@@ -149,14 +149,15 @@ class StepService:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        sources = [
+        # Wake-up sources and the reaper stop before the drain; heartbeats go on through it.
+        background = [
             asyncio.create_task(
                 _keep_running(f"wake-up source {source.name}", lambda s=source: s.run(self.wake)),
                 name=f"wakeup:{source.name}",
             )
             for source in self.wakeup_sources
         ]
-        sources.append(
+        background.append(
             asyncio.create_task(
                 _keep_running("reaper", lambda: self.reaper.run(self.wake)), name="reaper"
             )
@@ -177,9 +178,9 @@ class StepService:
         try:
             await self._claim_loop()
         finally:
-            for task in sources:
+            for task in background:
                 task.cancel()
-            await asyncio.gather(*sources, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
             await self._drain()
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
