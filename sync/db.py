@@ -96,6 +96,15 @@ class Lease:
     token: int
 
 
+@dataclass(frozen=True)
+class LeasedStep:
+    """A step this worker holds, claimed or handed off: what to run, and the lease that
+    proves it is ours (every report about it must show the lease's token)."""
+
+    request: StepRequest
+    lease: Lease
+
+
 FailOutcome = Literal["retrying", "failed", "stale"]
 
 
@@ -105,7 +114,7 @@ class Completion:
     nothing changed. ``next_step``: the run's next step, leased to this worker (hand-off)."""
 
     completed: bool
-    next_step: tuple[StepRequest, Lease] | None = None
+    next_step: LeasedStep | None = None
 
 
 def _lease_arrays(leases: list[Lease]) -> dict[str, list]:
@@ -116,27 +125,26 @@ def _lease_arrays(leases: list[Lease]) -> dict[str, list]:
     }
 
 
-def leased_step(row: dict[str, Any]) -> tuple[StepRequest, Lease]:
-    """A claimed or handed-off step: what to run and the lease that proves it is ours."""
-    return step_request(row), Lease(row["step_execution_id"], row["lease_token"])
-
-
-def step_request(row: dict[str, Any]) -> StepRequest:
-    return StepRequest(
-        run_id=row["run_id"],
-        step_execution_id=row["step_execution_id"],
-        task_id=row["task_id"],
-        user_id=row["user_id"],
-        agent_id=row["agent_id"],
-        step_order=row["step_order"],
-        step_name=row["step_name"],
-        instructions=row["instructions"],
-        context=row["context"] if row["context"] is not None else {},
-        attempt=row["attempt"],
-        timeout_seconds=float(row["timeout_seconds"]),
-        idempotency_key=row["idempotency_key"],
-        conversation_id=row["conversation_id"],
-        trigger_data=row["trigger_data"] or {},
+def leased_step(row: dict[str, Any]) -> LeasedStep:
+    """The one decoding of a leased step, from a claim's row or a hand-off's (same columns)."""
+    return LeasedStep(
+        request=StepRequest(
+            run_id=row["run_id"],
+            step_execution_id=row["step_execution_id"],
+            task_id=row["task_id"],
+            user_id=row["user_id"],
+            agent_id=row["agent_id"],
+            step_order=row["step_order"],
+            step_name=row["step_name"],
+            instructions=row["instructions"],
+            context=row["context"] if row["context"] is not None else {},
+            attempt=row["attempt"],
+            timeout_seconds=float(row["timeout_seconds"]),
+            idempotency_key=row["idempotency_key"],
+            conversation_id=row["conversation_id"],
+            trigger_data=row["trigger_data"] or {},
+        ),
+        lease=Lease(row["step_execution_id"], row["lease_token"]),
     )
 
 
@@ -239,9 +247,7 @@ class Database:
 
     # --- the run engine --------------------------------------------------------------
 
-    async def claim_steps(
-        self, worker: str, batch: int, lease_seconds: int
-    ) -> list[tuple[StepRequest, Lease]]:
+    async def claim_steps(self, worker: str, batch: int, lease_seconds: int) -> list[LeasedStep]:
         rows = await self._all(
             CLAIM_STEPS, {"worker": worker, "batch": batch, "lease_seconds": lease_seconds}
         )

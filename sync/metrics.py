@@ -62,7 +62,7 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "stepsync_queue_depth", "Steps queued and due, at the last poll.", registry=r
+            "stepsync_queue_depth", "Steps queued and due, at the reaper's last tick.", registry=r
         )
         self.steps_running = Gauge(
             "stepsync_steps_running", "Step attempts running in this worker.", registry=r

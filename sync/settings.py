@@ -93,8 +93,15 @@ class Settings(BaseSettings):
         default=5.0,
         gt=0,
         le=3600,
-        description="How often to look for work and reap expired leases without any "
-        "notification. With --poll-only this is the only way work is found.",
+        description="How often to look for work without any notification. With "
+        "--poll-only this is the only way work is found.",
+    )
+    reap_interval_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="How often expired leases (the steps of a worker that died or "
+        "stalled) are handed back to the queue. Default: poll_interval_seconds.",
     )
     shutdown_grace_seconds: float = Field(
         default=30.0,
@@ -228,6 +235,10 @@ class Settings(BaseSettings):
                 "or leases expire under running steps"
             )
         return self
+
+    @property
+    def reap_every_seconds(self) -> float:
+        return self.reap_interval_seconds or self.poll_interval_seconds
 
     @property
     def pool_size(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 
@@ -161,3 +162,18 @@ def task_instructions(conn: psycopg.Connection, task_id: uuid.UUID) -> str:
     return conn.execute(
         "select instructions from public.agent_tasks where id = %s", [task_id]
     ).fetchone()[0]
+
+
+@contextlib.contextmanager
+def log_records(logger_name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records one logger emits during the block, caught at that logger: the
+    service's log setup may keep ``sync`` records from the root logger (pytest's caplog)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

@@ -294,7 +294,7 @@ def test_cancelling_a_run_stops_the_running_step_and_rejects_its_result(conn, db
     user_id, task_id = make_workflow(conn, [{}, {}, {}])
     run_id = start_run(conn, user_id, task_id)
     step_2_cancelled = asyncio.Event()
-    claimed: list[tuple[StepRequest, Lease]] = []
+    claimed: list[dict[str, Any]] = []
 
     async def wait_forever(request: StepRequest) -> None:
         try:
@@ -444,7 +444,7 @@ def test_a_result_arriving_as_the_last_write_ends_gets_a_write_of_its_own(conn, 
         db = Database(db_url, size=1)
         await db.open()
         try:
-            (_, first), (_, second) = await db.claim_steps("worker-1", 2, 60)
+            first, second = (step.lease for step in await db.claim_steps("worker-1", 2, 60))
             batcher = CompletionBatcher(
                 db, max_batch=10, writers=1, worker="worker-1", lease_seconds=60
             )

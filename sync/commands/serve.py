@@ -34,7 +34,9 @@ def serve(
     concurrency: int | None = typer.Option(None, help="Steps run at the same time."),
     batch_size: int | None = typer.Option(None, help="Most steps claimed per round trip."),
     lease_seconds: int | None = typer.Option(None, help="Lease length of a claimed step."),
-    poll_interval: float | None = typer.Option(None, help="Seconds between polls and reaps."),
+    poll_interval: float | None = typer.Option(
+        None, help="Seconds between polls (and reaps, unless STEPSYNC_REAP_INTERVAL_SECONDS)."
+    ),
     shutdown_grace: float | None = typer.Option(
         None, help="Seconds running steps get to finish on SIGTERM before being handed back."
     ),

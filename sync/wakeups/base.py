@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from typing import Protocol
 
@@ -18,11 +17,3 @@ class WakeupSource(Protocol):
         """Deliver wake-ups until cancelled. Reconnect on errors with backoff, and call
         ``wake("sweep")`` after every (re)connect, since events may have been missed."""
         ...
-
-
-def reconnect_delay(failures: int, initial: float, maximum: float) -> float:
-    """Seconds to wait after ``failures`` failed (re)connects in a row: doubling from
-    ``initial`` up to ``maximum``, then jittered down by up to half, so workers that lost
-    the same server do not all come back in the same instant."""
-    base = min(initial * 2 ** (failures - 1), maximum)
-    return base * (0.5 + random.random() / 2)

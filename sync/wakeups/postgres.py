@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 
 import psycopg
 
-from sync.wakeups.base import Wake, reconnect_delay
+from sync import retrying
+from sync.wakeups.base import Wake
 
 log = logging.getLogger(__name__)
 
@@ -42,33 +44,29 @@ class PostgresWakeups:
         self.connections = 0  # successful (re)connects so far
 
     async def run(self, wake: Wake) -> None:
-        failures = 0  # in a row, since the last successful connect
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, application_name=APPLICATION_NAME
-                ) as conn:
-                    for channel in self.channels:
-                        await conn.execute(
-                            psycopg.sql.SQL("listen {}").format(psycopg.sql.Identifier(channel))
-                        )
-                    self.connected.set()
-                    self.connections += 1
-                    failures = 0
-                    log.info("listening", extra={"channels": list(self.channels)})
-                    wake("sweep")
-                    await self._deliver(conn, wake)
-            except (psycopg.Error, OSError) as exc:
-                self.connected.clear()
-                failures += 1
-                delay = reconnect_delay(
-                    failures, self.initial_backoff_seconds, self.max_backoff_seconds
-                )
-                log.warning(
-                    "listen connection lost; reconnecting",
-                    extra={"error": str(exc).strip(), "retry_in_seconds": round(delay, 2)},
-                )
-                await asyncio.sleep(delay)
+        policy = replace(
+            retrying.RECONNECT,
+            initial_seconds=self.initial_backoff_seconds,
+            max_seconds=self.max_backoff_seconds,
+        )
+        async for attempt in retrying.loop(policy, "listen connection"):
+            with attempt:
+                try:
+                    async with await psycopg.AsyncConnection.connect(
+                        self.url, autocommit=True, application_name=APPLICATION_NAME
+                    ) as conn:
+                        for channel in self.channels:
+                            await conn.execute(
+                                psycopg.sql.SQL("listen {}").format(psycopg.sql.Identifier(channel))
+                            )
+                        self.connected.set()
+                        self.connections += 1
+                        retrying.reset_backoff(attempt)
+                        log.info("listening", extra={"channels": list(self.channels)})
+                        wake("sweep")
+                        await self._deliver(conn, wake)
+                finally:
+                    self.connected.clear()
 
     async def _deliver(self, conn: psycopg.AsyncConnection, wake: Wake) -> None:
         while True:

@@ -39,8 +39,9 @@ from typing import Any
 from pydantic import SecretStr
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
+from sync.retrying import backoff_seconds
 from sync.settings import Settings
-from sync.wakeups.base import Wake, reconnect_delay
+from sync.wakeups.base import Wake
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class RealtimeWakeups:
                     _one_line(exc),
                 )
             failures = 1 if was_subscribed else failures + 1
-            delay = reconnect_delay(
+            delay = backoff_seconds(
                 failures, self.initial_backoff_seconds, self.max_backoff_seconds
             )
             log.info("realtime reconnecting in %.1fs", delay)
