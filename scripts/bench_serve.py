@@ -37,9 +37,9 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_service import make_tasks, percentile, raw_throughput  # noqa: E402
+from bench_service import make_tasks, percentile, raw_throughput
 
-from sync import devdb, migrations  # noqa: E402
+from sync import devdb, migrations
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 5

@@ -40,7 +40,7 @@ select done.step_execution_id as done_id, done.completed, (done.next_step).*
 """
 FAIL_STEP = "select stepsync.fail_step(%(id)s, %(token)s, %(error)s, %(retryable)s)"
 RELEASE_STEPS = "select stepsync.release_steps(%(worker)s, %(ids)s::uuid[], %(tokens)s::bigint[])"
-REAP_EXPIRED_LEASES = "select stepsync.reap_expired_leases()"
+REAP_EXPIRED_LEASES = "select stepsync.reap_expired_leases(%(grace_seconds)s)"
 QUEUE_DEPTH = "select stepsync.queue_depth()"
 START_TASK_RUN = "select public.start_task_run(%(task_id)s, %(trigger_type)s, %(trigger_data)s)"
 CANCEL_TASK_RUN = "select public.cancel_task_run(%(run_id)s)"
@@ -309,8 +309,9 @@ class Database:
             {"worker": worker, **_lease_arrays(leases)},
         )
 
-    async def reap_expired_leases(self) -> int:
-        return await self._one(REAP_EXPIRED_LEASES)
+    async def reap_expired_leases(self, grace_seconds: int = 0) -> int:
+        """Reap expired leases, none within ``grace_seconds`` of the database's start."""
+        return await self._one(REAP_EXPIRED_LEASES, {"grace_seconds": grace_seconds})
 
     async def queue_depth(self) -> int:
         return await self._one(QUEUE_DEPTH)

@@ -26,6 +26,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
+    stop_after_delay,
     stop_any,
     stop_never,
 )
@@ -57,19 +58,25 @@ def backoff_seconds(failures: int, initial: float, maximum: float) -> float:
 
 @dataclass(frozen=True)
 class Policy:
-    """How to retry: the backoff, how many attempts (None: until stopped or cancelled),
-    which errors, and whether each retry logs the error's traceback (our own bugs)."""
+    """How to retry: the backoff, how many attempts or for how long (None: until stopped
+    or cancelled), which errors, and whether each retry logs the error's traceback (our
+    own bugs)."""
 
     initial_seconds: float
     max_seconds: float
     attempts: int | None = None
+    give_up_after_seconds: float | None = None
     retry_on: Callable[[BaseException], bool] = is_connection_error
     traceback: bool = False
 
 
-# A step's result (completion, failure, hand-back). Past that the lease runs out and the
-# step is attempted again elsewhere; waits of about 0.2, 0.4, 0.8 and 1.6 s.
-REPORT = Policy(initial_seconds=0.2, max_seconds=3.2, attempts=5)
+# A step's result (completion, failure, hand-back), for up to a minute: a database outage
+# shorter than that loses no result. The lease may run out meanwhile; the owner's late
+# result is still accepted while no other worker has taken the step over, and reapers
+# leave it alone for a lease's length after they or the database come back
+# (sync/maintenance.py). Waits stay under 2 s, so a result gets through within about two
+# seconds of the database's return, well inside that grace.
+REPORT = Policy(initial_seconds=0.2, max_seconds=2.0, give_up_after_seconds=60.0)
 # A claim: until it works or the service stops; short, so work resumes within about two
 # seconds of the database coming back.
 CLAIM = Policy(initial_seconds=0.5, max_seconds=2.0)
@@ -105,6 +112,8 @@ def loop(
     stops: list[Any] = []
     if policy.attempts is not None:
         stops.append(stop_after_attempt(policy.attempts))
+    if policy.give_up_after_seconds is not None:
+        stops.append(stop_after_delay(policy.give_up_after_seconds))
     if until is not None:
         stops.append(lambda _: until.is_set())
     return AsyncRetrying(

@@ -82,7 +82,11 @@ class StepService:
         self.poller = PollWakeups(settings.poll_interval_seconds)
         self.wakeup_sources: list[WakeupSource] = [*(wakeup_sources or []), self.poller]
         self.reaper = Reaper(
-            db, settings.reap_every_seconds, metrics=self.metrics, db_ok=self._db_ok
+            db,
+            settings.reap_every_seconds,
+            metrics=self.metrics,
+            grace_seconds=settings.lease_seconds,
+            db_ok=self._db_ok,
         )
         self.running: dict[uuid.UUID, StepRunner] = {}
         self.step_tasks: set[asyncio.Task] = set()

@@ -253,8 +253,11 @@ def test_hot_statements_read_in_proportion_to_the_batch(
 
     assert len(claimed) == BATCH and len(handed) == BATCH
     assert steps[0]["run_id"] == run_id
-    assert conn.execute(
-        "select status::text from public.agent_task_executions where id = %s", [run_id]
-    ).fetchone()[0] == "completed"
+    assert (
+        conn.execute(
+            "select status::text from public.agent_task_executions where id = %s", [run_id]
+        ).fetchone()[0]
+        == "completed"
+    )
     assert {name: found for name, found in problems.items() if found} == {}
     service.close()

@@ -16,7 +16,7 @@ SERVICE_CALLS = [
     "select * from stepsync.lease_steps('{}'::uuid[], 'w', 30)",
     "select stepsync.fail_step(gen_random_uuid(), 1, 'e')",
     "select stepsync.release_steps('w', '{}'::uuid[], '{}'::bigint[])",
-    "select stepsync.reap_expired_leases()",
+    "select stepsync.reap_expired_leases(0)",
     "select stepsync.queue_depth()",
     "select stepsync.advance_runs(array[gen_random_uuid()])",
     "select stepsync.finish_runs('{}'::uuid[], 'failed')",

@@ -27,8 +27,14 @@ def test_the_reaper_brings_back_a_dead_worker_s_step_with_polling_and_listen_off
     async def scenario() -> tuple[dict, float | None, float | None]:
         # No LISTEN and an hour between polls: only the reaper hands the step back, and
         # only its wake-up gets it claimed.
+        # A short lease: the reaper's grace after the database starts is one lease.
         async with serving(
-            db_url, step, listen=[], poll_interval_seconds=3600, reap_interval_seconds=0.2
+            db_url,
+            step,
+            listen=[],
+            poll_interval_seconds=3600,
+            reap_interval_seconds=0.2,
+            lease_seconds=2,
         ) as service:
             run = await wait_for_run(db_url, run_id, timeout=20)
             sample = service.metrics.registry.get_sample_value
@@ -42,7 +48,7 @@ def test_the_reaper_brings_back_a_dead_worker_s_step_with_polling_and_listen_off
     assert run["status"] == "completed"
     assert reaped == 1
     assert woken_by_reaper == 1
-    assert attempts == [2]  # the dead worker's attempt was the first
+    assert attempts == [1]  # the dead worker's lost lease gave its attempt back
     (row,) = step_rows(conn, run_id)
     assert (row["id"], row["status"], row["output"]) == (crashed[0], "completed", {"ok": True})
 
