@@ -225,7 +225,7 @@ class Settings(ConnectionSettings):
         if not self.db_transaction_pooler:
             return self
         if "listen" not in self.model_fields_set:
-            # Not chosen: poll only (plus what else is asked for), as LISTEN cannot work.
+            # Not chosen by the user: poll only, as LISTEN cannot cross the pooler.
             self.listen = []
         elif "postgres" in self.listen:
             raise ValueError(
