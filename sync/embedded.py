@@ -36,7 +36,7 @@ class Server:
     """A running server: ``url`` points at its ``postgres`` database as a superuser."""
 
     url: str
-    kind: str  # "external", "container" or "local"
+    kind: str  # "local" here; the tests' provisioning also makes "external" and "container"
     version: str = ""
     data_dir: Path | None = None
     _stop: Callable[[], None] | None = field(default=None, repr=False)
