@@ -36,7 +36,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sync import backfill, devdb, migrations
+from sync import backfill, migrations
+from tests.helpers import provision
 
 BENCH_DB = "stepsync_bench_backfill"
 
@@ -98,9 +99,9 @@ def backend_memory_mb(conn: psycopg.Connection) -> float:
 
 
 def prepare(server_url: str, tasks: int) -> str:
-    devdb.drop_database(server_url, BENCH_DB)
-    url = devdb.create_database(server_url, BENCH_DB)
-    devdb.bootstrap_supabase(url)
+    provision.drop_database(server_url, BENCH_DB)
+    url = provision.create_database(server_url, BENCH_DB)
+    provision.bootstrap_supabase(url)
     migrations.push(url)
     started = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
@@ -140,8 +141,8 @@ def table_floor(server_url: str) -> float:
     any audit trigger of the schema), on a copy of the database: what one statement
     costs on the real table, without batches."""
     floor_db = BENCH_DB + "_floor"
-    devdb.drop_database(server_url, floor_db)
-    floor_url = devdb.create_database(server_url, floor_db, template=BENCH_DB)
+    provision.drop_database(server_url, floor_db)
+    floor_url = provision.create_database(server_url, floor_db, template=BENCH_DB)
     try:
         with psycopg.connect(floor_url, autocommit=True) as conn, conn.transaction():
             conn.execute("select set_config('stepsync.compat_sync', 'off', true)")
@@ -152,7 +153,7 @@ def table_floor(server_url: str) -> float:
             )
             elapsed = time.perf_counter() - started
     finally:
-        devdb.drop_database(server_url, floor_db)
+        provision.drop_database(server_url, floor_db)
     return elapsed
 
 
@@ -201,10 +202,10 @@ def main() -> int:
         if os.environ.get("STEPSYNC_DATABASE_URL"):
             server_url, server = os.environ["STEPSYNC_DATABASE_URL"], None
         else:
-            server = devdb.provision(Path(scratch) / "data")
+            server = provision.start_server(Path(scratch) / "data")
             server_url = server.url
         try:
-            print(f"PostgreSQL {devdb.server_version(server_url)}")
+            print(f"PostgreSQL {provision.server_version(server_url)}")
             url = prepare(server_url, args.tasks)
             # The machine may be shared: the baseline runs before and after the backfill
             # and the faster of the two counts (the stricter comparison).
@@ -217,7 +218,7 @@ def main() -> int:
             again, _ = baseline(url)
             print(f"baseline INSERT … SELECT again: {again:.1f}s")
             base_seconds = min(base_seconds, again)
-            devdb.drop_database(server_url, BENCH_DB)
+            provision.drop_database(server_url, BENCH_DB)
         finally:
             if server is not None:
                 server.stop()

@@ -17,6 +17,7 @@ temporary directory.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 import uuid
@@ -24,7 +25,10 @@ from pathlib import Path
 
 import psycopg
 
-from sync import devdb, migrations
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
+
+from sync import migrations
+from tests.helpers import provision
 
 RAW_TABLE = """
 create table bench_jobs (
@@ -155,7 +159,7 @@ def bench(url: str, runs: int, steps: int, profile: bool) -> None:
                 conn.execute("select public.start_task_run(%s)", [task_id])
 
         print(
-            f"PostgreSQL {devdb.server_version(url)}, one connection, {runs} runs of"
+            f"PostgreSQL {provision.server_version(url)}, one connection, {runs} runs of"
             f" {steps} no-op steps (full context), one transaction per claim and per completion"
         )
         timed("start_task_run", runs, lambda: start(tasks[:runs]))
@@ -204,15 +208,15 @@ def main() -> None:
     args = parser.parse_args()
     runs, steps = args.runs, args.steps
     with tempfile.TemporaryDirectory() as scratch:
-        server = devdb.provision(Path(scratch) / "data", fast=True)
+        server = provision.start_server(Path(scratch) / "data", fast=True)
         name = f"stepsync_bench_{uuid.uuid4().hex[:8]}"
-        url = devdb.create_database(server.url, name)
+        url = provision.create_database(server.url, name)
         try:
-            devdb.bootstrap_supabase(url)
+            provision.bootstrap_supabase(url)
             migrations.push(url, args.migrations)
             bench(url, runs, steps, args.profile)
         finally:
-            devdb.drop_database(server.url, name)
+            provision.drop_database(server.url, name)
             server.stop()
 
 

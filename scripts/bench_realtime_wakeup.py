@@ -20,9 +20,10 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sync import devdb, migrations
+from sync import migrations
 from sync.wakeups.postgres import PostgresWakeups
 from sync.wakeups.realtime import RealtimeWakeups
+from tests.helpers import provision
 from tests.standins.realtime_server import RealtimeStandIn
 from tests.support import make_agent, make_task, make_user
 
@@ -68,10 +69,10 @@ def report(name: str, latencies: list[float]) -> None:
 
 async def main(changes: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = devdb.provision(Path(tmp) / "data", fast=True)
+        server = provision.start_server(Path(tmp) / "data", fast=True)
         try:
-            url = devdb.create_database(server.url, "bench")
-            devdb.bootstrap_supabase(url)
+            url = provision.create_database(server.url, "bench")
+            provision.bootstrap_supabase(url)
             migrations.push(url)
             with psycopg.connect(url, autocommit=True) as conn:
                 user = make_user(conn)

@@ -39,7 +39,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import make_tasks, percentile, raw_throughput
 
-from sync import devdb, migrations
+from sync import migrations
+from tests.helpers import provision
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 5
@@ -249,10 +250,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="stepsync-bench-serve-") as scratch_dir:
         scratch = Path(scratch_dir)
-        server = devdb.provision(scratch / "data")
+        server = provision.start_server(scratch / "data")
         try:
-            url = devdb.create_database(server.url, "bench")
-            devdb.bootstrap_supabase(url)
+            url = provision.create_database(server.url, "bench")
+            provision.bootstrap_supabase(url)
             migrations.push(url)
             with psycopg.connect(url, autocommit=True) as conn:
                 version = conn.execute("show server_version").fetchone()[0]

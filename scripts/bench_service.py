@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import logging
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -31,12 +32,15 @@ from pathlib import Path
 
 import psycopg
 
-from sync import devdb, migrations
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
+
+from sync import migrations
 from sync.executors.base import StepRequest
 from sync.executors.python import PythonExecutor
 from sync.service import build_service
 from sync.settings import Settings
 from sync.wakeups.postgres import PostgresWakeups
+from tests.helpers import provision
 
 RAW_TABLE = """
 create table if not exists public.bench_raw_steps (
@@ -349,10 +353,10 @@ async def main() -> None:
     logging.getLogger("sync").setLevel(logging.WARNING)
 
     with tempfile.TemporaryDirectory(prefix="stepsync-bench-") as scratch:
-        server = devdb.provision(Path(scratch) / "data", fast=True)
+        server = provision.start_server(Path(scratch) / "data", fast=True)
         try:
-            url = devdb.create_database(server.url, "bench")
-            devdb.bootstrap_supabase(url)
+            url = provision.create_database(server.url, "bench")
+            provision.bootstrap_supabase(url)
             migrations.push(url, args.migrations)
             # Alternating rounds, each on fresh work. The machine may be busy with other
             # things during any of them and its speed drifts over a run, so each ratio is

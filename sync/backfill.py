@@ -21,9 +21,11 @@ from psycopg import errors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from sync.connections import Connector, RoleConnection, SessionStateError
+
 APPLICATION_NAME = "stepsync backfill"
 # One backfill or rollback at a time per database (a session lock: a killed process
-# releases it with its connection).
+# releases it with its connection; so no backfill through a transaction pooler).
 ADVISORY_LOCK_KEY = "stepsync.backfill.legacy_tasks"
 
 # Categories of the run counters, in report order, and whether a non-zero count needs
@@ -194,26 +196,35 @@ class RollbackReport:
         return self.kept > 0
 
 
-def connect(url: str) -> psycopg.Connection:
-    """A connection acting as the service role, named so operators can spot it."""
-    conn = psycopg.connect(
-        url, autocommit=True, application_name=APPLICATION_NAME, row_factory=dict_row
-    )
+def connect(database: Connector | str) -> RoleConnection:
+    """A connection whose every transaction acts as the service role (a plain URL: a
+    direct connection as ``service_role``), named so operators can spot it."""
+    if isinstance(database, str):
+        database = Connector(database)
+    conn = database.named(APPLICATION_NAME).connect(row_factory=dict_row)
     try:
-        conn.execute("set role service_role")
+        with conn.acting():
+            pass
     except psycopg.Error as exc:
         conn.close()
         raise BackfillError(
-            f"cannot act as service_role: {exc.diag.message_primary or exc}"
+            f"cannot act as {database.role}: {exc.diag.message_primary or exc}"
         ) from None
     return conn
 
 
-def require_schema(conn: psycopg.Connection) -> None:
-    row = conn.execute(
+def _one(conn: RoleConnection, query: str, params: list[Any] | None = None) -> dict | None:
+    """One statement in its own transaction, as the service role."""
+    with conn.acting():
+        return conn.execute(query, params).fetchone()
+
+
+def require_schema(conn: RoleConnection) -> None:
+    row = _one(
+        conn,
         "select to_regprocedure('stepsync.backfill_legacy_tasks_batch(uuid, integer)') is not null"
-        " and to_regprocedure('stepsync.compat_task_inserted()') is not null as ready"
-    ).fetchone()
+        " and to_regprocedure('stepsync.compat_task_inserted()') is not null as ready",
+    )
     if not row["ready"]:
         raise BackfillError(
             "the backfill migrations are not applied to this database "
@@ -221,8 +232,13 @@ def require_schema(conn: psycopg.Connection) -> None:
         )
 
 
-def take_lock(conn: psycopg.Connection) -> None:
-    """Refuse to run beside another backfill or rollback on the same database."""
+def take_lock(conn: RoleConnection) -> None:
+    """Refuse to run beside another backfill or rollback on the same database (or through
+    a transaction pooler, which cannot keep the lock's session)."""
+    try:
+        conn.connector.require_session("the backfill's lock")
+    except SessionStateError as exc:
+        raise BackfillError(f"{exc}; {exc.hint}") from None
     row = conn.execute(
         "select pg_try_advisory_lock(hashtextextended(%s, 0)) as locked", [ADVISORY_LOCK_KEY]
     ).fetchone()
@@ -230,49 +246,52 @@ def take_lock(conn: psycopg.Connection) -> None:
         raise BackfillError("another backfill or rollback is running on this database")
 
 
-def count_tasks(conn: psycopg.Connection) -> int:
-    return conn.execute("select count(*) as n from public.agent_tasks").fetchone()["n"]
+def count_tasks(conn: RoleConnection) -> int:
+    return _one(conn, "select count(*) as n from public.agent_tasks")["n"]
 
 
-def get_run(conn: psycopg.Connection, run_id: uuid.UUID) -> Run:
-    row = conn.execute("select * from stepsync.backfill_runs where id = %s", [run_id]).fetchone()
+def get_run(conn: RoleConnection, run_id: uuid.UUID) -> Run:
+    row = _one(conn, "select * from stepsync.backfill_runs where id = %s", [run_id])
     if row is None:
         raise BackfillError(f"no backfill run {run_id}")
     return Run.from_row(row)
 
 
-def unfinished_run(conn: psycopg.Connection) -> Run | None:
-    row = conn.execute(
+def unfinished_run(conn: RoleConnection) -> Run | None:
+    row = _one(
+        conn,
         "select * from stepsync.backfill_runs where status = 'running'"
-        " order by started_at desc limit 1"
-    ).fetchone()
+        " order by started_at desc limit 1",
+    )
     return Run.from_row(row) if row else None
 
 
-def start_run(conn: psycopg.Connection, settings: Settings) -> uuid.UUID:
-    row = conn.execute(
+def start_run(conn: RoleConnection, settings: Settings) -> uuid.UUID:
+    row = _one(
+        conn,
         "select stepsync.backfill_start_run(%s, %s) as id",
         [settings.batch_size, Jsonb(settings.as_json())],
-    ).fetchone()
+    )
     return row["id"]
 
 
-def exceptions(conn: psycopg.Connection, run_id: uuid.UUID, limit: int = 20) -> list[dict]:
-    return conn.execute(
-        "select task_id, category, detail from stepsync.backfill_exceptions"
-        " where backfill_run_id = %s order by category, task_id limit %s",
-        [run_id, limit],
-    ).fetchall()
+def exceptions(conn: RoleConnection, run_id: uuid.UUID, limit: int = 20) -> list[dict]:
+    with conn.acting():
+        return conn.execute(
+            "select task_id, category, detail from stepsync.backfill_exceptions"
+            " where backfill_run_id = %s order by category, task_id limit %s",
+            [run_id, limit],
+        ).fetchall()
 
 
 def _batch(
-    conn: psycopg.Connection, settings: Settings, query: str, params: list[Any]
+    conn: RoleConnection, settings: Settings, query: str, params: list[Any]
 ) -> dict[str, Any]:
     """One batch in its own transaction, with the timeouts set for that transaction only;
     retried with backoff when it lost a race for a lock (it rolled back, so no harm)."""
     for attempt in range(1, settings.attempts + 1):
         try:
-            with conn.transaction():
+            with conn.acting():
                 conn.execute(
                     "select set_config('lock_timeout', %s, true),"
                     " set_config('statement_timeout', %s, true)",
@@ -291,12 +310,11 @@ def _batch(
 
 
 def _read_only_batch(
-    conn: psycopg.Connection, settings: Settings, query: str, params: list[Any]
+    conn: RoleConnection, settings: Settings, query: str, params: list[Any]
 ) -> dict[str, Any]:
     """One batch of a scan that writes nothing, in a read-only transaction (so a bug in
     the SQL cannot write either), bounded by the statement timeout."""
-    with conn.transaction():
-        conn.execute("set transaction read only")
+    with conn.acting(read_only=True):
         conn.execute(
             "select set_config('statement_timeout', %s, true)",
             [f"{settings.statement_timeout_ms}ms"],
@@ -305,7 +323,7 @@ def _read_only_batch(
 
 
 def run(
-    conn: psycopg.Connection,
+    conn: RoleConnection,
     run_id: uuid.UUID,
     settings: Settings,
     on_progress: ProgressCallback = _ignore,
@@ -339,7 +357,7 @@ def run(
 
 
 def plan(
-    conn: psycopg.Connection,
+    conn: RoleConnection,
     settings: Settings,
     samples: int = 5,
     on_progress: ProgressCallback = _ignore,
@@ -371,7 +389,7 @@ def plan(
 
 
 def verify(
-    conn: psycopg.Connection,
+    conn: RoleConnection,
     settings: Settings,
     max_exceptions: int = 100,
     on_progress: ProgressCallback = _ignore,
@@ -407,7 +425,7 @@ def verify(
 
 
 def rollback(
-    conn: psycopg.Connection,
+    conn: RoleConnection,
     run_id: uuid.UUID,
     settings: Settings,
     on_progress: ProgressCallback = _ignore,
@@ -415,10 +433,11 @@ def rollback(
     """Remove the steps run ``run_id`` created, and nothing else. A step whose task has
     other live steps now is kept (and counted): removing it would break that workflow."""
     current = get_run(conn, run_id)
-    total = conn.execute(
+    total = _one(
+        conn,
         "select count(*) as n from stepsync.backfill_step_origin where backfill_run_id = %s",
         [run_id],
-    ).fetchone()["n"]
+    )["n"]
     report = RollbackReport(run_id=current.id)
     progress = Progress(done=0, total=total, created=0, batches=0)
     after = None

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sync import devdb, migrations
-from sync.settings import Settings
+from sync import embedded, migrations
+from sync.settings import ConnectionSettings
+from sync.supabase_compat import bootstrap_supabase
 
 EMBEDDED_DATABASE = "stepsync"
 
 
-def resolve_database_url(settings: Settings, *, migrate: bool = False) -> str:
+def resolve_database_url(settings: ConnectionSettings, *, migrate: bool = False) -> str:
     """The configured URL; else start the embedded server and return its app database.
 
     The embedded database is bootstrapped for Supabase compatibility and, with
@@ -22,11 +23,11 @@ def resolve_database_url(settings: Settings, *, migrate: bool = False) -> str:
 
 
 def embedded_database_url(data_dir: Path, *, migrate: bool = False) -> str:
-    server = devdb.provision(data_dir / "pgdata", persistent=True)
-    if not devdb.database_exists(server.url, EMBEDDED_DATABASE):
-        devdb.create_database(server.url, EMBEDDED_DATABASE)
+    server = embedded.start_local_cluster(data_dir / "pgdata", persistent=True)
+    if not embedded.database_exists(server.url, EMBEDDED_DATABASE):
+        embedded.create_database(server.url, EMBEDDED_DATABASE)
     url = server.database_url(EMBEDDED_DATABASE)
-    devdb.bootstrap_supabase(url)
+    bootstrap_supabase(url)
     if migrate:
         migrations.push(url)
     return url

@@ -1,8 +1,8 @@
 """All database access of the service and the run commands: one pool, named queries.
 
 The rules (who may run what, ordering, fencing, retries, context) live in SQL functions;
-this module only calls them. Every pooled connection switches to the service role
-(``set role``), the only role allowed to execute the ``stepsync.*`` functions.
+this module only calls them, acting as the service role, the only role allowed to execute
+the ``stepsync.*`` functions (how the role is set: :mod:`sync.connections`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
+from sync.connections import Connector
 from sync.executors.base import StepRequest
 
 # --- named queries -------------------------------------------------------------------
@@ -158,38 +157,39 @@ class Database:
         role: str = "service_role",
         size: int = 4,
         transaction_pooler: bool = False,
+        application_name: str = "stepsync-service",
+        session_role: bool = True,
     ) -> None:
         self.url = url
         self.role = role
-        # Behind a transaction-mode pooler (Supavisor/PgBouncer on port 6543) consecutive
-        # transactions may run on different server connections: session state such as
-        # `set role` or prepared statements would leak or vanish. Then every query runs in
-        # its own transaction that sets the role locally, and nothing is prepared.
-        self.transaction_pooler = transaction_pooler
-        self._set_role = sql.SQL("set role {}").format(sql.Identifier(role))
-        self._set_local_role = sql.SQL("set local role {}").format(sql.Identifier(role))
-        kwargs: dict[str, Any] = {
-            "autocommit": True,
-            "row_factory": dict_row,
-            "application_name": "stepsync-service",
-        }
-        if transaction_pooler:
-            kwargs["prepare_threshold"] = None
-        self.pool = AsyncConnectionPool(
-            url,
-            min_size=1,
-            max_size=size,
-            kwargs=kwargs,
-            configure=None if transaction_pooler else self._configure,
-            # No check on checkout: it would cost a round trip per query (two per step).
-            # A connection that broke while idle fails its first query instead; the
-            # service retries after connection errors and calls recover() first.
-            open=False,
-            name="stepsync",
+        # Behind a transaction-mode pooler every query runs in its own transaction that
+        # sets the role locally, and nothing is prepared (see sync.connections).
+        self.connector = Connector(
+            url, role=role, transaction_pooler=transaction_pooler, application_name=application_name
+        )
+        # No check on checkout: it would cost a round trip per query (two per step).
+        # A connection that broke while idle fails its first query instead; the
+        # service retries after connection errors and calls recover() first.
+        # The service's steps set the role once per connection when the connection is
+        # direct (no extra statement per query); commands set it per transaction.
+        self.session_role = session_role and self.connector.session_role_allowed()
+        self.pool = self.connector.async_pool(
+            max_size=size, name="stepsync", session_role=self.session_role, row_factory=dict_row
         )
 
-    async def _configure(self, conn: psycopg.AsyncConnection) -> None:
-        await conn.execute(self._set_role)
+    @classmethod
+    def from_connector(cls, connector: Connector, *, size: int = 2) -> Database:
+        """A small pool for a command, acting as the connector's role."""
+        if connector.role is None:
+            raise ValueError("the run engine's functions need a role to act as")
+        return cls(
+            connector.url,
+            role=connector.role,
+            size=size,
+            transaction_pooler=connector.transaction_pooler,
+            application_name=connector.application_name,
+            session_role=False,
+        )
 
     async def open(self, timeout: float = 10.0) -> None:
         """Prove one connection works (role included), then open the pool.
@@ -197,17 +197,14 @@ class Database:
         Raises DatabaseSetupError with a message a user can act on.
         """
         try:
-            conn = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, connect_timeout=max(1, int(timeout))
-            )
+            conn = await self.connector.connect_async(connect_timeout=max(1, int(timeout)))
         except psycopg.Error as exc:
             raise DatabaseSetupError(
                 f"cannot connect to the database: {str(exc).strip()}", CONNECT_HINT
             ) from None
         async with conn:
             try:
-                async with conn.transaction():
-                    await conn.execute(self._set_local_role)
+                async with self.connector.acting_async(conn):
                     installed = await (
                         await conn.execute(
                             "select to_regprocedure('stepsync.claim_steps(text,integer,integer)')"
@@ -239,10 +236,9 @@ class Database:
 
     async def _all(self, query: str, params: dict[str, Any] | None = None) -> list[dict]:
         async with self.pool.connection() as conn:
-            if not self.transaction_pooler:
+            if self.session_role:
                 return await (await conn.execute(query, params)).fetchall()
-            async with conn.transaction():
-                await conn.execute(self._set_local_role)
+            async with self.connector.acting_async(conn):
                 return await (await conn.execute(query, params)).fetchall()
 
     # --- the run engine --------------------------------------------------------------

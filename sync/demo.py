@@ -17,13 +17,13 @@ import contextlib
 import uuid
 from dataclasses import dataclass
 
-import psycopg
 from rich.console import Console, Group
 from rich.json import JSON
 from rich.live import Live
 from rich.table import Table
 
 from sync import backfill, demo_data, migrations
+from sync.connections import Connector
 from sync.db import Database
 from sync.service import build_service
 from sync.settings import Settings
@@ -47,7 +47,7 @@ def prepare(url: str, console: Console) -> uuid.UUID:
     """Steps 1–4: legacy app, upgrade, one saved workflow, backfill. Returns the backfill run."""
     console.rule("1. the app as it is today")
     migrations.push(url, up_to=BASELINE_VERSION)
-    with psycopg.connect(url, autocommit=True) as conn:
+    with Connector(url, role=None, application_name="stepsync demo").connect() as conn:
         demo_data.load_legacy_data(conn)
         count = conn.execute("select count(*) from public.agent_tasks").fetchone()[0]
     console.print(f"{len(demo_data.USERS)} users, {count} single-instruction tasks")
@@ -57,7 +57,7 @@ def prepare(url: str, console: Console) -> uuid.UUID:
     console.print(f"{len(applied)} migrations applied")
 
     console.rule("3. carol saves a 4-step workflow (save_task_steps, as the UI)")
-    with psycopg.connect(url, autocommit=True) as conn:
+    with Connector(url, role=None, application_name="stepsync demo").connect() as conn:
         demo_data.save_workflow(conn)
         steps = conn.execute(
             "select step_order, step_name, context_mode::text, include_previous_context"
@@ -99,7 +99,9 @@ async def run_workflows(url: str, console: Console) -> dict[uuid.UUID, str]:
     )
     service = build_service(settings, url)
     serving = asyncio.create_task(service.run())
-    db = Database(url, role=settings.db_role, size=2)
+    db = Database(
+        url, role=settings.db_role, size=2, transaction_pooler=settings.db_transaction_pooler
+    )
     await db.open()
     try:
         data = demo_data.demo_data()

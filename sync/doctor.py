@@ -19,8 +19,9 @@ import psycopg
 import websockets
 
 from sync import migrations
-from sync.devdb import first_line, redact_url
+from sync.connections import Connector
 from sync.executors.edge_function import functions_url
+from sync.messages import first_line, redact_url
 from sync.settings import Settings
 from sync.wakeups.realtime import BINDINGS, CHANNEL_NAME, realtime_url
 
@@ -41,9 +42,14 @@ class Check:
 
 def run_checks(settings: Settings) -> list[Check]:
     url = settings.database_url
-    checks = [check_database(url)]
-    if checks[0].verdict == "ok":
-        checks.append(check_migrations(url))
+    database = (
+        Connector.from_settings(settings, url, application_name="stepsync doctor").as_login_role()
+        if url
+        else None
+    )
+    checks = [check_database(database)]
+    if database is not None and checks[0].verdict == "ok":
+        checks.append(check_migrations(database))
     else:
         checks.append(Check("migrations", "skip", "database not reachable"))
     checks.append(check_pooler(url, settings.listen))
@@ -56,8 +62,8 @@ def run_checks(settings: Settings) -> list[Check]:
     return checks
 
 
-def check_database(url: str | None) -> Check:
-    if not url:
+def check_database(database: Connector | None) -> Check:
+    if database is None:
         return Check(
             "database",
             "fail",
@@ -65,8 +71,9 @@ def check_database(url: str | None) -> Check:
             "set it to the project's connection string (Supabase dashboard → Connect); "
             "the direct or session-pooler URL (port 5432) keeps LISTEN working",
         )
+    url = database.url
     try:
-        with psycopg.connect(url, connect_timeout=int(TIMEOUT_SECONDS)) as conn:
+        with database.connect(connect_timeout=int(TIMEOUT_SECONDS)) as conn:
             version = conn.execute("show server_version").fetchone()[0]
     except psycopg.Error as exc:
         return Check(
@@ -79,9 +86,9 @@ def check_database(url: str | None) -> Check:
     return Check("database", "ok", f"connected to {redact_url(url)} (PostgreSQL {version})")
 
 
-def check_migrations(url: str) -> Check:
+def check_migrations(database: Connector) -> Check:
     try:
-        status = migrations.status(url)
+        status = migrations.status(database)
     except migrations.MigrationError as exc:
         return Check("migrations", "fail", str(exc), "run `stepsync db status` for details")
     if status.pending:

@@ -1,5 +1,9 @@
 """Apply ``supabase/migrations`` the way the Supabase CLI does.
 
+The migrations ship inside the package (``sync.sql_migrations``, which is
+``supabase/migrations`` in the repository, where the Supabase CLI reads them), so an
+installed ``stepsync`` migrates a database from anywhere.
+
 Applied migrations are recorded in ``supabase_migrations.schema_migrations`` (version,
 statements, name) exactly as ``supabase db push`` records them, so either tool can
 migrate the same database and each sees what the other applied. Each migration runs
@@ -11,13 +15,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import psycopg
 
-from sync.devdb import first_line, redact_url
+from sync.connections import Connector
+from sync.messages import first_line, redact_url
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "supabase" / "migrations"
+MIGRATIONS_DIR: Traversable = files("sync.sql_migrations")
 FILE_NAME = re.compile(r"^(?P<version>\d+)_(?P<name>.+)\.sql$")
 
 HISTORY_TABLE_DDL = """
@@ -36,7 +42,7 @@ class MigrationError(RuntimeError):
 class Migration:
     version: str
     name: str
-    path: Path
+    path: Traversable
 
     @property
     def file_name(self) -> str:
@@ -53,11 +59,12 @@ class Status:
     unknown: list[str]  # applied versions with no local file
 
 
-def local_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def local_migrations(directory: Traversable = MIGRATIONS_DIR) -> list[Migration]:
     if not directory.is_dir():
         raise MigrationError(f"migrations directory not found: {directory}")
     found = []
-    for path in sorted(directory.glob("*.sql")):
+    scripts = (path for path in directory.iterdir() if path.name.endswith(".sql"))
+    for path in sorted(scripts, key=lambda path: path.name):
         match = FILE_NAME.match(path.name)
         if match is None:
             raise MigrationError(f"{path.name}: migration files are named <timestamp>_<name>.sql")
@@ -68,11 +75,18 @@ def local_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-def connect(url: str) -> psycopg.Connection:
+def connect(database: Connector | str) -> psycopg.Connection:
+    """A connection as the login role (migrations own what they create), following the
+    pooler rules; a plain URL is a direct connection."""
+    if isinstance(database, str):
+        database = Connector(database)
+    connector = database.as_login_role().named("stepsync migrations")
     try:
-        return psycopg.connect(url, connect_timeout=10)
+        return connector.connect()
     except psycopg.OperationalError as exc:
-        raise MigrationError(f"cannot connect to {redact_url(url)}: {first_line(exc)}") from exc
+        raise MigrationError(
+            f"cannot connect to {redact_url(connector.url)}: {first_line(exc)}"
+        ) from exc
 
 
 def applied_versions(conn: psycopg.Connection) -> list[str]:
@@ -85,9 +99,9 @@ def applied_versions(conn: psycopg.Connection) -> list[str]:
     return [version for (version,) in rows]
 
 
-def status(url: str, directory: Path = MIGRATIONS_DIR) -> Status:
+def status(database: Connector | str, directory: Traversable = MIGRATIONS_DIR) -> Status:
     local = local_migrations(directory)
-    with connect(url) as conn:
+    with connect(database) as conn:
         applied = applied_versions(conn)
     known = {m.version for m in local}
     return Status(
@@ -98,19 +112,20 @@ def status(url: str, directory: Path = MIGRATIONS_DIR) -> Status:
 
 
 def push(
-    url: str,
-    directory: Path = MIGRATIONS_DIR,
+    database: Connector | str,
+    directory: Traversable = MIGRATIONS_DIR,
     *,
     up_to: str | None = None,
     on_apply: Callable[[Migration], None] | None = None,
 ) -> list[Migration]:
     """Apply pending migrations in version order (through version ``up_to`` if given);
     return the ones applied."""
-    pending = [m for m in status(url, directory).pending if up_to is None or m.version <= up_to]
+    pending = [
+        m for m in status(database, directory).pending if up_to is None or m.version <= up_to
+    ]
     if not pending:
         return []
-    with connect(url) as conn:
-        conn.autocommit = True
+    with connect(database) as conn:
         conn.execute(HISTORY_TABLE_DDL)
         for migration in pending:
             if on_apply:

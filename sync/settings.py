@@ -2,7 +2,8 @@
 
 Every setting is validated when the settings are built, so a bad value stops
 ``stepsync serve`` before it connects anywhere, with a message naming the setting
-(see :func:`describe_validation_error`).
+(see :func:`describe_validation_error`). The other commands read only
+:class:`ConnectionSettings`, so a service setting never stops them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-class Settings(BaseSettings):
+class ConnectionSettings(BaseSettings):
+    """What every command needs to reach the database. Only these are read (and validated)
+    by the commands other than ``serve``, so a bad service setting cannot stop them."""
+
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_file=".env",
@@ -55,6 +59,31 @@ class Settings(BaseSettings):
         default=Path(".stepsync"),
         description="Where the embedded PostgreSQL keeps its data when no database_url is set.",
     )
+    db_role: str = Field(
+        default="service_role",
+        description="Role the service and the commands act as, set per transaction "
+        "(`set local role`); the service's pool on a direct connection sets it once per "
+        "connection.",
+    )
+    db_transaction_pooler: bool = Field(
+        default=False,
+        description="The database URL goes through a transaction-mode pooler (Supabase "
+        "port 6543, PgBouncer `pool_mode=transaction`): no session state anywhere (role per "
+        "transaction, no prepared statements, no LISTEN, no session lock, so the backfill "
+        "refuses), and listen defaults to poll only.",
+    )
+
+    @field_validator("db_role")
+    @classmethod
+    def _plain_role_name(cls, value: str) -> str:
+        if not _ROLE_NAME.match(value):
+            raise ValueError(f"{value!r} is not a plain role name (a-z, 0-9, _)")
+        return value
+
+
+class Settings(ConnectionSettings):
+    """Everything ``stepsync serve`` reads; validated in full by ``serve`` (and by
+    ``doctor`` and ``config``, which check what ``serve`` would run with)."""
 
     # --- the service (stepsync serve) -------------------------------------------------
     worker_id: str = Field(
@@ -113,17 +142,8 @@ class Settings(BaseSettings):
     listen: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["postgres"],
         description="Wake-up sources besides the poll timer, comma separated "
-        f"({', '.join(LISTEN_MODES)}); empty = poll only.",
-    )
-    db_role: str = Field(
-        default="service_role",
-        description="Role every service connection switches to (`set role`).",
-    )
-    db_transaction_pooler: bool = Field(
-        default=False,
-        description="The database URL goes through a transaction-mode pooler (Supabase "
-        "port 6543): no session state (role per transaction, no prepared statements) and "
-        "no Postgres LISTEN (use --poll-only or another wake-up source).",
+        f"({', '.join(LISTEN_MODES)}); empty = poll only. Default: postgres, or poll only "
+        "when db_transaction_pooler is on.",
     )
     db_pool_size: int | None = Field(
         default=None,
@@ -198,13 +218,6 @@ class Settings(BaseSettings):
             )
         return list(dict.fromkeys(value))
 
-    @field_validator("db_role")
-    @classmethod
-    def _plain_role_name(cls, value: str) -> str:
-        if not _ROLE_NAME.match(value):
-            raise ValueError(f"{value!r} is not a plain role name (a-z, 0-9, _)")
-        return value
-
     @field_validator("executor")
     @classmethod
     def _executor_shape(cls, value: str) -> str:
@@ -216,7 +229,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_listen_through_transaction_pooler(self) -> Settings:
-        if self.db_transaction_pooler and "postgres" in self.listen:
+        if not self.db_transaction_pooler:
+            return self
+        if "listen" not in self.model_fields_set:
+            # Not chosen by the user: poll only, as LISTEN cannot cross the pooler.
+            self.listen = []
+        elif "postgres" in self.listen:
             raise ValueError(
                 f"{ENV_PREFIX}DB_TRANSACTION_POOLER is on but {ENV_PREFIX}LISTEN includes "
                 "'postgres': LISTEN does not work through a transaction pooler; use "

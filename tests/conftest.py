@@ -1,6 +1,6 @@
 """Fixtures: one PostgreSQL server per test session, one migrated database per test.
 
-The server comes from :func:`sync.devdb.provision` (``STEPSYNC_DATABASE_URL``, Docker, or a
+The server comes from :func:`tests.helpers.provision.start_server` (``STEPSYNC_DATABASE_URL``, Docker, or a
 local cluster). Migrations are applied once to a template database; each test gets its
 own copy (``CREATE DATABASE ... TEMPLATE``), which takes milliseconds.
 """
@@ -14,48 +14,49 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from sync import devdb, migrations
+from sync import migrations
+from tests.helpers import provision
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devdb.Server]:
-    server = devdb.provision(tmp_path_factory.mktemp("postgres") / "data", fast=True)
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[provision.Server]:
+    server = provision.start_server(tmp_path_factory.mktemp("postgres") / "data", fast=True)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def template_db(pg_server: devdb.Server) -> Iterator[str]:
+def template_db(pg_server: provision.Server) -> Iterator[str]:
     """A bootstrapped, fully migrated database that every test copies."""
     name = f"stepsync_template_{os.getpid()}"
-    devdb.drop_database(pg_server.url, name)
-    url = devdb.create_database(pg_server.url, name)
-    devdb.bootstrap_supabase(url)
+    provision.drop_database(pg_server.url, name)
+    url = provision.create_database(pg_server.url, name)
+    provision.bootstrap_supabase(url)
     migrations.push(url)
     yield name
-    devdb.drop_database(pg_server.url, name)
+    provision.drop_database(pg_server.url, name)
 
 
-def _scratch_database(pg_server: devdb.Server, template: str | None) -> Iterator[str]:
+def _scratch_database(pg_server: provision.Server, template: str | None) -> Iterator[str]:
     name = f"stepsync_test_{uuid.uuid4().hex[:12]}"
-    url = devdb.create_database(pg_server.url, name, template=template)
+    url = provision.create_database(pg_server.url, name, template=template)
     try:
         yield url
     finally:
-        devdb.drop_database(pg_server.url, name)
+        provision.drop_database(pg_server.url, name)
 
 
 @pytest.fixture
-def db_url(pg_server: devdb.Server, template_db: str) -> Iterator[str]:
+def db_url(pg_server: provision.Server, template_db: str) -> Iterator[str]:
     """URL of a fresh, fully migrated database of this test's own."""
     yield from _scratch_database(pg_server, template_db)
 
 
 @pytest.fixture
-def blank_db_url(pg_server: devdb.Server) -> Iterator[str]:
+def blank_db_url(pg_server: provision.Server) -> Iterator[str]:
     """URL of a fresh database with the Supabase bootstrap and no migration applied."""
     for url in _scratch_database(pg_server, None):
-        devdb.bootstrap_supabase(url)
+        provision.bootstrap_supabase(url)
         yield url
 
 

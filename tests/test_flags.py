@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sync.cli import app
-from tests.support import acting_as, make_user
+from tests.support import acting_as, as_service, make_user
 
 runner = CliRunner()
 
@@ -120,3 +120,100 @@ def test_a_user_cannot_read_or_change_flags(conn: psycopg.Connection) -> None:
         acting_as(conn, "authenticated", user),
     ):
         conn.execute("update stepsync.feature_flags set enabled = false")
+
+
+FLAG_FUNCTIONS = [
+    ("select stepsync.set_feature_flag(%s, true, 10)", []),
+    ("select stepsync.allow_flag_users(%s, %s)", [[uuid.uuid4()]]),
+    ("select stepsync.deny_flag_users(%s, %s)", [[uuid.uuid4()]]),
+    ("select stepsync.remove_flag_users(%s, 'allow', %s)", [[uuid.uuid4()]]),
+]
+
+
+@pytest.mark.parametrize(("call", "rest"), FLAG_FUNCTIONS)
+def test_flag_functions_refuse_an_unknown_flag_naming_the_known_ones(
+    conn: psycopg.Connection, call: str, rest: list
+) -> None:
+    with pytest.raises(psycopg.errors.NoDataFound) as refused, as_service(conn):
+        conn.execute(call, ["no_such_flag", *rest])
+    assert refused.value.diag.message_primary == "no flag named 'no_such_flag'"
+    assert refused.value.diag.message_hint == (
+        "known flags: legacy_task_compat, multi_step_workflows"
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "params", "message"),
+    [
+        (
+            "select stepsync.set_feature_flag(%s, null, %s)",
+            [101],
+            "rollout percent must be between 0 and 100, got 101",
+        ),
+        (
+            "select stepsync.set_feature_flag(%s, null, %s)",
+            [-1],
+            "rollout percent must be between 0 and 100, got -1",
+        ),
+        ("select stepsync.allow_flag_users(%s, %s::uuid[])", [[]], "no user ids given"),
+        ("select stepsync.deny_flag_users(%s, %s::uuid[])", [None], "no user ids given"),
+        ("select stepsync.allow_flag_users(%s, array[null]::uuid[])", [], "a user id is null"),
+        (
+            "select stepsync.remove_flag_users(%s, 'both', %s)",
+            [[uuid.uuid4()]],
+            "p_list must be 'allow' or 'deny', got 'both'",
+        ),
+        (
+            "select stepsync.remove_flag_users(%s, null, %s)",
+            [[uuid.uuid4()]],
+            "p_list must be 'allow' or 'deny', got null",
+        ),
+    ],
+)
+def test_flag_functions_refuse_bad_input_and_change_nothing(
+    conn: psycopg.Connection, call: str, params: list, message: str
+) -> None:
+    before = conn.execute(
+        "select * from stepsync.feature_flags where name = 'multi_step_workflows'"
+    ).fetchone()
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused, as_service(conn):
+        conn.execute(call, ["multi_step_workflows", *params])
+    assert refused.value.diag.message_primary == message
+    after = conn.execute(
+        "select * from stepsync.feature_flags where name = 'multi_step_workflows'"
+    ).fetchone()
+    assert after == before
+
+
+def test_set_feature_flag_changes_only_what_it_is_given(conn: psycopg.Connection) -> None:
+    with as_service(conn):
+        conn.execute("select stepsync.set_feature_flag('multi_step_workflows', null, 30)")
+    assert flag_row(conn, "multi_step_workflows")[:2] == (True, 30)
+    with as_service(conn):
+        row = conn.execute(
+            "select enabled, rollout_percent"
+            " from stepsync.set_feature_flag('multi_step_workflows', false)"
+        ).fetchone()
+    assert row == (False, 30)
+    assert flag_row(conn, "multi_step_workflows")[:2] == (False, 30)
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        "select stepsync.set_feature_flag('multi_step_workflows', false, 0)",
+        "select stepsync.allow_flag_users('multi_step_workflows', array[gen_random_uuid()])",
+        "select stepsync.deny_flag_users('multi_step_workflows', array[gen_random_uuid()])",
+        "select stepsync.remove_flag_users('multi_step_workflows', 'deny',"
+        " array[gen_random_uuid()])",
+    ],
+)
+def test_only_the_service_role_may_change_flags_through_the_functions(
+    conn: psycopg.Connection, role: str, call: str
+) -> None:
+    user = make_user(conn)
+    before = flag_row(conn, "multi_step_workflows")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(conn, role, user):
+        conn.execute(call)
+    assert flag_row(conn, "multi_step_workflows") == before

@@ -84,7 +84,7 @@ def test_listen_takes_a_comma_list_repeated_values_or_both(given):
 
 
 def test_a_transaction_pooler_cannot_listen():
-    result = serve(env={"STEPSYNC_DB_TRANSACTION_POOLER": "true"})
+    result = serve(env={"STEPSYNC_DB_TRANSACTION_POOLER": "true", "STEPSYNC_LISTEN": "postgres"})
     assert result.exit_code == 1
     assert "LISTEN does not work through a transaction pooler" in result.output
 

@@ -23,13 +23,14 @@ from rich.table import Table
 from sync import backfill
 from sync.commands.common import (
     DatabaseUrlOption,
+    connector,
     console,
     database_error,
-    database_url,
     err_console,
     fail,
     user_errors,
 )
+from sync.connections import RoleConnection
 
 app = typer.Typer(help="Backfill legacy data into the multi-step schema.", no_args_is_help=True)
 
@@ -103,8 +104,10 @@ def legacy_tasks(
             lock_timeout_ms=lock_timeout,
             statement_timeout_ms=statement_timeout,
         )
-        url = database_url(database_url_option, migrate=True)
-        with backfill.connect(url) as conn:
+        database = connector(
+            database_url_option, application_name=backfill.APPLICATION_NAME, migrate=True
+        )
+        with backfill.connect(database) as conn:
             backfill.require_schema(conn)
             if dry_run:
                 attention = do_plan(conn, settings, samples)
@@ -132,7 +135,7 @@ def backfill_errors() -> Iterator[None]:
 
 
 def do_backfill(
-    conn: psycopg.Connection, settings: backfill.Settings, *, resume: bool, run_id: uuid.UUID | None
+    conn: RoleConnection, settings: backfill.Settings, *, resume: bool, run_id: uuid.UUID | None
 ) -> bool:
     backfill.take_lock(conn)
     unfinished = backfill.unfinished_run(conn)
@@ -174,7 +177,7 @@ def do_backfill(
     return result.needs_attention
 
 
-def do_plan(conn: psycopg.Connection, settings: backfill.Settings, samples: int) -> bool:
+def do_plan(conn: RoleConnection, settings: backfill.Settings, samples: int) -> bool:
     with progress_reporter("dry run", "tasks") as report:
         result = backfill.plan(conn, settings, samples=samples, on_progress=report)
     table = Table("category", "tasks", title="Dry run: nothing was written")
@@ -188,7 +191,7 @@ def do_plan(conn: psycopg.Connection, settings: backfill.Settings, samples: int)
     return result.needs_attention
 
 
-def do_verify(conn: psycopg.Connection, settings: backfill.Settings) -> bool:
+def do_verify(conn: RoleConnection, settings: backfill.Settings) -> bool:
     with progress_reporter("verify", "tasks") as report:
         result = backfill.verify(conn, settings, on_progress=report)
     table = Table("check", "value", title="Verify")
@@ -212,7 +215,7 @@ def do_verify(conn: psycopg.Connection, settings: backfill.Settings) -> bool:
     return not result.ok
 
 
-def do_rollback(conn: psycopg.Connection, run_id: uuid.UUID, settings: backfill.Settings) -> bool:
+def do_rollback(conn: RoleConnection, run_id: uuid.UUID, settings: backfill.Settings) -> bool:
     backfill.take_lock(conn)
     with progress_reporter("rollback", "steps") as report:
         result = backfill.rollback(conn, run_id, settings, on_progress=report)

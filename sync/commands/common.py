@@ -10,11 +10,13 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from sync.connections import Connector, SessionStateError
 from sync.database import resolve_database_url
 from sync.db import CONNECT_HINT, DatabaseSetupError
-from sync.devdb import ProvisionError, redact_url
+from sync.embedded import EmbeddedServerError
+from sync.messages import redact_url
 from sync.migrations import MigrationError
-from sync.settings import Settings, describe_validation_error
+from sync.settings import ConnectionSettings, Settings, describe_validation_error
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -38,8 +40,21 @@ ListenOption = typer.Option(
 
 
 def settings_for(database_url: str | None, **options: object) -> Settings:
-    """Settings from env/.env; command-line options given (not None) win."""
+    """The service's settings from env/.env, validated as ``serve`` does (for the commands
+    that check or show them); command-line options given (not None) win."""
     settings = Settings(**{name: value for name, value in options.items() if value is not None})
+    if database_url:
+        settings = settings.model_copy(update={"database_url": database_url})
+    return settings
+
+
+def connection_settings(database_url: str | None) -> ConnectionSettings:
+    """What a command needs to reach the database; the service's settings are not read,
+    so a bad one does not stop this command. Bad values become one line."""
+    try:
+        settings = ConnectionSettings()
+    except ValidationError as exc:
+        raise configuration_error(exc) from None
     if database_url:
         settings = settings.model_copy(update={"database_url": database_url})
     return settings
@@ -76,22 +91,22 @@ def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one line instead of a traceback."""
     try:
         yield
-    except (MigrationError, ProvisionError, DatabaseSetupError) as exc:
+    except (MigrationError, EmbeddedServerError, DatabaseSetupError, SessionStateError) as exc:
         hint = getattr(exc, "hint", None)
         if hint is None and "cannot connect" in str(exc):
             hint = CONNECT_HINT
         raise fail(str(exc), hint) from None
 
 
-def database_url(option: str | None, *, migrate: bool = False) -> str:
-    try:
-        settings = settings_for(option)
-    except ValidationError as exc:
-        raise configuration_error(exc) from None
-    return settings_database_url(settings, migrate=migrate)
+def connector(option: str | None, *, application_name: str, migrate: bool = False) -> Connector:
+    """How this command connects: the database ``option`` or the settings name (or the
+    embedded one), the role to act as and the pooler rules. Call inside ``user_errors``."""
+    settings = connection_settings(option)
+    url = settings_database_url(settings, migrate=migrate)
+    return Connector.from_settings(settings, url, application_name=application_name)
 
 
-def settings_database_url(settings: Settings, *, migrate: bool = False) -> str:
+def settings_database_url(settings: ConnectionSettings, *, migrate: bool = False) -> str:
     """The database ``settings`` name, or the embedded one (announced on stderr)."""
     if not settings.database_url:
         err_console.print(f"[dim]using the embedded database in {settings.data_dir}/[/]")

@@ -7,7 +7,7 @@ from pydantic import AliasChoices, SecretStr, ValidationError
 from rich.table import Table
 
 from sync.commands.common import configuration_error, console
-from sync.devdb import redact_url
+from sync.messages import redact_url
 from sync.settings import Settings
 
 

@@ -1,4 +1,5 @@
-"""``stepsync db``: apply and inspect ``supabase/migrations``."""
+"""``stepsync db``: apply and inspect the migrations (``supabase/migrations``, shipped in the
+package)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import typer
 from rich.table import Table
 
 from sync import migrations
-from sync.commands.common import DatabaseUrlOption, console, database_url, user_errors
+from sync.commands.common import DatabaseUrlOption, connector, console, user_errors
 
 app = typer.Typer(help="Apply and inspect the SQL migrations (compatible with `supabase db push`).")
 
@@ -15,9 +16,9 @@ app = typer.Typer(help="Apply and inspect the SQL migrations (compatible with `s
 def push(database_url_option: str | None = DatabaseUrlOption) -> None:
     """Apply pending migrations in order, each in its own transaction."""
     with user_errors():
-        url = database_url(database_url_option)
+        database = connector(database_url_option, application_name="stepsync migrations")
         applied = migrations.push(
-            url, on_apply=lambda m: console.print(f"applying {m.file_name} ...")
+            database, on_apply=lambda m: console.print(f"applying {m.file_name} ...")
         )
     console.print(f"{len(applied)} migration(s) applied." if applied else "Database is up to date.")
 
@@ -26,8 +27,8 @@ def push(database_url_option: str | None = DatabaseUrlOption) -> None:
 def status(database_url_option: str | None = DatabaseUrlOption) -> None:
     """List applied and pending migrations."""
     with user_errors():
-        url = database_url(database_url_option)
-        result = migrations.status(url)
+        database = connector(database_url_option, application_name="stepsync migrations")
+        result = migrations.status(database)
     print_status(result)
 
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from sync import demo as demo_flow
-from sync import devdb
-from sync.commands.common import DatabaseUrlOption, console, fail, settings_for, user_errors
-from sync.settings import Settings
+from sync import embedded
+from sync.commands.common import (
+    DatabaseUrlOption,
+    connection_settings,
+    console,
+    fail,
+    user_errors,
+)
+from sync.settings import ConnectionSettings
+from sync.supabase_compat import bootstrap_supabase
 
 DEMO_DATABASE = "stepsync_demo"
 
@@ -17,7 +24,7 @@ def demo(database_url_option: str | None = DatabaseUrlOption) -> None:
     embedded PostgreSQL (started for the demo and stopped after it, unless it was
     already running). With it, the demo writes its data set into that database.
     """
-    settings = settings_for(database_url_option)
+    settings = connection_settings(database_url_option)
     with user_errors():
         if settings.database_url:
             outcome = demo_flow.run_demo(settings.database_url, console)
@@ -27,16 +34,16 @@ def demo(database_url_option: str | None = DatabaseUrlOption) -> None:
         raise fail("the demo did not complete every run", "see the summary above")
 
 
-def _on_embedded(settings: Settings) -> demo_flow.DemoOutcome:
+def _on_embedded(settings: ConnectionSettings) -> demo_flow.DemoOutcome:
     data_dir = settings.data_dir / "pgdata"
-    was_running = devdb.local_cluster_running(data_dir)
-    server = devdb.start_local_cluster(data_dir, fast=False, persistent=True)
+    was_running = embedded.local_cluster_running(data_dir)
+    server = embedded.start_local_cluster(data_dir, persistent=True)
     console.print(f"embedded PostgreSQL {server.version} in {data_dir.resolve()}")
     try:
-        devdb.drop_database(server.url, DEMO_DATABASE)
-        url = devdb.create_database(server.url, DEMO_DATABASE)
-        devdb.bootstrap_supabase(url)
+        embedded.drop_database(server.url, DEMO_DATABASE)
+        url = embedded.create_database(server.url, DEMO_DATABASE)
+        bootstrap_supabase(url)
         return demo_flow.run_demo(url, console)
     finally:
         if not was_running:
-            devdb.stop_local_cluster(data_dir)
+            embedded.stop_local_cluster(data_dir)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from sync import devdb
-from sync.commands.common import console, user_errors
+from sync import embedded
+from sync.commands.common import connection_settings, console, user_errors
 from sync.database import embedded_database_url
-from sync.settings import Settings
 
 app = typer.Typer(help="Start, stop or locate the embedded PostgreSQL (kept in STEPSYNC_DATA_DIR).")
 
@@ -15,7 +14,7 @@ app = typer.Typer(help="Start, stop or locate the embedded PostgreSQL (kept in S
 @app.command()
 def start() -> None:
     """Start the embedded server, migrate its database and print its URL."""
-    settings = Settings()
+    settings = connection_settings(None)
     with user_errors():
         url = embedded_database_url(settings.data_dir, migrate=True)
     console.print(f"embedded database running: {url}")
@@ -25,7 +24,7 @@ def start() -> None:
 @app.command()
 def stop() -> None:
     """Stop the embedded server if it is running."""
-    settings = Settings()
+    settings = connection_settings(None)
     with user_errors():
-        stopped = devdb.stop_local_cluster(settings.data_dir / "pgdata")
+        stopped = embedded.stop_local_cluster(settings.data_dir / "pgdata")
     console.print("embedded database stopped" if stopped else "embedded database was not running")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import typer
@@ -18,12 +19,13 @@ from rich.table import Table
 
 from sync.commands.common import (
     DatabaseUrlOption,
+    connector,
     console,
     database_error,
-    database_url,
     fail,
     user_errors,
 )
+from sync.connections import RoleConnection
 
 app = typer.Typer(help="View and change feature flags (gradual rollout).", no_args_is_help=True)
 
@@ -31,66 +33,52 @@ FlagName = typer.Argument(..., help="Flag name, e.g. multi_step_workflows.")
 Users = typer.Argument(..., help="One or more user ids (uuid).")
 UserOption = typer.Option(None, "--user", help="Also say whether it is on for this user.")
 
+# Every change goes through a function of the migration flag_admin, which checks its input.
+SET_FLAG = "select * from stepsync.set_feature_flag(%s, %s::boolean, %s::integer)"
+ALLOW_USERS = "select * from stepsync.allow_flag_users(%s, %s::uuid[])"
+DENY_USERS = "select * from stepsync.deny_flag_users(%s, %s::uuid[])"
+REMOVE_USERS = "select * from stepsync.remove_flag_users(%s, %s, %s::uuid[])"
+
 
 @contextmanager
-def flags_connection(option: str | None) -> Iterator[psycopg.Connection]:
+def flags_connection(option: str | None) -> Iterator[RoleConnection]:
+    """A connection whose statements run in ``conn.acting()`` (as the service role)."""
     with user_errors():
-        url = database_url(option, migrate=True)
+        database = connector(option, application_name="stepsync flags", migrate=True)
     try:
-        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-            conn.execute("set role service_role")
-            if (
-                conn.execute("select to_regclass('stepsync.feature_flags') as t").fetchone()["t"]
-                is None
-            ):
+        with database.connect(row_factory=dict_row) as conn:
+            with conn.acting():
+                table = conn.execute("select to_regclass('stepsync.feature_flags') as t")
+                missing = table.fetchone()["t"] is None
+            if missing:
                 raise fail("stepsync.feature_flags does not exist", "run `stepsync db push` first")
             yield conn
     except psycopg.OperationalError as exc:
         raise database_error(exc) from None
 
 
-def known_flag(conn: psycopg.Connection, name: str) -> dict:
-    row = conn.execute("select * from stepsync.feature_flags where name = %s", [name]).fetchone()
+def known_flag(conn: RoleConnection, name: str) -> dict:
+    with conn.acting():
+        row = conn.execute(
+            "select * from stepsync.feature_flags where name = %s", [name]
+        ).fetchone()
+        if row is None:
+            names = conn.execute("select name from stepsync.feature_flags order by 1").fetchall()
     if row is None:
-        names = [
-            r["name"] for r in conn.execute("select name from stepsync.feature_flags order by 1")
-        ]
-        raise fail(f"no flag named {name!r}", f"known flags: {', '.join(names) or 'none'}")
+        known = ", ".join(r["name"] for r in names)
+        raise fail(f"no flag named {name!r}", f"known flags: {known or 'none'}")
     return row
 
 
-def change(conn: psycopg.Connection, name: str, assignment: str, params: list) -> None:
-    known_flag(conn, name)
-    row = conn.execute(
-        f"update stepsync.feature_flags set {assignment}, updated_at = now()"
-        " where name = %s returning *",
-        [*params, name],
-    ).fetchone()
-    print_flag(row)
-
-
-def edit_list(
-    conn: psycopg.Connection,
-    name: str,
-    users: list[uuid.UUID],
-    *,
-    listed: str,
-    other: str,
-    remove: bool,
-) -> None:
-    """Take ``users`` off the ``listed`` column or put them on it; a user put on one list
-    comes off the ``other``, so the two never contradict each other."""
-    without = "array(select u from unnest({}) as u where u <> all(%s::uuid[]))"
-    if remove:
-        change(conn, name, f"{listed} = {without.format(listed)}", [users])
-    else:
-        change(
-            conn,
-            name,
-            f"{listed} = array(select distinct u from unnest({listed} || %s::uuid[]) as u"
-            f" order by u), {other} = {without.format(other)}",
-            [users, users],
-        )
+def change(conn: RoleConnection, query: str, params: list[Any]) -> None:
+    """Run one of the flag functions and show the flag as it now is; the function's
+    refusal (unknown flag, bad percentage) becomes the error line."""
+    try:
+        with conn.acting():
+            flag = conn.execute(query, params).fetchone()
+    except (psycopg.errors.NoDataFound, psycopg.errors.InvalidParameterValue) as exc:
+        raise fail(exc.diag.message_primary or str(exc), exc.diag.message_hint) from None
+    print_flag(flag)
 
 
 def print_flag(row: dict) -> None:
@@ -107,7 +95,7 @@ def print_flag(row: dict) -> None:
 @app.command("list")
 def list_flags(database_url_option: str | None = DatabaseUrlOption) -> None:
     """All flags with their state."""
-    with flags_connection(database_url_option) as conn:
+    with flags_connection(database_url_option) as conn, conn.acting():
         rows = conn.execute("select * from stepsync.feature_flags order by name").fetchall()
     table = Table()
     table.add_column("name", no_wrap=True)
@@ -135,9 +123,10 @@ def show(
     with flags_connection(database_url_option) as conn:
         print_flag(known_flag(conn, name))
         if user is not None:
-            on = conn.execute(
-                "select stepsync.flag_enabled_for(%s, %s) as on", [name, user]
-            ).fetchone()["on"]
+            with conn.acting():
+                on = conn.execute(
+                    "select stepsync.flag_enabled_for(%s, %s) as on", [name, user]
+                ).fetchone()["on"]
             console.print(f"{name} is {'ON' if on else 'OFF'} for user {user}")
 
 
@@ -145,14 +134,14 @@ def show(
 def enable(name: str = FlagName, database_url_option: str | None = DatabaseUrlOption) -> None:
     """Switch a flag on (for the users its percentage and lists select)."""
     with flags_connection(database_url_option) as conn:
-        change(conn, name, "enabled = true", [])
+        change(conn, SET_FLAG, [name, True, None])
 
 
 @app.command()
 def disable(name: str = FlagName, database_url_option: str | None = DatabaseUrlOption) -> None:
     """Switch a flag off for everyone, allow-list included."""
     with flags_connection(database_url_option) as conn:
-        change(conn, name, "enabled = false", [])
+        change(conn, SET_FLAG, [name, False, None])
 
 
 @app.command("set-percent")
@@ -163,7 +152,7 @@ def set_percent(
 ) -> None:
     """Roll out to a stable share of users."""
     with flags_connection(database_url_option) as conn:
-        change(conn, name, "rollout_percent = %s", [percent])
+        change(conn, SET_FLAG, [name, None, percent])
 
 
 @app.command()
@@ -175,7 +164,10 @@ def allow(
 ) -> None:
     """Put users on the allow-list (and off the deny-list), or take them off with --remove."""
     with flags_connection(database_url_option) as conn:
-        edit_list(conn, name, users, listed="allow_list", other="deny_list", remove=remove)
+        if remove:
+            change(conn, REMOVE_USERS, [name, "allow", users])
+        else:
+            change(conn, ALLOW_USERS, [name, users])
 
 
 @app.command()
@@ -187,4 +179,7 @@ def deny(
 ) -> None:
     """Put users on the deny-list (and off the allow-list), or take them off with --remove."""
     with flags_connection(database_url_option) as conn:
-        edit_list(conn, name, users, listed="deny_list", other="allow_list", remove=remove)
+        if remove:
+            change(conn, REMOVE_USERS, [name, "deny", users])
+        else:
+            change(conn, DENY_USERS, [name, users])

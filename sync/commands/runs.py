@@ -20,16 +20,19 @@ from rich.text import Text
 
 from sync.commands.common import (
     DatabaseUrlOption,
+    connector,
     console,
-    database_url,
     fail,
-    settings_for,
     user_errors,
 )
+from sync.connections import Connector
 from sync.db import RUN_FINISHED_STATUSES, Database, DatabaseSetupError
 from sync.wakeups.postgres import RUN_CHANGED, STEP_READY
 
 T = TypeVar("T")
+
+APPLICATION_NAME = "stepsync-cli"
+REDRAW_SECONDS = 0.5
 
 STATUS_STYLE = {
     "pending": "dim",
@@ -64,8 +67,10 @@ def run(
     if not isinstance(data, dict):
         raise fail("--trigger-data must be a JSON object")
     with user_errors():
-        url = database_url(database_url_option, migrate=True)
-    status = asyncio.run(_with_db(url, lambda db: _start_and_follow(db, url, task, data, wait)))
+        database = connector(database_url_option, application_name=APPLICATION_NAME, migrate=True)
+    status = asyncio.run(
+        _with_db(database, lambda db: _start_and_follow(db, database, task, data, wait))
+    )
     if status in ("failed", "cancelled"):
         raise typer.Exit(code=1)
 
@@ -78,12 +83,12 @@ def runs(
     """List recent runs, newest first."""
     task_id = _uuid(task, "task id") if task else None
     with user_errors():
-        url = database_url(database_url_option, migrate=True)
+        database = connector(database_url_option, application_name=APPLICATION_NAME, migrate=True)
 
     async def fetch(db: Database) -> list[dict]:
         return await db.recent_runs(task_id=task_id, limit=limit)
 
-    rows = asyncio.run(_with_db(url, fetch))
+    rows = asyncio.run(_with_db(database, fetch))
     table = Table("task", "status", "trigger", "created", "steps", "duration")
     table.columns.insert(0, Column("run", no_wrap=True, min_width=36))
     for row in rows:
@@ -109,12 +114,12 @@ def show(
     """A run's status and each step's status, attempts, timing and error."""
     run_uuid = _uuid(run_id, "run id")
     with user_errors():
-        url = database_url(database_url_option, migrate=True)
+        database = connector(database_url_option, application_name=APPLICATION_NAME, migrate=True)
 
     async def fetch(db: Database) -> tuple[dict | None, list[dict]]:
         return await db.run(run_uuid), await db.run_steps(run_uuid)
 
-    run_row, steps = asyncio.run(_with_db(url, fetch))
+    run_row, steps = asyncio.run(_with_db(database, fetch))
     if run_row is None:
         raise fail(f"no run {run_uuid}")
     console.print(_render(run_row, steps))
@@ -138,7 +143,7 @@ def cancel(
     """Cancel a pending or running run: its running step is stopped, nothing runs after."""
     run_uuid = _uuid(run_id, "run id")
     with user_errors():
-        url = database_url(database_url_option, migrate=True)
+        database = connector(database_url_option, application_name=APPLICATION_NAME, migrate=True)
 
     async def go(db: Database) -> bool:
         try:
@@ -146,7 +151,7 @@ def cancel(
         except psycopg.Error as exc:
             raise fail(f"cannot cancel run {run_uuid}: {_pg_message(exc)}") from None
 
-    if asyncio.run(_with_db(url, go)):
+    if asyncio.run(_with_db(database, go)):
         console.print(f"run {run_uuid} cancelled")
     else:
         raise fail(f"run {run_uuid} was not cancelled (already finished?)")
@@ -156,7 +161,7 @@ def cancel(
 
 
 async def _start_and_follow(
-    db: Database, url: str, task_id: uuid.UUID, data: dict, wait: bool
+    db: Database, database: Connector, task_id: uuid.UUID, data: dict, wait: bool
 ) -> str:
     try:
         run_id = await db.start_task_run(task_id, "manual", data)
@@ -168,26 +173,33 @@ async def _start_and_follow(
     console.print(f"run {run_id} started")
     if not wait:
         return "running"
-    return await _follow(db, url, run_id)
-
-
-async def _follow(db: Database, url: str, run_id: uuid.UUID) -> str:
-    """Redraw on every notification about work or runs, and at least twice a second."""
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as listener:
+    if not database.listen_allowed:
+        return await _follow(db, run_id, None)
+    listener = await database.named(f"{APPLICATION_NAME} listen").connect_async()
+    async with listener:
         await listener.execute(f"listen {RUN_CHANGED}")
         await listener.execute(f"listen {STEP_READY}")
-        with Live(console=console, auto_refresh=False, transient=False) as live:
-            while True:
-                run_row, steps = await db.run(run_id), await db.run_steps(run_id)
-                if run_row is None:
-                    raise fail(f"run {run_id} disappeared")
-                live.update(_render(run_row, steps), refresh=True)
-                if run_row["status"] in RUN_FINISHED_STATUSES:
-                    live.console.print()
-                    return run_row["status"]
-                with contextlib.suppress(TimeoutError):
-                    async for _ in listener.notifies(timeout=0.5, stop_after=1):
-                        pass
+        return await _follow(db, run_id, listener)
+
+
+async def _follow(db: Database, run_id: uuid.UUID, listener: psycopg.AsyncConnection | None) -> str:
+    """Redraw on every notification about work or runs (without ``listener``, behind a
+    transaction pooler, on the clock only), and at least twice a second."""
+    with Live(console=console, auto_refresh=False, transient=False) as live:
+        while True:
+            run_row, steps = await db.run(run_id), await db.run_steps(run_id)
+            if run_row is None:
+                raise fail(f"run {run_id} disappeared")
+            live.update(_render(run_row, steps), refresh=True)
+            if run_row["status"] in RUN_FINISHED_STATUSES:
+                live.console.print()
+                return run_row["status"]
+            if listener is None:
+                await asyncio.sleep(REDRAW_SECONDS)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async for _ in listener.notifies(timeout=REDRAW_SECONDS, stop_after=1):
+                    pass
 
 
 def _render(run_row: dict, steps: list[dict]) -> Group:
@@ -223,9 +235,9 @@ def _render(run_row: dict, steps: list[dict]) -> Group:
 # --- parsing and formatting ----------------------------------------------------------------
 
 
-async def _with_db(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
+async def _with_db(database: Connector, work: Callable[[Database], Awaitable[T]]) -> T:
     """Open a small pool, do ``work`` with it, close it; setup problems become one line."""
-    db = Database(url, role=settings_for(None).db_role, size=2)
+    db = Database.from_connector(database, size=2)
     try:
         await db.open()
         return await work(db)
