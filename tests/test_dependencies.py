@@ -13,7 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-OWN_MODULES = {"sync", "tests"}
+# The scripts run from their folder and import one another as top-level modules.
+OWN_MODULES = {"sync", "tests"} | {path.stem for path in (ROOT / "scripts").glob("*.py")}
 INSTALLED = packages_distributions()  # import name → distributions providing it
 
 

@@ -23,7 +23,8 @@ import pytest
 from sync import migrations
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS_DIR = migrations.MIGRATIONS_DIR.parent / "schemas"
+MIGRATIONS_DIR = ROOT / "supabase" / "migrations"
+SCHEMAS_DIR = ROOT / "supabase" / "schemas"
 BUILD_SCRIPT = ROOT / "scripts" / "build_schema_migration.py"
 BASELINE = "20261126000100_legacy_baseline.sql"
 
@@ -286,7 +287,7 @@ def apply_schemas(url: str, tmp_path: Path) -> None:
     """The legacy baseline (a migration), then each schema file in its own transaction."""
     baseline_only = tmp_path / "baseline"
     baseline_only.mkdir()
-    shutil.copy(migrations.MIGRATIONS_DIR / BASELINE, baseline_only / BASELINE)
+    shutil.copy(MIGRATIONS_DIR / BASELINE, baseline_only / BASELINE)
     migrations.push(url, baseline_only)
     with psycopg.connect(url, autocommit=True) as conn:
         for path in sorted(SCHEMAS_DIR.glob("*.sql")):
@@ -384,14 +385,14 @@ def run_build_script(root: Path, *args: str) -> subprocess.CompletedProcess:
 def repository_copy(tmp_path: Path) -> Path:
     """The schema files and migrations, copied where the build script may change them."""
     shutil.copytree(SCHEMAS_DIR, tmp_path / "supabase" / "schemas")
-    shutil.copytree(migrations.MIGRATIONS_DIR, tmp_path / "supabase" / "migrations")
+    shutil.copytree(MIGRATIONS_DIR, tmp_path / "supabase" / "migrations")
     return tmp_path
 
 
 def test_the_stepsync_migration_is_the_schema_files_in_order() -> None:
     checked = run_build_script(ROOT, "--check")
     assert checked.returncode == 0, checked.stderr
-    text = (migrations.MIGRATIONS_DIR / "20261126002000_stepsync.sql").read_text()
+    text = (MIGRATIONS_DIR / "20261126002000_stepsync.sql").read_text()
     positions = [text.index(path.read_text()) for path in sorted(SCHEMAS_DIR.glob("*.sql"))]
     assert positions == sorted(positions)
 
