@@ -132,9 +132,16 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field(default="0.0.0.0", description="Address the metrics port binds.")
     log_format: Literal["json", "text"] = Field(
-        default="json", description="json (one object per line) or text (key=value)."
+        default="json",
+        description="json (one object per line) or text (key=value), for the service's "
+        "lines and every library's alike.",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO",
+        description="Level of the service's own logs. Libraries (psycopg and its pool, "
+        "httpx, websockets, the Realtime client, asyncio) log from WARNING up, or from "
+        "DEBUG when this is DEBUG.",
+    )
 
     # --- executors ----------------------------------------------------------------------
     executor: str | None = Field(
