@@ -31,6 +31,9 @@ def configure(capsys):
     saved_root_level = root.level
 
     def apply(log_format: str = "json", level: str = "INFO"):
+        # captureWarnings(True) does nothing if an earlier call in this process (a
+        # command run in-process by another test) already did it; start afresh.
+        logging.captureWarnings(False)
         structured_logging.configure(log_format, level)
 
         def lines() -> list[str]:

@@ -431,10 +431,10 @@ async def realtime_service(db_url: str, steps: Steps):
 
 
 async def idle(service) -> None:
-    """Until the start-up wake-ups (first poll tick, first sweep) have been claimed for, so
-    that any later claim has a later cause."""
+    """Until the wake-ups so far (first poll tick, sweeps) have been claimed for and those
+    claims have returned, so that any later claim has a later cause."""
     deadline = asyncio.get_running_loop().time() + 10
-    while service._wakeup.is_set() or service._first_wake is not None:
+    while service._wakeup.is_set() or service._first_wake is not None or service._claims:
         assert asyncio.get_running_loop().time() < deadline, "service never went idle"
         await asyncio.sleep(0.01)
 

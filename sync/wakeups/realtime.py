@@ -30,8 +30,8 @@ the session; :meth:`RealtimeWakeups.run` then builds a new client after a jitter
 capped exponential backoff and subscribes again.
 
 Frames the client cannot parse are logged by the client (``realtime._async.client``,
-formatted like every other log line) and skipped; changes whose ``record`` is unusable are logged here and ignored. Nothing
-a server sends can end :meth:`run`.
+formatted like every other log line) and skipped; changes whose ``record`` is unusable
+are logged here and ignored. Nothing a server sends can end :meth:`run`.
 """
 
 from __future__ import annotations
