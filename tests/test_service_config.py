@@ -146,4 +146,4 @@ def test_an_explicit_demo_executor_serves_a_real_database(db_url, tmp_path):
     finally:
         code = worker.stop()
     assert serving["executor"] == "demo"
-    assert code == 0
+    assert code == 0, worker.tail()
