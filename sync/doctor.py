@@ -253,14 +253,12 @@ async def _join(socket_url: str, key: str, shown: str) -> Check:
 
 def executor_endpoint(settings: Settings) -> tuple[str, str] | None:
     """(what, url) of the endpoint the configured executor calls, or None if in-process."""
-    executor = getattr(settings, "executor", None)
+    executor = settings.executor
     if executor and executor.startswith(("http://", "https://")):
         return "HTTP executor", executor
     if executor and executor.startswith("edge:"):
         name = executor.removeprefix("edge:")
-    elif executor is None and not settings.supabase_url:
-        return None
-    elif executor is None or executor.startswith("agentopia_chat"):
+    elif executor and executor.startswith("agentopia_chat"):
         name = settings.edge_function_name
     else:
         return None
@@ -270,17 +268,22 @@ def executor_endpoint(settings: Settings) -> tuple[str, str] | None:
 
 
 def check_executor(settings: Settings) -> Check:
+    if settings.executor is None and settings.database_url:
+        return Check(
+            "executor",
+            "fail",
+            "STEPSYNC_EXECUTOR is not set: `serve` refuses to start on a database URL "
+            "without one (the demo executor makes its outputs up)",
+            "set STEPSYNC_EXECUTOR (or --executor) to python:package.module:function, "
+            "an http(s):// URL, edge:<function> or agentopia_chat",
+        )
     try:
         target = executor_endpoint(settings)
     except ValueError as exc:
         return Check("executor", "fail", str(exc), "fix STEPSYNC_EDGE_FUNCTION_NAME")
     if target is None:
-        executor = getattr(settings, "executor", None)
-        return Check(
-            "executor",
-            "skip",
-            f"{executor} runs in-process" if executor else "no executor endpoint configured",
-        )
+        executor = settings.executor or "demo (the embedded database's default)"
+        return Check("executor", "skip", f"{executor} runs in-process")
     what, url = target
     if not url:
         return Check("executor", "fail", f"{what}: STEPSYNC_SUPABASE_URL not set", "set it")

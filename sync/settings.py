@@ -159,23 +159,26 @@ class Settings(ConnectionSettings):
     )
     metrics_host: str = Field(default="0.0.0.0", description="Address the metrics port binds.")
     log_format: Literal["json", "text"] = Field(
-        default="json", description="json (one object per line) or text (key=value)."
+        default="json",
+        description="json (one object per line) or text (key=value), for the service's "
+        "lines and every library's alike.",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO",
+        description="Level of the service's own logs. Libraries (psycopg and its pool, "
+        "httpx, websockets, the Realtime client, asyncio) log from WARNING up, or from "
+        "DEBUG when this is DEBUG.",
+    )
 
     # --- executors ----------------------------------------------------------------------
-    executor: str = Field(
-        default="demo",
-        description="Runs each step: `demo`, `python:package.module:function`, "
+    executor: str | None = Field(
+        default=None,
+        description="Runs each step: `python:package.module:function`, "
         "an `http(s)://` URL that receives each step as a JSON POST, "
-        "`edge:<function>` (a Supabase Edge Function) or `agentopia_chat`.",
-    )
-    http_timeout_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        le=86400,
-        description="Longest wait for one HTTP executor call (the step's own timeout "
-        "still applies when it is shorter).",
+        "`edge:<function>` (a Supabase Edge Function), `agentopia_chat` or `demo` "
+        "(made-up outputs). Unset: `demo` on the embedded database; with a database URL "
+        "`serve` refuses to start until it is set. An HTTP, Edge Function or chat call "
+        "may take as long as the step's own `timeout_seconds`.",
     )
 
     # --- Supabase (wake-ups over Realtime, Edge Function executors) -----------------------
@@ -220,8 +223,10 @@ class Settings(ConnectionSettings):
 
     @field_validator("executor")
     @classmethod
-    def _executor_shape(cls, value: str) -> str:
+    def _executor_shape(cls, value: str | None) -> str | None:
         # Only the shape is checked here; executor_from_setting imports and builds it.
+        if value is None:
+            return None
         value = value.strip()
         if not value:
             raise ValueError("must not be empty")

@@ -28,7 +28,7 @@ def error_and_hint(args: list[str]) -> tuple[str, str]:
     [
         ["runs", "--database-url", UNREACHABLE],
         ["db", "status", "--database-url", UNREACHABLE],
-        ["serve", "--database-url", UNREACHABLE],
+        ["serve", "--database-url", UNREACHABLE, "--executor", "demo"],
     ],
 )
 def test_unreachable_database(args: list[str]) -> None:
@@ -38,7 +38,7 @@ def test_unreachable_database(args: list[str]) -> None:
 
 
 def test_database_without_migrations(blank_db_url: str) -> None:
-    error, hint = error_and_hint(["serve", "--database-url", blank_db_url])
+    error, hint = error_and_hint(["serve", "--database-url", blank_db_url, "--executor", "demo"])
     assert "run engine is not installed" in error
     assert "db push" in hint
 

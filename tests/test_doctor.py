@@ -114,7 +114,7 @@ def test_pooler_mode_warns_only_when_listen_would_be_lost(port, listen, verdict)
 
 
 def test_missing_supabase_settings_fail_only_when_realtime_is_asked_for(db_url, env):
-    env(database_url=db_url, listen="realtime")
+    env(database_url=db_url, listen="realtime", executor="python:tests.workers:scripted_step")
 
     result = CliRunner().invoke(app, ["doctor"])
 
@@ -131,3 +131,15 @@ def test_doctor_checks_listen_modes_as_serve_does(env):
 
     assert result.exit_code == 1
     assert "STEPSYNC_LISTEN: unknown listen mode(s) kafka" in result.output
+
+
+def test_a_database_url_without_an_executor_fails_as_serve_would(db_url, env):
+    env(database_url=db_url, listen="postgres")
+
+    result = CliRunner().invoke(app, ["doctor"])
+    checks = run_checks(Settings())
+
+    assert verdicts(checks)["executor"] == "fail"
+    assert result.exit_code == 1
+    assert "STEPSYNC_EXECUTOR is not set: `serve` refuses to start" in result.output
+    assert "1 check(s) failed: executor" in result.output

@@ -130,14 +130,29 @@ def test_a_slow_function_times_out_as_retryable(functions):
     assert "did not answer within 0.3s" in str(error)
 
 
-def test_the_configured_cap_shortens_a_longer_step_timeout(functions):
-    functions.queue("summarise", slow_answer())
-    executor = EdgeFunctionExecutor(functions.url, KEY, "summarise", max_timeout_seconds=0.2)
+@pytest.mark.parametrize("setting", ["edge:summarise", "agentopia_chat"])
+def test_a_call_may_take_as_long_as_its_step_allows(functions, setting):
+    from sync.executors import executor_from_setting
+    from sync.settings import Settings
 
-    [error] = run(executor, step(timeout_seconds=300))
+    settings = Settings(
+        supabase_url=functions.url, supabase_service_role_key=KEY, edge_function_name="summarise"
+    )
+    executor = executor_from_setting(setting, settings)
+    sent: list[dict] = []
 
-    assert isinstance(error, RetryableStepError)
-    assert "did not answer within 0.2s" in str(error)
+    async def record(request) -> None:
+        sent.append(request.extensions["timeout"])
+
+    executor._client.event_hooks["request"].append(record)
+    answer = {"data": {"message": {"content": {"text": "done"}}}}
+    functions.queue("summarise", json_answer(200, answer))
+
+    [output] = run(executor, step(timeout_seconds=3600))
+
+    assert not isinstance(output, Exception), output
+    # A chat turn of an hour-long step is not cut short by any client-side cap.
+    assert sent == [{"connect": 3600, "read": 3600, "write": 3600, "pool": 3600}]
 
 
 def test_an_unreachable_endpoint_is_retryable():
@@ -354,6 +369,5 @@ def test_registry_builds_the_edge_executors_from_settings():
     assert edge.url == "https://ref.supabase.co/functions/v1/summarise"
     assert isinstance(chat, AgentopiaChatExecutor)
     assert chat.url == "https://ref.supabase.co/functions/v1/chat"
-    assert edge.max_timeout_seconds == chat.max_timeout_seconds == settings.http_timeout_seconds
     with pytest.raises(ExecutorSettingError, match="need STEPSYNC_SUPABASE_URL"):
         executor_from_setting("agentopia_chat", Settings(supabase_url=None))

@@ -116,7 +116,7 @@ def test_registry_builds_each_kind_and_names_unknown_settings():
         PythonExecutor,
     )
     http = executor_from_setting("https://steps.example.test/run", settings)
-    assert isinstance(http, HttpExecutor) and http.timeout_seconds == settings.http_timeout_seconds
+    assert isinstance(http, HttpExecutor) and http.url == "https://steps.example.test/run"
     asyncio.run(http.aclose())
     with pytest.raises(ExecutorSettingError, match="unknown executor 'ftp://x'"):
         executor_from_setting("ftp://x", settings)
@@ -181,9 +181,9 @@ def endpoint() -> Iterator[str]:
     server.server_close()
 
 
-def call(url: str, request: StepRequest | None = None, timeout: float = 5.0):
+def call(url: str, request: StepRequest | None = None):
     async def go():
-        executor = HttpExecutor(url, timeout_seconds=timeout)
+        executor = HttpExecutor(url)
         try:
             return await executor.execute(request or make_request())
         finally:
@@ -220,11 +220,30 @@ def test_http_status_and_body_decide_retryable_or_permanent(endpoint, path, erro
     assert caught.value.retryable is (error is RetryableStepError)
 
 
-def test_http_timeouts_are_retryable_and_use_the_shorter_of_both_limits(endpoint):
+def test_http_timeouts_are_retryable_and_the_step_s_own_timeout_is_the_limit(endpoint):
     with pytest.raises(RetryableStepError, match=r"timed out after 0\.3s"):
-        call(f"{endpoint}/slow", make_request(timeout_seconds=0.3), timeout=30)
-    with pytest.raises(RetryableStepError, match=r"timed out after 0\.2s"):
-        call(f"{endpoint}/slow", make_request(timeout_seconds=30), timeout=0.2)
+        call(f"{endpoint}/slow", make_request(timeout_seconds=0.3))
+    # /slow answers after 2 s: a step that allows 5 s gets its answer.
+    assert call(f"{endpoint}/slow", make_request(timeout_seconds=5)) == {}
+
+
+def test_a_step_that_allows_an_hour_gets_an_hour_from_the_configured_executor(endpoint):
+    executor = executor_from_setting(f"{endpoint}/ok", Settings())
+    sent: list[dict] = []
+
+    async def record(request) -> None:
+        sent.append(request.extensions["timeout"])
+
+    executor.client.event_hooks["request"].append(record)
+
+    async def go():
+        try:
+            return await executor.execute(make_request(timeout_seconds=3600))
+        finally:
+            await executor.aclose()
+
+    assert asyncio.run(go()) == {"answer": "Summarise the findings"}
+    assert sent == [{"connect": 3600, "read": 3600, "write": 3600, "pool": 3600}]
 
 
 def test_http_connection_errors_are_retryable():

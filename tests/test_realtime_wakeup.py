@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 
 import psycopg
@@ -64,12 +65,19 @@ def fast_source(server: RealtimeStandIn, key: str = KEY) -> RealtimeWakeups:
     )
 
 
-def test_joins_with_the_bindings_and_sweeps_once_subscribed(db_url):
+async def flowing(source: RealtimeWakeups, timeout: float = 10) -> None:
+    """Until the server has said "Subscribed to PostgreSQL": changes reach the source."""
+    await asyncio.wait_for(source.changes_flowing.wait(), timeout)
+
+
+def test_joins_with_the_bindings_and_sweeps_on_join_and_when_changes_flow(db_url):
     async def scenario():
         async with RealtimeStandIn(db_url, KEY) as server:
             wakes = WakeLog()
-            async with running(fast_source(server), wakes):
-                await wakes.wait_for("sweep")
+            source = fast_source(server)
+            async with running(source, wakes):
+                await flowing(source)
+                await wakes.wait_for("sweep", times=2)
             return server.joins, wakes.reasons
 
     joins, reasons = asyncio.run(scenario())
@@ -81,7 +89,8 @@ def test_joins_with_the_bindings_and_sweeps_once_subscribed(db_url):
         | ({"filter": b.filter} if b.filter else {})
         for b in BINDINGS
     ]
-    assert reasons == ["sweep"]
+    # One sweep when the join is acknowledged, one when the server says changes flow.
+    assert reasons == ["sweep", "sweep"]
 
 
 def test_a_new_run_and_a_cancellation_in_the_database_wake_the_source(db_url, conn):
@@ -90,8 +99,9 @@ def test_a_new_run_and_a_cancellation_in_the_database_wake_the_source(db_url, co
     async def scenario():
         async with RealtimeStandIn(db_url, KEY) as server:
             wakes = WakeLog()
-            async with running(fast_source(server), wakes):
-                await wakes.wait_for("sweep")
+            source = fast_source(server)
+            async with running(source, wakes):
+                await flowing(source)
                 run_id = await insert_run(db_url, task_id, agent_id)
                 await wakes.wait_for("run_created")
                 # A status change the filter does not select sends nothing...
@@ -103,7 +113,7 @@ def test_a_new_run_and_a_cancellation_in_the_database_wake_the_source(db_url, co
 
     reasons, frames = asyncio.run(scenario())
 
-    assert reasons == ["sweep", "run_created", "run_changed"]
+    assert reasons == ["sweep", "sweep", "run_created", "run_changed"]
     assert [f["payload"]["data"]["type"] for f in frames] == ["INSERT", "UPDATE"]
     assert frames[1]["payload"]["data"]["record"]["status"] == "cancelled"
 
@@ -116,7 +126,7 @@ def test_dropped_socket_reconnects_resubscribes_and_sweeps(db_url, conn):
             wakes = WakeLog()
             source = fast_source(server)
             async with running(source, wakes):
-                await wakes.wait_for("sweep")
+                await flowing(source)
                 # The server goes away: sockets cut, new handshakes refused for a while.
                 server.refusing = True
                 assert server.drop_connections() == 1
@@ -124,10 +134,9 @@ def test_dropped_socket_reconnects_resubscribes_and_sweeps(db_url, conn):
                 # Work arrives while the service is not subscribed: no event can carry it.
                 await insert_run(db_url, task_id, agent_id)
                 server.refusing = False
-                await wakes.wait_for("sweep", times=2)
-                await server.wait_until(
-                    lambda: server.joined_topics() == ["realtime:stepsync-work"]
-                )
+                await wakes.wait_for("sweep", times=4)
+                await flowing(source)
+                assert server.joined_topics() == ["realtime:stepsync-work"]
                 # Subscribed again: new changes arrive once more.
                 await insert_run(db_url, task_id, agent_id)
                 await wakes.wait_for("run_created")
@@ -135,9 +144,9 @@ def test_dropped_socket_reconnects_resubscribes_and_sweeps(db_url, conn):
 
     reasons, joins, subscriptions = asyncio.run(scenario())
 
-    # The run inserted while away is found by the sweep after the resubscribe, not by an
+    # The run inserted while away is found by the sweeps after the resubscribe, not by an
     # event; only the run inserted after it produced run_created.
-    assert reasons == ["sweep", "sweep", "run_created"]
+    assert reasons == ["sweep", "sweep", "sweep", "sweep", "run_created"]
     assert len(joins) == 2 and joins[0]["config"] == joins[1]["config"]
     assert subscriptions == 2
 
@@ -186,15 +195,94 @@ def test_a_channel_the_server_errors_or_closes_is_joined_again_and_swept(db_url,
             wakes = WakeLog()
             source = fast_source(server)
             async with running(source, wakes):
-                await wakes.wait_for("sweep")
+                await flowing(source)
                 await server.inject({"topic": "realtime:stepsync-work", **frame})
-                await wakes.wait_for("sweep", times=2)
+                await wakes.wait_for("sweep", times=4)
                 await server.wait_until(lambda: len(server.joined_topics()) == 1)
             return source.subscriptions, len(server.joins)
 
     subscriptions, joins = asyncio.run(scenario())
 
     assert subscriptions == 2 and joins == 2
+
+
+def test_every_subscribed_message_sweeps_including_capture_restarts_on_one_socket(db_url, conn):
+    task_id, agent_id = make_run_target(conn)
+
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY) as server:
+            server.subscribe_delay = 0.5  # the real server takes 1-3 s after a fresh start
+            wakes = WakeLog()
+            source = fast_source(server)
+            async with running(source, wakes):
+                # Joined (acknowledged), but the server has no database subscription yet:
+                # a change committed now is never sent.
+                await asyncio.wait_for(source.subscribed.wait(), 10)
+                assert not source.changes_flowing.is_set()
+                await insert_run(db_url, task_id, agent_id)
+                await server.wait_until(lambda: len(server.dropped) == 1)
+                await flowing(source)
+                after_join = list(wakes.reasons)
+                # The capture restarts: the socket stays, changes in between are dropped,
+                # then "Subscribed to PostgreSQL" comes again.
+                server.stop_capture()
+                await insert_run(db_url, task_id, agent_id)
+                await server.wait_until(lambda: len(server.dropped) == 2)
+                await server.resume_capture()
+                await wakes.wait_for("sweep", times=3)
+                await insert_run(db_url, task_id, agent_id)
+                await wakes.wait_for("run_created")
+            return after_join, wakes.reasons, server, source
+
+    after_join, reasons, server, source = asyncio.run(scenario())
+
+    # Join acknowledged, then changes flowing: a sweep each. The runs committed before
+    # either announcement are found by the sweep that follows it, not by an event.
+    assert after_join == ["sweep", "sweep"]
+    assert reasons == ["sweep", "sweep", "sweep", "run_created"]
+    assert [d["table"] for d in server.dropped] == ["agent_task_executions"] * 2
+    assert len(server.announcements) == 2 and source.capture_starts == 2
+    assert server.handshakes == 1 and len(server.joins) == 1  # no reconnect, no rejoin
+
+
+def test_a_system_error_is_logged_and_does_not_count_as_subscribed(db_url, caplog):
+    failure = "Subscribing to PostgreSQL failed: too many connections"
+
+    async def scenario():
+        async with RealtimeStandIn(db_url, KEY) as server:
+            wakes = WakeLog()
+            source = fast_source(server)
+            async with running(source, wakes):
+                await flowing(source)
+                # After the error the server is slow to subscribe again.
+                server.subscribe_delay = 30
+                await server.inject(
+                    {
+                        "topic": "realtime:stepsync-work",
+                        "event": "system",
+                        "payload": {
+                            "channel": "stepsync-work",
+                            "extension": "postgres_changes",
+                            "message": failure,
+                            "status": "error",
+                        },
+                        "ref": None,
+                    }
+                )
+                await server.wait_until(lambda: len(server.joins) == 2)
+                await asyncio.wait_for(source.subscribed.wait(), 10)
+                flowing_after_error = source.changes_flowing.is_set()
+            return wakes.reasons, source.capture_starts, flowing_after_error
+
+    with caplog.at_level(logging.WARNING, logger="sync.wakeups.realtime"):
+        reasons, capture_starts, flowing_after_error = asyncio.run(scenario())
+
+    assert not flowing_after_error and capture_starts == 1
+    # Join, changes flowing, rejoin: the error itself is no reason to believe anything flows.
+    assert reasons == ["sweep", "sweep", "sweep"]
+    lost = [r for r in caplog.records if "realtime subscription lost" in r.getMessage()]
+    assert len(lost) == 1 and lost[0].levelno == logging.WARNING
+    assert failure in lost[0].getMessage()
 
 
 MALFORMED_FRAMES = [
@@ -255,7 +343,7 @@ def test_malformed_and_unknown_frames_are_logged_and_ignored(db_url, conn, caplo
             wakes = WakeLog()
             source = fast_source(server)
             async with running(source, wakes) as task:
-                await wakes.wait_for("sweep")
+                await flowing(source)
                 for frame in MALFORMED_FRAMES:
                     await server.inject(frame)
                 # Well-formed for the client, but unusable for us: no record, and a record
@@ -271,7 +359,7 @@ def test_malformed_and_unknown_frames_are_logged_and_ignored(db_url, conn, caplo
     with caplog.at_level(logging.DEBUG):
         reasons, handshakes = asyncio.run(scenario())
 
-    assert reasons == ["sweep", "run_created"]
+    assert reasons == ["sweep", "sweep", "run_created"]
     assert handshakes == 1  # no reconnect was needed
     logged = [r.getMessage() for r in caplog.records]
     assert sum("Unrecognized message format" in m for m in logged) >= 4
@@ -304,8 +392,10 @@ class Steps:
 
     def __init__(self) -> None:
         self.ran: list[tuple[uuid.UUID, int]] = []
+        self.started: list[float] = []  # time.monotonic() of each call
 
     async def __call__(self, request):
+        self.started.append(time.monotonic())
         self.ran.append((request.run_id, request.step_order))
         return {"step": request.step_order}
 
@@ -335,16 +425,16 @@ async def realtime_service(db_url: str, steps: Steps):
         # Short backoff for the test; the client itself is the real supabase-py one.
         source.initial_backoff_seconds = 0.05
         source.max_backoff_seconds = 0.2
-        await asyncio.wait_for(source.subscribed.wait(), 10)
+        await asyncio.wait_for(source.changes_flowing.wait(), 10)
         await idle(service)
         yield server, service, source
 
 
 async def idle(service) -> None:
-    """Until the start-up wake-ups (first poll tick, first sweep) have been claimed for, so
-    that any later claim has a later cause."""
+    """Until the wake-ups so far (first poll tick, sweeps) have been claimed for and those
+    claims have returned, so that any later claim has a later cause."""
     deadline = asyncio.get_running_loop().time() + 10
-    while service._wakeup.is_set() or service._first_wake is not None:
+    while service._wakeup.is_set() or service._first_wake is not None or service._claims:
         assert asyncio.get_running_loop().time() < deadline, "service never went idle"
         await asyncio.sleep(0.01)
 
@@ -401,6 +491,55 @@ def test_service_reconnects_after_a_dropped_socket_and_sweeps_up_missed_work(db_
     assert steps.ran == [(run_id, 1)]
     assert subscriptions == 2  # subscribed, lost, subscribed again
     assert sweeps >= 1  # the resubscribe's sweep found the step
+
+
+def test_a_run_committed_before_changes_flow_after_a_rejoin_starts_when_they_do(db_url, conn):
+    user_id, task_id = workflow(conn, steps=1)
+    steps = Steps()
+
+    async def scenario():
+        async with realtime_service(db_url, steps) as (server, service, source):
+            # After a dropped socket the real server takes 5-10 s to subscribe again.
+            server.subscribe_delay = 3.0
+            server.drop_connections()
+            await server.wait_until(lambda: len(server.joins) == 2)
+            await asyncio.wait_for(source.subscribed.wait(), 10)
+            await idle(service)  # the rejoin's sweep has looked, and found nothing
+            run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+            committed = time.monotonic()
+            run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
+            return run_id, run, committed, server.announcements, server.dropped
+
+    run_id, run, committed, announcements, dropped = asyncio.run(scenario())
+
+    assert run["status"] == "completed" and steps.ran == [(run_id, 1)]
+    subscribed_again = announcements[-1][0]
+    assert len(announcements) == 2 and committed < subscribed_again
+    assert {d["table"] for d in dropped} == {"agent_task_executions", "task_step_executions"}
+    # Found by the sweep on "Subscribed to PostgreSQL", not by the 60 s poll.
+    assert 0 <= steps.started[0] - subscribed_again < 2.0
+
+
+def test_a_run_committed_during_a_capture_restart_starts_when_it_ends(db_url, conn):
+    user_id, task_id = workflow(conn, steps=1)
+    steps = Steps()
+
+    async def scenario():
+        async with realtime_service(db_url, steps) as (server, _service, _source):
+            server.stop_capture()
+            run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+            await server.wait_until(lambda: len(server.dropped) == 2)
+            await asyncio.sleep(1.0)  # the capture is down a while; nothing may start
+            assert steps.ran == []
+            await server.resume_capture()
+            run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
+            return run_id, run, server.announcements, server.handshakes
+
+    run_id, run, announcements, handshakes = asyncio.run(scenario())
+
+    assert run["status"] == "completed" and steps.ran == [(run_id, 1)]
+    assert handshakes == 1 and len(announcements) == 2  # same socket, announced again
+    assert 0 <= steps.started[0] - announcements[-1][0] < 2.0
 
 
 def test_malformed_frames_never_stop_the_service(db_url, conn, caplog):
@@ -521,7 +660,9 @@ def test_serve_refuses_realtime_without_the_supabase_settings(db_url, monkeypatc
     monkeypatch.chdir("/")
 
     result = CliRunner().invoke(
-        app, ["serve", "--database-url", db_url, "--listen", "realtime", "--metrics-port", "0"]
+        app,
+        ["serve", "--database-url", db_url, "--executor", "demo", "--listen", "realtime"]
+        + ["--metrics-port", "0"],
     )
 
     assert result.exit_code == 1
@@ -537,6 +678,7 @@ def test_realtime_and_postgres_listen_together():
         listen="postgres,realtime",
         supabase_url="https://ref.supabase.co",
         supabase_service_role_key=KEY,
+        executor="demo",
         metrics_port=0,
     )
 

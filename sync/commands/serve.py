@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import typer
@@ -15,14 +16,16 @@ from sync.commands.common import (
     ListenOption,
     configuration_error,
     fail,
-    settings_database_url,
     user_errors,
 )
+from sync.database import resolve_database_url
 from sync.db import DatabaseSetupError
 from sync.executors import ExecutorSettingError, executor_from_setting
 from sync.service import build_service
 from sync.settings import Settings
 from sync.wakeups.realtime import RealtimeSettingError
+
+log = logging.getLogger(__name__)
 
 
 def serve(
@@ -42,7 +45,9 @@ def serve(
     ),
     executor: str | None = typer.Option(
         None,
-        help="demo | python:package.module:function | http(s)://… | edge:<function> | agentopia_chat",
+        help="python:package.module:function | http(s)://… | edge:<function> | "
+        "agentopia_chat | demo. Required with a database URL; unset on the embedded "
+        "database: demo.",
     ),
     metrics_port: int | None = typer.Option(None, help="Port of /metrics and /healthz; 0 = off."),
     worker_id: str | None = typer.Option(None, help="Name leases are claimed under."),
@@ -72,8 +77,11 @@ def serve(
         built_executor = executor_from_setting(settings.executor, settings)
     except ExecutorSettingError as exc:
         raise fail(str(exc), CONFIG_HINT) from None
+    if not settings.database_url:
+        # Said in the log's own format: every line `serve` writes is a log line.
+        log.info("using the embedded database", extra={"data_dir": str(settings.data_dir)})
     with user_errors():
-        url = settings_database_url(settings, migrate=True)  # migrates the embedded one only
+        url = resolve_database_url(settings, migrate=True)  # migrates the embedded one only
     try:
         service = build_service(settings, url, executor=built_executor)
     except RealtimeSettingError as exc:
@@ -82,6 +90,10 @@ def serve(
         asyncio.run(service.run(install_signal_handlers=True))
     except DatabaseSetupError as exc:
         raise fail(str(exc), exc.hint) from None
+    except Exception:
+        # A bug, not a user's mistake: logged with its traceback as one structured line.
+        log.exception("service stopped by an unexpected error")
+        raise typer.Exit(code=1) from None
 
 
 def load_settings(overrides: dict[str, Any]) -> Settings:

@@ -3,6 +3,10 @@
 ``executor_from_setting`` turns the ``STEPSYNC_EXECUTOR`` value into an executor. Each
 kind registers a factory under the scheme its setting starts with (``python:``,
 ``http://``); ``demo`` is a bare name.
+
+Unset, the executor is ``demo`` only on the embedded database: the demo executor makes
+its outputs up, and recording made-up outputs as completed runs in a real database would
+be a silent failure. With a database URL the executor must be chosen.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def _python(setting: str, settings: Settings) -> Executor:
 def _http(setting: str, settings: Settings) -> Executor:
     from sync.executors.http import HttpExecutor
 
-    return HttpExecutor(setting, timeout_seconds=settings.http_timeout_seconds)
+    return HttpExecutor(setting)
 
 
 def _edge_function(setting: str, settings: Settings) -> Executor:
@@ -43,7 +47,6 @@ def _edge_function(setting: str, settings: Settings) -> Executor:
     return EdgeFunctionExecutor(
         *_supabase(settings),
         setting.removeprefix("edge:"),
-        max_timeout_seconds=settings.http_timeout_seconds,
     )
 
 
@@ -53,7 +56,6 @@ def _agentopia_chat(setting: str, settings: Settings) -> Executor:
     return AgentopiaChatExecutor(
         *_supabase(settings),
         settings.edge_function_name,
-        max_timeout_seconds=settings.http_timeout_seconds,
     )
 
 
@@ -81,8 +83,20 @@ def register_executor(prefix: str, factory: ExecutorFactory) -> None:
     EXECUTORS[prefix] = factory
 
 
-def executor_from_setting(setting: str, settings: Settings) -> Executor:
-    """Build the executor ``setting`` names, or raise ExecutorSettingError saying why."""
+def executor_from_setting(setting: str | None, settings: Settings) -> Executor:
+    """Build the executor ``setting`` names, or raise ExecutorSettingError saying why.
+
+    ``None`` (not configured) is the demo executor on the embedded database and an
+    error with a database URL."""
+    if setting is None:
+        if settings.database_url:
+            raise ExecutorSettingError(
+                "no executor configured: set STEPSYNC_EXECUTOR or pass --executor "
+                "(python:package.module:function, an http(s):// URL, edge:<function>, "
+                "agentopia_chat); the demo executor makes its outputs up and runs by "
+                "default only on the embedded database (--executor demo to use it here)"
+            )
+        setting = "demo"
     matches = [
         prefix
         for prefix in EXECUTORS

@@ -59,12 +59,9 @@ class EdgeFunctionExecutor:
         service_role_key: SecretStr | str,
         function_name: str,
         *,
-        max_timeout_seconds: float | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.url = functions_url(supabase_url, function_name)
-        # A cap on every call (STEPSYNC_HTTP_TIMEOUT_SECONDS); a shorter step timeout wins.
-        self.max_timeout_seconds = max_timeout_seconds
         self.function_name = function_name
         self._key = (
             service_role_key
@@ -91,9 +88,9 @@ class EdgeFunctionExecutor:
         return answer
 
     async def execute(self, request: StepRequest) -> Any:
+        # The step's own timeout is the only limit: a chat turn may run as long as its
+        # step allows.
         timeout = request.timeout_seconds
-        if self.max_timeout_seconds is not None:
-            timeout = min(timeout, self.max_timeout_seconds)
         try:
             response = await self._client.post(
                 self.url,

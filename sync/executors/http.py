@@ -4,6 +4,9 @@ The body is the step request; the ``Idempotency-Key`` header stays the same acro
 retries of one step of one run, so the receiver can deduplicate. The answer must be
 JSON (it becomes the step's output). 5xx, 429, timeouts and connection errors are
 retryable; other 4xx and non-JSON answers are permanent.
+
+A call may take as long as the step's own ``timeout_seconds``: that is the one limit,
+set per step by whoever knows how long the work behind the URL takes.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ class HttpExecutor:
         self,
         url: str,
         *,
-        timeout_seconds: float = 30.0,
         headers: dict[str, str] | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
@@ -39,11 +41,10 @@ class HttpExecutor:
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"http executor needs an http(s) URL with a host, got {url!r}")
         self.url = url
-        self.timeout_seconds = timeout_seconds
         self.client = client or httpx.AsyncClient(headers=headers or {})
 
     async def execute(self, request: StepRequest) -> Any:
-        timeout = min(self.timeout_seconds, request.timeout_seconds)
+        timeout = request.timeout_seconds
         try:
             response = await self.client.post(
                 self.url,

@@ -12,8 +12,15 @@ agent_task_executions  INSERT                         ``run_created``
 agent_task_executions  UPDATE  ``status=eq.cancelled`` ``run_changed``
 =====================  ======  =====================  ===============
 
-Realtime does not guarantee delivery, so every (re)subscribe wakes the service with
-``sweep``; events only say "look now", the database decides what runs.
+Realtime does not guarantee delivery, so the service sweeps (``sweep``) whenever
+changes may have been missed; events only say "look now", the database decides what runs.
+The server acknowledges a join at once but streams changes only after it has set up its
+database subscription, which it announces with a ``system`` message (extension
+``postgres_changes``, status ``ok``, "Subscribed to PostgreSQL") seconds later, and again
+whenever its change capture restarts, without any socket drop. A change committed
+between the acknowledgement and that message is never sent, so the source sweeps on
+every such message as well as on every (re)join. A ``system`` message with status
+``error`` is logged and treated as a lost subscription.
 
 Reconnection is ours, not the client's: the client's own reconnect gives up for good
 after ``max_retries`` failed attempts (inside a background task nobody awaits), after
@@ -22,9 +29,9 @@ loss (socket closed, channel error, join refused or timed out, reader task gone)
 the session; :meth:`RealtimeWakeups.run` then builds a new client after a jittered,
 capped exponential backoff and subscribes again.
 
-Frames the client cannot parse are logged by the client (``realtime._async.client``)
-and skipped; changes whose ``record`` is unusable are logged here and ignored. Nothing
-a server sends can end :meth:`run`.
+Frames the client cannot parse are logged by the client (``realtime._async.client``,
+formatted like every other log line) and skipped; changes whose ``record`` is unusable
+are logged here and ignored. Nothing a server sends can end :meth:`run`.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from typing import Any
 
 from pydantic import SecretStr
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+from realtime.message import SuccessSystemPayload
 
 from sync.retrying import backoff_seconds
 from sync.settings import Settings
@@ -110,9 +118,13 @@ class RealtimeWakeups:
         self.timeout_seconds = timeout_seconds
         self.heartbeat_seconds = heartbeat_seconds
         self.watchdog_seconds = watchdog_seconds
-        # Set while subscribed, so a caller (the tests) can wait until wake-ups flow.
+        # Set while joined (the server acknowledged the channel).
         self.subscribed = asyncio.Event()
-        self.subscriptions = 0  # successful (re)subscribes so far
+        self.subscriptions = 0  # successful (re)joins so far
+        # Set while the server says changes flow (its last "Subscribed to PostgreSQL"),
+        # so a caller (the tests) can wait until change events can arrive.
+        self.changes_flowing = asyncio.Event()
+        self.capture_starts = 0  # "Subscribed to PostgreSQL" messages so far
 
     async def run(self, wake: Wake) -> None:
         failures = 0
@@ -151,6 +163,7 @@ class RealtimeWakeups:
                 _safe_wake(wake, "sweep")
             else:
                 self.subscribed.clear()
+                self.changes_flowing.clear()
                 log.warning(
                     "realtime subscription lost: %s%s",
                     status.value,
@@ -166,6 +179,7 @@ class RealtimeWakeups:
             timeout=self.timeout_seconds,
         )
         channel = client.channel(CHANNEL_NAME)
+        channel.on_system(self._on_system(wake, state))
         for binding in BINDINGS:
             channel.on_postgres_changes(
                 binding.event,
@@ -184,6 +198,7 @@ class RealtimeWakeups:
         finally:
             state["over"] = True
             self.subscribed.clear()
+            self.changes_flowing.clear()
             # The channel's own rejoin and join timeout must not outlive this session.
             channel.rejoin_timer.reset()
             channel.join_push.destroy()
@@ -201,6 +216,33 @@ class RealtimeWakeups:
                 lost.set()
                 return
             await asyncio.sleep(self.watchdog_seconds)
+
+    def _on_system(self, wake: Wake, state: dict[str, bool]) -> Callable[[Any], None]:
+        # Called synchronously by the client's reader for ``system`` messages with status
+        # ok (the client turns status error into a channel error, which ``on_state``
+        # logs and which ends the session). Must never raise.
+        def started(payload: SuccessSystemPayload) -> None:
+            if state["over"]:
+                return
+            try:
+                extension, message = payload.extension, payload.message
+            except AttributeError:
+                log.warning("realtime system message ignored: %r", payload)
+                return
+            if extension != "postgres_changes":
+                log.debug("realtime system message: %s (%s)", message, extension)
+                return
+            self.capture_starts += 1
+            self.changes_flowing.set()
+            log.info(
+                "realtime changes flowing: %s",
+                message,
+                extra={"channel": CHANNEL_NAME, "capture_starts": self.capture_starts},
+            )
+            # Whatever was committed before this message was never streamed.
+            _safe_wake(wake, "sweep")
+
+        return started
 
     def _on_change(self, binding: Binding, wake: Wake) -> Callable[[Any], None]:
         # Called synchronously by the client's reader: it must never raise, or the reader

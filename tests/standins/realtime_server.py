@@ -5,10 +5,13 @@ It speaks what the supabase-py client speaks to the hosted server: a websocket a
 v1 JSON serializer (``{topic, event, payload, ref, join_ref}``):
 
 - ``heartbeat`` on topic ``phoenix`` is answered with ``phx_reply`` ok;
-- ``phx_join`` with a ``postgres_changes`` config is answered with ``phx_reply``
+- ``phx_join`` with a ``postgres_changes`` config is answered at once with ``phx_reply``
   ``{status: ok, response: {postgres_changes: [{id, event, schema, table, filter}]}}``
-  (bindings in the order asked), then the ``system`` message "Subscribed to PostgreSQL";
-  a filter it cannot parse is refused with ``{status: error, response: {reason}}``;
+  (bindings in the order asked), then, :attr:`subscribe_delay` seconds later (the real
+  server takes 1–3 s, 5–10 s after errors), the ``system`` message "Subscribed to
+  PostgreSQL"; changes committed before that message are not sent to the channel, as on
+  the real server, whose database subscription does not exist yet. A filter it cannot
+  parse is refused with ``{status: error, response: {reason}}``;
 - a change is sent as ``postgres_changes`` ``{ids, data: {schema, table,
   commit_timestamp, type, columns, record, old_record, errors}}`` to every binding whose
   event, table and filter match. ``old_record`` holds only the primary key unless the
@@ -30,7 +33,11 @@ DELETE events are not checked, as on the real server. A bad token is refused at 
 
 Tests steer it: :meth:`drop_connections` cuts every socket without a close frame,
 :attr:`refusing` turns new handshakes away (a server that is down), :meth:`inject`
-sends raw frames (malformed or unknown ones included).
+sends raw frames (malformed or unknown ones included), :attr:`subscribe_delay` holds
+back "Subscribed to PostgreSQL" after a join, and :meth:`stop_capture` /
+:meth:`resume_capture` restart the change capture the way the real server's does: changes
+are dropped in between, and resuming sends "Subscribed to PostgreSQL" again on the same
+sockets. :attr:`announcements` records when each of those messages went out.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import hmac
 import itertools
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -124,6 +132,9 @@ class Subscriber:
     socket: ServerConnection
     # topic → (join ref, bindings, JWT claims of the subscriber or None for service_role)
     channels: dict[str, tuple[str | None, list[Binding], dict | None]] = field(default_factory=dict)
+    # Topics whose "Subscribed to PostgreSQL" went out since the join or the last capture
+    # restart: only these receive changes.
+    flowing: set[str] = field(default_factory=set)
 
 
 def make_jwt(secret: str, claims: dict[str, Any]) -> str:
@@ -171,6 +182,14 @@ class RealtimeStandIn:
         self.refused = 0  # handshakes turned away (down, bad apikey, bad path)
         self.heartbeats = 0
         self.frames_sent: list[dict[str, Any]] = []  # postgres_changes frames sent
+        # Seconds between a join's reply and its "Subscribed to PostgreSQL".
+        self.subscribe_delay = 0.0
+        # (time.monotonic(), topic) of every "Subscribed to PostgreSQL" sent.
+        self.announcements: list[tuple[float, str]] = []
+        # Changes a joined channel matched but did not get: its capture was not running.
+        self.dropped: list[dict[str, Any]] = []
+        self._capturing = True
+        self._announcers: set[asyncio.Task] = set()
         self._subscribers: dict[ServerConnection, Subscriber] = {}
         self._binding_ids = itertools.count(31_000_001)
         self._server: Server | None = None
@@ -199,6 +218,8 @@ class RealtimeStandIn:
         return self
 
     async def stop(self) -> None:
+        for task in self._announcers:
+            task.cancel()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -227,6 +248,22 @@ class RealtimeStandIn:
         for socket in list(self._subscribers):
             with contextlib.suppress(ConnectionClosed):
                 await socket.send(text)
+
+    def stop_capture(self) -> None:
+        """The change capture stops (the real server restarts it on replication errors):
+        sockets and channels stay, changes are dropped until :meth:`resume_capture`."""
+        self._capturing = False
+        for subscriber in self._subscribers.values():
+            subscriber.flowing.clear()
+
+    async def resume_capture(self) -> None:
+        """The capture runs again: every joined channel gets "Subscribed to PostgreSQL"
+        once more, and changes flow from here on."""
+        self._capturing = True
+        for subscriber in list(self._subscribers.values()):
+            for topic, (_ref, bindings, _claims) in list(subscriber.channels.items()):
+                if bindings:
+                    await self._announce(subscriber, topic)
 
     def binding_ids(self) -> list[int]:
         return [
@@ -352,6 +389,9 @@ class RealtimeStandIn:
                 ids = [b.id for b in bindings if b.matches(change)]
                 if not ids or not await self._visible(lookup, change, claims):
                     continue
+                if topic not in subscriber.flowing:
+                    self.dropped.append({"topic": topic, **change})
+                    continue
                 frame = {
                     "topic": topic,
                     "event": "postgres_changes",
@@ -415,6 +455,7 @@ class RealtimeStandIn:
             await self._join(subscriber, topic, ref, payload)
         elif event == "phx_leave":
             subscriber.channels.pop(topic, None)
+            subscriber.flowing.discard(topic)
             await self._reply(subscriber, topic, ref, join_ref, "ok", {})
         elif event == "access_token":
             pass
@@ -447,6 +488,7 @@ class RealtimeStandIn:
                 await self._reply(subscriber, topic, ref, ref, "error", {"reason": str(exc)})
                 return
         subscriber.channels[topic] = (ref, bindings, claims)
+        subscriber.flowing.discard(topic)  # a rejoin waits for its own announcement
         await self._reply(
             subscriber,
             topic,
@@ -455,21 +497,43 @@ class RealtimeStandIn:
             "ok",
             {"postgres_changes": [b.reply() for b in bindings]},
         )
-        if bindings:
-            await self._send(
-                subscriber,
-                {
-                    "topic": topic,
-                    "event": "system",
-                    "payload": {
-                        "message": "Subscribed to PostgreSQL",
-                        "status": "ok",
-                        "extension": "postgres_changes",
-                        "channel": topic.removeprefix("realtime:"),
-                    },
-                    "ref": None,
+        if not bindings:
+            return
+        if self.subscribe_delay <= 0:
+            if self._capturing:
+                await self._announce(subscriber, topic)
+            return
+        task = asyncio.create_task(self._announce_later(subscriber, topic, ref))
+        self._announcers.add(task)
+        task.add_done_callback(self._announcers.discard)
+
+    async def _announce_later(self, subscriber: Subscriber, topic: str, ref: str | None) -> None:
+        await asyncio.sleep(self.subscribe_delay)
+        joined = subscriber.channels.get(topic)
+        # Not for a channel left or joined again since, nor while the capture is stopped
+        # (resuming it announces every channel).
+        if joined is not None and joined[0] == ref and self._capturing:
+            await self._announce(subscriber, topic)
+
+    async def _announce(self, subscriber: Subscriber, topic: str) -> None:
+        """Send "Subscribed to PostgreSQL": from now on the channel gets its changes."""
+        subscriber.flowing.add(topic)
+        self.announcements.append((time.monotonic(), topic))
+        await self._send(
+            subscriber,
+            {
+                "topic": topic,
+                "event": "system",
+                "payload": {
+                    "message": "Subscribed to PostgreSQL",
+                    "status": "ok",
+                    "extension": "postgres_changes",
+                    "channel": topic.removeprefix("realtime:"),
                 },
-            )
+                "ref": None,
+            },
+        )
+        await self._notify_state()
 
     def _binding(self, wanted: dict[str, Any]) -> Binding:
         event = wanted.get("event")
