@@ -6,18 +6,18 @@ database in the same run (the machine is shared and noisy, so only ratios compar
 - `stepsync serve` is a process of its own, started before the work arrives, with a no-op
   ``python:`` executor (an ``async def`` returning ``{"ok": true}``);
 - the engine's tables are analyzed while the queue is empty (autovacuum does the same on
-  an idle project), optionally after loading history: finished step executions and the
-  audit rows their runs left (``--history``);
+  an idle project); with ``--history``, everything is measured again after loading that
+  many finished step executions and the audit rows their runs left, analyzed likewise;
 - (a) a burst: ``--runs`` five-step runs started in one transaction (a cron minute, a bulk
   "run all"); steps/s from the commit to the last step's completion, read from the
   database's own timestamps; the first step's start after the commit (ready → started
   after idle);
 - (b) a trickle: one run every ``1 / --trickle-rate`` seconds for ``--trickle-seconds``;
   ready → started of each run's first step (p50/p99);
-- each at default settings and at a higher concurrency (``--tuned``), against the raw
+- each at default settings and at a higher concurrency (CONFIGURATIONS), against the raw
   ``FOR UPDATE SKIP LOCKED`` loop of scripts/bench_service.py with 4 connections.
 
-Usage: python scripts/bench_serve.py [--runs 1000] [--history 0] [--rounds 3]
+Usage: python scripts/bench_serve.py [--runs 1000] [--history 1000000] [--rounds 3]
 Set STEPSYNC_PG_BIN to choose the PostgreSQL binaries (e.g. /usr/lib/postgresql/15/bin).
 """
 
@@ -212,7 +212,8 @@ def trickle(url: str, task_ids: list[uuid.UUID], rate: float) -> list[float]:
     raise RuntimeError("trickle runs did not all start within a minute")
 
 
-def measure(url: str, args: argparse.Namespace, scratch: Path) -> dict[str, dict]:
+def measure(url: str, args: argparse.Namespace, scratch: Path, label: str) -> dict[str, dict]:
+    """Every configuration, ``--rounds`` times; each line printed as soon as measured."""
     results: dict[str, dict] = {}
     for name, environment in CONFIGURATIONS.items():
         rounds = {"ratio": [], "steps/s": [], "raw": [], "first": [], "trickle": []}
@@ -221,7 +222,8 @@ def measure(url: str, args: argparse.Namespace, scratch: Path) -> dict[str, dict
                 burst_tasks = make_tasks(conn, args.runs, STEPS)
                 trickle_tasks = make_tasks(conn, int(args.trickle_rate * args.trickle_seconds), 1)
             raw = asyncio.run(raw_throughput(url, args.runs, STEPS, 4))
-            serve = Serve(url, environment, scratch / f"serve-{len(results)}-{round_index}.log")
+            log = scratch / f"serve-{label}-{len(results)}-{round_index}.log"
+            serve = Serve(url, environment, log)
             try:
                 wait_until_serving(url)
                 time.sleep(args.idle_seconds)  # idle: the service polls, nothing to do
@@ -235,13 +237,41 @@ def measure(url: str, args: argparse.Namespace, scratch: Path) -> dict[str, dict
             rounds["first"].append(first)
             rounds["trickle"].extend(latencies)
         results[name] = rounds
+        report(f"{label}, {name}", rounds)
     return results
+
+
+def report(name: str, rounds: dict) -> None:
+    ratios = rounds["ratio"]
+    print(
+        f"stepsync serve, {name}: burst {statistics.median(rounds['steps/s']):.0f} steps/s"
+        f" (raw loop {statistics.median(rounds['raw']):.0f}); ratio median"
+        f" {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f};"
+        f" first step after idle {statistics.median(rounds['first']) * 1000:.1f} ms;"
+        f" trickle ready->started p50 {statistics.median(rounds['trickle']) * 1000:.1f} ms,"
+        f" p99 {percentile(rounds['trickle'], 0.99) * 1000:.1f} ms",
+        flush=True,
+    )
+
+
+def analyze_while_idle(url: str) -> None:
+    """Statistics taken while the queue is empty, as autovacuum takes them on an idle
+    project; then autovacuum stays out of the way of the measurement."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("vacuum analyze")
+        conn.execute("alter system set autovacuum = off")
+        conn.execute("select pg_reload_conf()")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000)
-    parser.add_argument("--history", type=int, default=0, help="finished step rows to load")
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="after the first measurement, load this many finished step rows and measure again",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--idle-seconds", type=float, default=6.0)
     parser.add_argument("--trickle-rate", type=float, default=20.0, help="runs per second")
@@ -257,32 +287,23 @@ def main() -> None:
             migrations.push(url)
             with psycopg.connect(url, autocommit=True) as conn:
                 version = conn.execute("show server_version").fetchone()[0]
+            print(
+                f"PostgreSQL {version}; bursts of {args.runs} x {STEPS}-step runs,"
+                f" {args.rounds} rounds",
+                flush=True,
+            )
+            analyze_while_idle(url)
+            empty = measure(url, args, scratch, "no history")
             if args.history:
                 load_history(url, args.history)
-            with psycopg.connect(url, autocommit=True) as conn:
-                # Statistics taken while the queue is empty, as autovacuum takes them on an
-                # idle project; then autovacuum stays out of the way of the measurement.
-                conn.execute("vacuum analyze")
-                conn.execute("alter system set autovacuum = off")
-                conn.execute("select pg_reload_conf()")
-            results = measure(url, args, scratch)
+                analyze_while_idle(url)
+                full = measure(url, args, scratch, f"{args.history:,} finished step rows")
+                for name in CONFIGURATIONS:
+                    before = statistics.median(empty[name]["steps/s"])
+                    after = statistics.median(full[name]["steps/s"])
+                    print(f"{name}: with history / without = {after / before:.2f}", flush=True)
         finally:
             server.stop()
-
-    print(
-        f"PostgreSQL {version}; bursts of {args.runs} x {STEPS}-step runs, "
-        f"{args.history:,} finished step rows of history, {args.rounds} rounds"
-    )
-    for name, rounds in results.items():
-        ratios = rounds["ratio"]
-        print(
-            f"stepsync serve, {name}: burst {statistics.median(rounds['steps/s']):.0f} steps/s"
-            f" (raw loop {statistics.median(rounds['raw']):.0f}); ratio median"
-            f" {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f};"
-            f" first step after idle {statistics.median(rounds['first']) * 1000:.1f} ms;"
-            f" trickle ready->started p50 {statistics.median(rounds['trickle']) * 1000:.1f} ms,"
-            f" p99 {percentile(rounds['trickle'], 0.99) * 1000:.1f} ms"
-        )
 
 
 if __name__ == "__main__":
