@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from sync.commands import backfill, config, db, demo, doctor, embedded, flags, runs, serve
+from sync.commands import (
+    backfill,
+    config,
+    db,
+    demo,
+    doctor,
+    embedded,
+    events,
+    flags,
+    runs,
+    schedules,
+    serve,
+)
 
 app = typer.Typer(
     help="stepsync: multi-step workflows for Supabase agent tasks.",
@@ -19,4 +31,6 @@ app.command(name="config")(config.config)
 app.add_typer(db.app, name="db")
 app.add_typer(backfill.app, name="backfill")
 app.add_typer(flags.app, name="flags")
+app.add_typer(events.app, name="events")
+app.command(name="schedules")(schedules.schedules)
 app.add_typer(embedded.app, name="embedded")

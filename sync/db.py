@@ -7,8 +7,11 @@ the ``stepsync.*`` functions (how the role is set: :mod:`sync.connections`).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
@@ -71,6 +74,28 @@ select id, step_order, step_name, status::text as status, attempt, max_attempts,
  order by step_order
 """
 
+CLAIM_DUE_SCHEDULES = """
+select task_id, user_id, cron_expression, timezone, next_run_at, start_date, end_date
+  from stepsync.claim_due_schedules(%(now)s, %(limit)s)
+"""
+FIRE_SCHEDULES = """
+select task_id, fire_at, outcome, run_id, detail
+  from stepsync.fire_schedules(
+      %(now)s, %(worker)s, %(task_ids)s::uuid[], %(due_ats)s::timestamptz[],
+      %(fire_ats)s::timestamptz[], %(next_run_ats)s::timestamptz[], %(missed)s::integer[],
+      %(details)s::jsonb[]
+  )
+"""
+OPEN_CHAT_TURN = """
+select stepsync.open_chat_turn(
+    %(run_id)s, %(step_execution_id)s, %(agent_id)s, %(derived_conversation_id)s,
+    %(session_id)s, %(text)s
+)
+"""
+TOUCH_CHAT_SESSION = (
+    "select stepsync.touch_chat_session(%(conversation_id)s, %(agent_id)s, %(user_id)s)"
+)
+
 RUN_FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 CONNECT_HINT = (
     "check --database-url / STEPSYNC_DATABASE_URL, or unset it to use the embedded database"
@@ -114,6 +139,52 @@ class Completion:
 
     completed: bool
     next_step: LeasedStep | None = None
+
+
+@dataclass(frozen=True)
+class DueSchedule:
+    """A scheduled task claimed for firing (``stepsync.due_schedule``)."""
+
+    task_id: uuid.UUID
+    user_id: uuid.UUID
+    cron_expression: str | None
+    timezone: str
+    next_run_at: datetime | None
+    start_date: datetime | None
+    end_date: datetime | None
+
+
+@dataclass(frozen=True)
+class FirePlan:
+    """What the cron arithmetic says about one claimed task (see ``fire_schedules``)."""
+
+    task_id: uuid.UUID
+    due_at: datetime | None
+    fire_at: datetime | None
+    next_run_at: datetime | None
+    missed: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FireDecision:
+    """What became of one fire time (a row of ``task_schedule_fires``)."""
+
+    task_id: uuid.UUID
+    fire_at: datetime
+    outcome: str
+    run_id: uuid.UUID | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class FireBatch:
+    """One claim-and-fire transaction: tasks claimed, fire times decided, and tasks whose
+    next fire time was only moved (none due now)."""
+
+    claimed: int
+    decisions: list[FireDecision]
+    advanced: int
 
 
 def _lease_arrays(leases: list[Lease]) -> dict[str, list]:
@@ -230,6 +301,18 @@ class Database:
         ones (a server restart breaks them all at once), so the retry gets a live one."""
         await self.pool.check()
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """One transaction on a pooled connection, acting as the role; commits unless the
+        block raises."""
+        async with self.pool.connection() as conn:
+            if self.session_role:
+                async with conn.transaction():
+                    yield conn
+            else:
+                async with self.connector.acting_async(conn):
+                    yield conn
+
     async def _one(self, query: str, params: dict[str, Any] | None = None) -> Any:
         rows = await self._all(query, params)
         return next(iter(rows[0].values())) if rows else None
@@ -311,6 +394,74 @@ class Database:
 
     async def queue_depth(self) -> int:
         return await self._one(QUEUE_DEPTH)
+
+    # --- schedules ----------------------------------------------------------------------
+
+    async def fire_due_schedules(
+        self,
+        now: datetime,
+        limit: int,
+        worker: str,
+        planner: Callable[[DueSchedule], FirePlan | None],
+    ) -> FireBatch:
+        """Claim up to ``limit`` due scheduled tasks, plan each (``planner``: the cron
+        arithmetic) and fire them, all in one transaction, so a claimed task's fire time is
+        decided and its next one recorded before any other worker can take it."""
+        async with self.transaction() as conn:
+            cursor = await conn.execute(CLAIM_DUE_SCHEDULES, {"now": now, "limit": limit})
+            claimed = [DueSchedule(**row) for row in await cursor.fetchall()]
+            plans = [p for p in map(planner, claimed) if p is not None]
+            if not plans:
+                return FireBatch(len(claimed), [], 0)
+            cursor = await conn.execute(
+                FIRE_SCHEDULES,
+                {
+                    "now": now,
+                    "worker": worker,
+                    "task_ids": [p.task_id for p in plans],
+                    "due_ats": [p.due_at for p in plans],
+                    "fire_ats": [p.fire_at for p in plans],
+                    "next_run_ats": [p.next_run_at for p in plans],
+                    "missed": [p.missed for p in plans],
+                    "details": [Jsonb(p.details) for p in plans],
+                },
+            )
+            decisions = [FireDecision(**row) for row in await cursor.fetchall()]
+        decided = {d.task_id for d in decisions}
+        advanced = sum(1 for p in plans if p.task_id not in decided and p.next_run_at != p.due_at)
+        return FireBatch(len(claimed), decisions, advanced)
+
+    # --- the app's chat tables (agentopia_chat) ------------------------------------------
+
+    async def open_chat_turn(
+        self,
+        request: StepRequest,
+        *,
+        derived_conversation_id: uuid.UUID,
+        session_id: uuid.UUID,
+        text: str,
+    ) -> uuid.UUID:
+        """Before a step's chat call: the run's conversation (returned), its session
+        touched and the prompt posted as the user's message (``stepsync.open_chat_turn``)."""
+        return await self._one(
+            OPEN_CHAT_TURN,
+            {
+                "run_id": request.run_id,
+                "step_execution_id": request.step_execution_id,
+                "agent_id": request.agent_id,
+                "derived_conversation_id": derived_conversation_id,
+                "session_id": session_id,
+                "text": text,
+            },
+        )
+
+    async def touch_chat_session(
+        self, conversation_id: uuid.UUID, agent_id: uuid.UUID, user_id: uuid.UUID
+    ) -> bool:
+        return await self._one(
+            TOUCH_CHAT_SESSION,
+            {"conversation_id": conversation_id, "agent_id": agent_id, "user_id": user_id},
+        )
 
     # --- runs (the CLI) --------------------------------------------------------------
 

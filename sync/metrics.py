@@ -79,6 +79,13 @@ class Metrics:
             "Expired leases handed back by this worker's reaper.",
             registry=r,
         )
+        self.schedule_fires = Counter(
+            "stepsync_schedule_fires",
+            "Fire times of scheduled tasks decided by this worker's scheduler, by outcome "
+            "(started, skipped, already_run, completed, refused).",
+            ["outcome"],
+            registry=r,
+        )
 
 
 class MetricsServer:

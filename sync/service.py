@@ -7,7 +7,8 @@ as its own asyncio task: it executes the step under its timeout and reports the 
 worker (hand-off), which then runs in the slot just freed. One heartbeat task keeps all
 leases alive and notices lost ones (lease expired, run cancelled), whose executions it
 cancels: their results would be refused by the fencing token anyway. The reaper
-(:mod:`sync.maintenance`) hands expired leases back on its own timer.
+(:mod:`sync.maintenance`) hands expired leases back on its own timer, and the scheduler
+(:mod:`sync.scheduler`) starts scheduled tasks' runs at their fire times on its own.
 
 Shutdown (SIGTERM/SIGINT or :meth:`StepService.stop`): stop claiming, let running steps
 finish for ``shutdown_grace_seconds`` (heartbeats continue), then cancel the rest and
@@ -34,6 +35,7 @@ from sync.executors.base import Executor
 from sync.maintenance import Reaper
 from sync.metrics import Metrics, MetricsServer
 from sync.runner import HandedBack, LeaseLost, RunnerContext, StepRunner
+from sync.scheduler import Scheduler
 from sync.settings import Settings
 from sync.wakeups.base import WakeupSource
 from sync.wakeups.poll import PollWakeups
@@ -88,6 +90,22 @@ class StepService:
             grace_seconds=settings.lease_seconds,
             db_ok=self._db_ok,
         )
+        self.scheduler = (
+            Scheduler(
+                db,
+                settings.schedule_interval_seconds,
+                batch_size=settings.schedule_batch_size,
+                worker=self.worker,
+                metrics=self.metrics,
+                db_ok=self._db_ok,
+            )
+            if settings.scheduler
+            else None
+        )
+        # Executors that write to the database too (the app's chat tables) get the pool.
+        attach_database = getattr(executor, "attach_database", None)
+        if attach_database is not None:
+            attach_database(db)
         self.running: dict[uuid.UUID, StepRunner] = {}
         self.step_tasks: set[asyncio.Task] = set()
         self.metrics_server: MetricsServer | None = None
@@ -153,7 +171,8 @@ class StepService:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        # Wake-up sources and the reaper stop before the drain; heartbeats go on through it.
+        # Wake-up sources, the reaper and the scheduler stop before the drain; heartbeats go
+        # on through it.
         background = [
             asyncio.create_task(
                 _keep_running(f"wake-up source {source.name}", lambda s=source: s.run(self.wake)),
@@ -166,6 +185,14 @@ class StepService:
                 _keep_running("reaper", lambda: self.reaper.run(self.wake)), name="reaper"
             )
         )
+        if self.scheduler is not None:
+            scheduler = self.scheduler
+            background.append(
+                asyncio.create_task(
+                    _keep_running("scheduler", lambda: scheduler.run(self.wake)),
+                    name="scheduler",
+                )
+            )
         heartbeat = asyncio.create_task(
             _keep_running("heartbeat", self._heartbeat_loop), name="heartbeat"
         )
@@ -177,6 +204,7 @@ class StepService:
                 "concurrency": self.settings.concurrency,
                 "wakeups": [source.name for source in self.wakeup_sources],
                 "reap_interval_seconds": self.settings.reap_every_seconds,
+                "scheduler": self.scheduler is not None,
             },
         )
         try:

@@ -139,6 +139,26 @@ class Settings(ConnectionSettings):
         description="On SIGTERM/SIGINT, how long running steps may finish before they "
         "are handed back to the queue.",
     )
+    scheduler: bool = Field(
+        default=True,
+        description="Start the runs of scheduled tasks (cron) at their fire times, for the "
+        "users in the multi_step_workflows rollout. Any number of processes may: each fire "
+        "time runs once.",
+    )
+    schedule_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often the scheduler looks for due tasks: a run starts at most this "
+        "long after its fire time.",
+    )
+    schedule_batch_size: int = Field(
+        default=50,
+        ge=1,
+        le=50,
+        description="Most scheduled tasks fired in one transaction (each run start is a "
+        "subtransaction; PostgreSQL keeps 64 per transaction cheap).",
+    )
     listen: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["postgres"],
         description="Wake-up sources besides the poll timer, comma separated "

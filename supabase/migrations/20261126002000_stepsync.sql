@@ -5511,3 +5511,1255 @@ comment on trigger stepsync_compat_steps_updated on public.task_steps is
 'Edited, reordered or soft-deleted steps: the task''s instructions follow.';
 comment on trigger stepsync_compat_steps_deleted on public.task_steps is
 'Deleted steps: the task''s instructions follow.';
+
+-- Schedules: the service starts a scheduled task's runs at its fire times.
+--
+-- A task's next fire time is agent_tasks.next_run_at, the column the app shows and the
+-- legacy task-executor reads: whoever fires a task advances it, in the transaction that
+-- fires it. The cron arithmetic (a 5-field expression in the task's IANA time zone,
+-- across daylight-saving changes) is done in one place, the service (sync/cron.py); the
+-- rules that must hold however many workers run are here:
+--
+-- * claim_due_schedules locks the due tasks of users in the multi_step_workflows rollout
+--   (FOR UPDATE SKIP LOCKED on the due-time index), so two workers never hold one task;
+-- * fire_schedules, in the same transaction, applies the legacy rules (max_executions
+--   reached or end_date passed: the task is completed; paused tasks are never due),
+--   starts one run for the due fire time, records the decision in task_schedule_fires
+--   (one row per task and fire time: its primary key) and moves next_run_at on.
+--
+-- Missed fire times (the service was down) start one run, for the latest of them; the
+-- run's trigger_data says how many were missed. A fire time that comes while the task's
+-- previous run is still running is skipped and recorded, not queued: a slow task does not
+-- pile up runs.
+--
+-- Cron expressions and time zones are checked when a task is written, by whoever writes
+-- it (the app through PostgREST, the legacy functions), with an error naming the field.
+
+create or replace function stepsync.cron_field_value(p_field integer, p_text text)
+returns integer
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    lows constant integer[] := array[0, 0, 1, 1, 0];
+    highs constant integer[] := array[59, 23, 31, 12, 7];
+    months constant text[] := array[
+        'JAN', 'FEB', 'MAR', 'APR', 'MAY', 'JUN', 'JUL', 'AUG', 'SEP', 'OCT', 'NOV', 'DEC'
+    ];
+    days constant text[] := array['SUN', 'MON', 'TUE', 'WED', 'THU', 'FRI', 'SAT'];
+    parsed integer;
+begin
+    if p_field = 4 and p_text = any(months) then
+        return array_position(months, p_text);
+    end if;
+    if p_field = 5 and p_text = any(days) then
+        return array_position(days, p_text) - 1;
+    end if;
+    if p_text !~ '^[0-9]{1,9}$' then
+        return null;
+    end if;
+    parsed := p_text::integer;
+    if parsed not between lows[p_field] and highs[p_field] then
+        return null;
+    end if;
+    return parsed;
+end
+$$;
+
+comment on function stepsync.cron_field_value(integer, text) is
+'The value of one cron field item (1 minute, 2 hour, 3 day of month, 4 month, 5 day of '
+'week): a number in the field''s range or, for months and days of the week, a three-letter '
+'English name in capitals; null when it is neither.';
+
+revoke all on function stepsync.cron_field_value(integer, text) from public;
+grant execute on function stepsync.cron_field_value(integer, text) to service_role;
+
+create or replace function stepsync.cron_problem(p_expression text)
+returns text
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    field_names constant text[] := array[
+        'minute', 'hour', 'day of month', 'month', 'day of week'
+    ];
+    allowed constant text[] := array[
+        '0-59', '0-23', '1-31', '1-12 or JAN-DEC', '0-7 or SUN-SAT (0 and 7 are Sunday)'
+    ];
+    highs constant integer[] := array[59, 23, 31, 12, 7];
+    lows constant integer[] := array[0, 0, 1, 1, 0];
+    month_days constant integer[] := array[31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    body text;
+    fields text[];
+    field_number integer;
+    term text;
+    range_text text;
+    step_text text;
+    low integer;
+    high integer;
+    step integer;
+    first_day integer := 32;
+    months integer[] := '{}';
+begin
+    if p_expression is null then
+        return null;
+    end if;
+    -- What follows " #" is the app's own note on the schedule (the legacy executor strips
+    -- it too). Names count in any case, as in cron.
+    body := btrim(regexp_replace(p_expression, '\s#(\s.*)?$', ''), e' \t\r\n\f\v');
+    if body = '' then
+        return 'is empty';
+    end if;
+    fields := regexp_split_to_array(body, '\s+');
+    if cardinality(fields) <> 5 then
+        return format('has %s fields, not 5', cardinality(fields));
+    end if;
+    for field_number in 1..5 loop
+        foreach term in array string_to_array(fields[field_number], ',') loop
+            range_text := split_part(term, '/', 1);
+            step := 1;
+            if strpos(term, '/') > 0 then
+                step_text := substr(term, strpos(term, '/') + 1);
+                if step_text !~ '^[0-9]{1,9}$' or step_text::integer = 0 then
+                    return format(
+                        '%s: the step in %L must be a whole number from 1',
+                        field_names[field_number], term
+                    );
+                end if;
+                step := step_text::integer;
+            end if;
+            if range_text = '*' then
+                low := lows[field_number];
+                high := highs[field_number];
+            elsif strpos(range_text, '-') > 0 then
+                low := stepsync.cron_field_value(
+                    field_number, upper(split_part(range_text, '-', 1))
+                );
+                high := stepsync.cron_field_value(
+                    field_number, upper(substr(range_text, strpos(range_text, '-') + 1))
+                );
+                if low is null or high is null then
+                    return format(
+                        '%s: %L is not a range of values (%s)',
+                        field_names[field_number], term, allowed[field_number]
+                    );
+                end if;
+                if high < low then
+                    return format(
+                        '%s: the range %L runs backwards', field_names[field_number], term
+                    );
+                end if;
+            else
+                low := stepsync.cron_field_value(field_number, upper(range_text));
+                if low is null then
+                    return format(
+                        '%s: %L is not a value (%s), *, a range a-b, a step */n or a list',
+                        field_names[field_number], term, allowed[field_number]
+                    );
+                end if;
+                -- A single value with a step counts on to the end of the field (5/15).
+                high := case when strpos(term, '/') > 0 then highs[field_number] else low end;
+            end if;
+            if field_number = 3 then
+                first_day := least(first_day, low);
+            elsif field_number = 4 then
+                months := months || array(select generate_series(low, high, step));
+            end if;
+        end loop;
+    end loop;
+    -- Cron matches a day when both day fields match if either starts with *, else when
+    -- either does; with both to match, a day that no month given has never comes.
+    if first_day > 29
+        and (fields[3] like '*%' or fields[5] like '*%')
+        and first_day > (select max(month_days[m.month]) from unnest(months) as m (month)) then
+        return format(
+            'day of month: day %s never comes in month(s) %s', first_day, fields[4]
+        );
+    end if;
+    return null;
+end
+$$;
+
+comment on function stepsync.cron_problem(text) is
+'What is wrong with a 5-field cron expression (minute hour day-of-month month '
+'day-of-week: numbers, *, ranges a-b, steps */n and a-b/n, lists, JAN-DEC and SUN-SAT; '
+'a note may follow " # "), or null when it is valid or null. The service computes the fire '
+'times of an expression this accepts (sync/cron.py).';
+
+revoke all on function stepsync.cron_problem(text) from public;
+grant execute on function stepsync.cron_problem(text) to service_role;
+
+create or replace function stepsync.time_zone_problem(p_zone text)
+returns text
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+    -- UTC, the column default, is answered without reading the zone list (tens of ms).
+    if p_zone = 'UTC' then
+        return null;
+    end if;
+    if p_zone is null or not exists (
+        select from pg_catalog.pg_timezone_names as z where z.name = p_zone
+    ) then
+        return format(
+            'unknown time zone %s: use an IANA name such as Europe/Paris or America/New_York',
+            coalesce(quote_literal(p_zone), 'null')
+        );
+    end if;
+    return null;
+end
+$$;
+
+comment on function stepsync.time_zone_problem(text) is
+'What is wrong with an IANA time zone name (unknown, or spelt another way: abbreviations '
+'such as PST and POSIX offsets such as UTC+5 do not follow daylight-saving rules), or '
+'null when it names a zone of the time zone database.';
+
+revoke all on function stepsync.time_zone_problem(text) from public;
+grant execute on function stepsync.time_zone_problem(text) to service_role;
+
+create or replace function stepsync.check_task_schedule()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    problem text;
+begin
+    if tg_op = 'UPDATE'
+        and new.cron_expression is not distinct from old.cron_expression
+        and new.timezone is not distinct from old.timezone
+        and new.task_type = old.task_type then
+        return new;
+    end if;
+    problem := stepsync.cron_problem(new.cron_expression);
+    if problem is not null then
+        raise exception 'cron_expression % %', quote_literal(new.cron_expression), problem
+            using errcode = '22023',
+            hint = 'Five fields: minute hour day-of-month month day-of-week, e.g. '
+            || '"0 9 * * 1-5" (09:00 on weekdays) or "*/15 * * * *".';
+    end if;
+    problem := stepsync.time_zone_problem(new.timezone);
+    if problem is not null then
+        raise exception 'timezone: %', problem using errcode = '22023';
+    end if;
+    return new;
+end
+$$;
+
+comment on function stepsync.check_task_schedule() is
+'Trigger: a scheduled task''s cron_expression and timezone must be valid (clear errors '
+'naming the field), checked when they are written. SECURITY DEFINER so that any writer '
+'(an owner through the API) can use the checks, which nobody else may call.';
+
+revoke all on function stepsync.check_task_schedule() from public;
+
+create or replace trigger agent_tasks_check_schedule
+before insert or update of cron_expression, timezone, task_type on public.agent_tasks
+for each row
+when (new.task_type = 'scheduled')
+execute function stepsync.check_task_schedule();
+
+comment on trigger agent_tasks_check_schedule on public.agent_tasks is
+'Refuses an invalid cron expression or time zone on a scheduled task, whoever writes it.';
+
+-- The due tasks in due order (the service's claim, and the legacy executor's own query),
+-- and the scheduled tasks that have no next run yet.
+create index if not exists agent_tasks_due_idx
+on public.agent_tasks (next_run_at)
+where task_type = 'scheduled' and status = 'active';
+
+create index if not exists agent_tasks_unarmed_idx
+on public.agent_tasks (id)
+where task_type = 'scheduled' and status = 'active' and next_run_at is null
+and cron_expression is not null;
+
+comment on index public.agent_tasks_due_idx is
+'Active scheduled tasks by next fire time: claim_due_schedules walks it in due order.';
+comment on index public.agent_tasks_unarmed_idx is
+'Active scheduled tasks with a cron expression but no next fire time yet.';
+
+create table if not exists public.task_schedule_fires (
+    task_id uuid not null references public.agent_tasks (id) on delete cascade,
+    fire_at timestamptz not null,
+    -- Copied from the task for RLS without a join.
+    user_id uuid not null,
+    outcome text not null,
+    -- A plain reference: history outlives a purged run.
+    run_id uuid,
+    missed_fire_times integer not null default 0,
+    detail text,
+    decided_at timestamptz not null default now(),
+    decided_by text,
+    constraint task_schedule_fires_pkey primary key (task_id, fire_at),
+    constraint task_schedule_fires_outcome_check check (
+        outcome in ('started', 'skipped', 'already_run', 'completed', 'refused')
+    ),
+    constraint task_schedule_fires_missed_check check (missed_fire_times >= 0),
+    constraint task_schedule_fires_run_check check (
+        (outcome in ('started', 'already_run')) = (run_id is not null)
+    )
+);
+
+create index if not exists task_schedule_fires_user_id_idx
+on public.task_schedule_fires (user_id);
+
+alter table public.task_schedule_fires enable row level security;
+
+revoke all on public.task_schedule_fires from anon;
+revoke insert, update, delete, truncate on public.task_schedule_fires from authenticated;
+grant select on public.task_schedule_fires to authenticated;
+grant all on public.task_schedule_fires to service_role;
+
+create policy "Owners read the fire times of their tasks" on public.task_schedule_fires
+for select to authenticated
+using (user_id = (select auth.uid()));
+
+create policy "Service role records fire times" on public.task_schedule_fires
+for all to service_role
+using (true) with check (true);
+
+comment on table public.task_schedule_fires is
+'What became of each fire time of a scheduled task: a run started, skipped because the '
+'previous run was still running, already run by the legacy executor, the task completed '
+'(max_executions, end_date), or the run refused (invalid steps). One row per task and '
+'fire time, so no fire time runs twice.';
+comment on column public.task_schedule_fires.task_id is 'The scheduled task.';
+comment on column public.task_schedule_fires.fire_at is
+'The fire time decided on (for a catch-up after downtime, the latest missed one).';
+comment on column public.task_schedule_fires.user_id is 'Owner of the task (RLS).';
+comment on column public.task_schedule_fires.outcome is
+'started | skipped | already_run | completed | refused.';
+comment on column public.task_schedule_fires.run_id is
+'The run started for this fire time, or (already_run) the legacy executor''s run.';
+comment on column public.task_schedule_fires.missed_fire_times is
+'Earlier fire times that passed without a run (downtime) and that this decision covers.';
+comment on column public.task_schedule_fires.detail is
+'Why: the run still running, the limit reached, the error refusing the run.';
+comment on column public.task_schedule_fires.decided_at is 'When the service decided.';
+comment on column public.task_schedule_fires.decided_by is 'The worker that decided.';
+comment on constraint task_schedule_fires_outcome_check on public.task_schedule_fires is
+'The five outcomes of a fire time.';
+comment on constraint task_schedule_fires_missed_check on public.task_schedule_fires is
+'A count of fire times.';
+comment on constraint task_schedule_fires_run_check on public.task_schedule_fires is
+'A started or already run fire time names its run; no other outcome does.';
+comment on index public.task_schedule_fires_user_id_idx is
+'Serves the owners'' read policy and the cascade from a deleted user''s tasks.';
+comment on policy "Owners read the fire times of their tasks" on public.task_schedule_fires is
+'Owners see what became of their own tasks'' fire times.';
+comment on policy "Service role records fire times" on public.task_schedule_fires is
+'The service records every fire time it decides (it bypasses RLS; stated for clarity).';
+
+create type stepsync.due_schedule as (
+    task_id uuid,
+    user_id uuid,
+    cron_expression text,
+    timezone text,
+    next_run_at timestamptz,
+    start_date timestamptz,
+    end_date timestamptz
+);
+
+comment on type stepsync.due_schedule is
+'A scheduled task claimed by claim_due_schedules: what the service needs to compute its '
+'fire times (cron_expression in timezone, from next_run_at, within start_date).';
+
+revoke all on type stepsync.due_schedule from public;
+grant usage on type stepsync.due_schedule to service_role;
+
+create or replace function stepsync.claim_due_schedules(p_now timestamptz, p_limit integer)
+returns setof stepsync.due_schedule
+language plpgsql
+volatile
+-- Only the due-time index's ordered walk: a plan kept from a small table never turns
+-- into a scan of every task.
+set enable_seqscan = off
+set enable_bitmapscan = off
+set search_path = ''
+as $$
+declare
+    claimed integer;
+begin
+    if p_now is null then
+        raise exception 'now must be given' using errcode = '22023';
+    end if;
+    if p_limit is null or p_limit not between 1 and 1000 then
+        raise exception 'limit must be between 1 and 1000, not %', p_limit
+            using errcode = '22023';
+    end if;
+
+    -- Due tasks of users in the rollout, oldest fire time first, skipping tasks another
+    -- worker holds. Tasks of other users are the legacy executor's, and stay unlocked.
+    return query
+    select
+        t.id, t.user_id, t.cron_expression, t.timezone, t.next_run_at, t.start_date,
+        t.end_date
+    from public.agent_tasks as t
+    where
+        t.task_type = 'scheduled'
+        and t.status = 'active'
+        and t.next_run_at <= p_now
+        and stepsync.flag_enabled_for('multi_step_workflows', t.user_id)
+    order by t.next_run_at
+    limit p_limit
+    for no key update skip locked;
+    get diagnostics claimed = row_count;
+
+    -- Then tasks that have a cron expression but no next fire time yet.
+    if claimed < p_limit then
+        return query
+        select
+            t.id, t.user_id, t.cron_expression, t.timezone, t.next_run_at, t.start_date,
+            t.end_date
+        from public.agent_tasks as t
+        where
+            t.task_type = 'scheduled'
+            and t.status = 'active'
+            and t.next_run_at is null
+            and t.cron_expression is not null
+            and stepsync.flag_enabled_for('multi_step_workflows', t.user_id)
+        order by t.id
+        limit p_limit - claimed
+        for no key update skip locked;
+    end if;
+end
+$$;
+
+comment on function stepsync.claim_due_schedules(timestamptz, integer) is
+'Locks (FOR NO KEY UPDATE SKIP LOCKED) and returns up to p_limit active scheduled tasks of '
+'users in the multi_step_workflows rollout that are due at p_now (next_run_at <= p_now), '
+'oldest first, then ones with a cron expression and no next_run_at. The caller computes '
+'their fire times and calls fire_schedules in the same transaction. Service only.';
+
+revoke all on function stepsync.claim_due_schedules(timestamptz, integer)
+from public, anon, authenticated;
+grant execute on function stepsync.claim_due_schedules(timestamptz, integer) to service_role;
+
+create or replace function stepsync.fire_schedules(
+    p_now timestamptz,
+    p_worker text,
+    p_task_ids uuid[],
+    p_due_ats timestamptz[],
+    p_fire_ats timestamptz[],
+    p_next_run_ats timestamptz[],
+    p_missed integer[],
+    p_details jsonb[]
+)
+returns table (task_id uuid, fire_at timestamptz, outcome text, run_id uuid, detail text)
+language plpgsql
+volatile
+set enable_seqscan = off
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+    plan record;
+    task public.agent_tasks;
+    latest record;
+    advancing uuid[] := '{}';
+    advance_to timestamptz[] := '{}';
+    completing uuid[] := '{}';
+    recorded_tasks uuid[] := '{}';
+    recorded_times timestamptz[] := '{}';
+    recorded_outcomes text[] := '{}';
+    recorded_runs uuid[] := '{}';
+    recorded_missed integer[] := '{}';
+    recorded_details text[] := '{}';
+    recorded_owners uuid[] := '{}';
+begin
+    if p_now is null then
+        raise exception 'now must be given' using errcode = '22023';
+    end if;
+    if cardinality(p_task_ids) is distinct from cardinality(p_due_ats)
+        or cardinality(p_task_ids) is distinct from cardinality(p_fire_ats)
+        or cardinality(p_task_ids) is distinct from cardinality(p_next_run_ats)
+        or cardinality(p_task_ids) is distinct from cardinality(p_missed)
+        or cardinality(p_task_ids) is distinct from cardinality(p_details) then
+        raise exception 'the plan arrays must all have one element per task'
+            using errcode = '22023';
+    end if;
+
+    for plan in
+        select p.*
+        from unnest(
+            p_task_ids, p_due_ats, p_fire_ats, p_next_run_ats, p_missed, p_details
+        ) as p (task_id, due_at, fire_at, next_run_at, missed, details)
+        order by p.task_id
+    loop
+        -- The caller holds the task (claim_due_schedules); a plan made for the task as
+        -- it was no longer holds once it changed, and the next claim sees it anew.
+        select t.* into task
+        from public.agent_tasks as t
+        where t.id = plan.task_id
+        for no key update;
+        if not found
+            or task.task_type <> 'scheduled'
+            or task.status <> 'active'
+            or task.next_run_at is distinct from plan.due_at then
+            continue;
+        end if;
+
+        task_id := task.id;
+        fire_at := coalesce(plan.fire_at, plan.due_at);
+        run_id := null;
+        detail := null;
+        outcome := null;
+        if plan.due_at is not null
+            and coalesce(task.max_executions, 0) > 0
+            and task.total_executions >= task.max_executions then
+            -- The legacy rules: a task that reached its limit or its end date is completed
+            -- when it next comes due (max_executions 0 means no limit there too).
+            outcome := 'completed';
+            detail := format('max_executions (%s) reached', task.max_executions);
+            completing := completing || task.id;
+        elsif plan.due_at is not null and task.end_date < p_now then
+            outcome := 'completed';
+            detail := format('end_date (%s) passed', task.end_date);
+            completing := completing || task.id;
+        elsif plan.fire_at is null then
+            -- Nothing fires now (first fire time still ahead, or before start_date).
+            advancing := advancing || task.id;
+            advance_to := advance_to || plan.next_run_at;
+            continue;
+        else
+            advancing := advancing || task.id;
+            advance_to := advance_to || plan.next_run_at;
+            select
+                r.id, r.status, r.step_count, r.trigger_type,
+                coalesce(r.started_at, r.created_at) as started_at
+            into latest
+            from public.agent_task_executions as r
+            where r.task_id = task.id
+            order by r.created_at desc
+            limit 1;
+            if exists (
+                select from public.task_schedule_fires as f
+                where f.task_id = task.id and f.fire_at = plan.fire_at
+            ) then
+                -- Decided before (next_run_at was set back): never twice.
+                continue;
+            elsif latest.status in ('pending', 'running')
+                -- A legacy run still "running" after 15 minutes died with its Edge
+                -- Function (their wall-clock limit is a few minutes).
+                and (latest.step_count > 0 or latest.started_at > p_now - interval '15 minutes') then
+                outcome := 'skipped';
+                detail := format('previous run %s still running', latest.id);
+            elsif latest.step_count = 0
+                and latest.trigger_type = 'scheduled'
+                and latest.started_at >= plan.due_at then
+                -- The legacy executor ran this fire time (before the owner joined the
+                -- rollout, or before it saw them join).
+                outcome := 'already_run';
+                run_id := latest.id;
+                detail := 'run by the legacy task-executor';
+            else
+                begin
+                    run_id := stepsync.start_task_run(
+                        task.id,
+                        'scheduled',
+                        jsonb_build_object(
+                            'fire_at', plan.fire_at, 'missed_fire_times', plan.missed
+                        ) || coalesce(plan.details, '{}'::jsonb)
+                    );
+                    outcome := 'started';
+                    if plan.missed > 0 then
+                        detail := format('%s earlier fire time(s) missed', plan.missed);
+                    end if;
+                exception
+                    when invalid_parameter_value
+                        or object_not_in_prerequisite_state
+                        or no_data_found then
+                    outcome := 'refused';
+                    detail := sqlerrm;
+                end;
+            end if;
+        end if;
+
+        recorded_tasks := recorded_tasks || task.id;
+        recorded_times := recorded_times || fire_at;
+        recorded_outcomes := recorded_outcomes || outcome;
+        recorded_runs := recorded_runs || run_id;
+        recorded_missed := recorded_missed || coalesce(plan.missed, 0);
+        recorded_details := recorded_details || detail;
+        recorded_owners := recorded_owners || task.user_id;
+        return next;
+    end loop;
+
+    -- One statement per write for the whole batch (each is audited per statement).
+    insert into public.task_schedule_fires (
+        task_id, fire_at, user_id, outcome, run_id, missed_fire_times, detail, decided_by
+    )
+    select d.task_id, d.fire_at, d.user_id, d.outcome, d.run_id, d.missed, d.detail, p_worker
+    from unnest(
+        recorded_tasks, recorded_times, recorded_owners, recorded_outcomes, recorded_runs,
+        recorded_missed, recorded_details
+    ) as d (task_id, fire_at, user_id, outcome, run_id, missed, detail);
+
+    update public.agent_tasks as t
+    set next_run_at = a.next_run_at, updated_at = now()
+    from unnest(advancing, advance_to) as a (id, next_run_at)
+    where
+        t.id = any(advancing)
+        and t.id = a.id
+        and t.next_run_at is distinct from a.next_run_at;
+
+    update public.agent_tasks as t
+    set status = 'completed', updated_at = now()
+    where t.id = any(completing);
+end
+$$;
+
+comment on function stepsync.fire_schedules(
+    timestamptz, text, uuid[], timestamptz[], timestamptz[], timestamptz[], integer[],
+    jsonb[]
+) is
+'Acts on tasks claimed by claim_due_schedules in this transaction, one plan per task '
+'(due_at: the next_run_at the plan was made from; fire_at: the fire time to run now, null '
+'for none; next_run_at: the fire time after it; missed: earlier fire times passed without a '
+'run; details: more for the run''s trigger_data). A task at its max_executions or past its '
+'end_date is completed; a fire time while the previous run is still running is skipped; '
+'one the legacy executor ran is not run again; otherwise one run starts (trigger_type '
+'scheduled, trigger_data with fire_at and missed_fire_times). Each decision is recorded in '
+'task_schedule_fires and next_run_at moves on. Returns the decisions. Service only.';
+
+revoke all on function stepsync.fire_schedules(
+    timestamptz, text, uuid[], timestamptz[], timestamptz[], timestamptz[], integer[],
+    jsonb[]
+) from public, anon, authenticated;
+grant execute on function stepsync.fire_schedules(
+    timestamptz, text, uuid[], timestamptz[], timestamptz[], timestamptz[], integer[],
+    jsonb[]
+) to service_role;
+
+-- Taking over from the legacy task-executor, user by user.
+--
+-- For users in the multi_step_workflows rollout stepsync runs every task (schedules:
+-- 0250, events: 0260, manual: start_task_run); for the others the legacy Edge Function
+-- goes on as it is, still deployed and unchanged. Its scheduled pass reads the due tasks
+-- (task_type scheduled, status active, next_run_at <= its now), then for each one inserts
+-- a run (status running, none of stepsync's columns: step_count 0), calls the agent,
+-- marks the run completed or failed and writes the task's counters and next_run_at from
+-- the row it read at the start. Nothing it reads can hide a task from it (it acts as the
+-- service role, which bypasses RLS, and the app shows next_run_at), so the line is drawn
+-- where it starts a run:
+--
+-- * its insert locks the task (the lock stepsync's claim takes too, so the two wait for
+--   each other) and is refused when the owner is in the rollout, or, for a scheduled run,
+--   when the task is no longer due by the executor's own clock (started_at): someone fired
+--   this fire time since the executor read the task. Refused, the executor moves on to
+--   its next task without calling the agent or writing any counter;
+-- * stepsync's scheduler does not start a fire time the legacy executor already ran
+--   (fire_schedules: a legacy scheduled run started at or after it).
+--
+-- Counters: every finished run counts once. stepsync's runs are counted when they finish
+-- (finish_runs). A legacy run is counted here when the executor marks it completed or
+-- failed; the executor's own counter update that follows is a read-modify-write of values
+-- read before the run, so through the service role counters only go up: its update
+-- writes what is already there, and one written from an older read (another run finished
+-- in between) cannot take counts away.
+
+create or replace function stepsync.guard_legacy_run()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    task public.agent_tasks;
+begin
+    select t.* into task
+    from public.agent_tasks as t
+    where t.id = new.task_id
+    for no key update;
+    if not found then
+        return new;  -- the foreign key refuses it
+    end if;
+    if stepsync.flag_enabled_for('multi_step_workflows', task.user_id) then
+        raise exception 'task % is run by stepsync: its owner is in the multi_step_workflows '
+            'rollout', task.id
+            using errcode = '55000',
+            hint = 'Start it with start_task_run or emit_task_event; stepsync starts its '
+            || 'scheduled runs itself.';
+    end if;
+    if new.trigger_type = 'scheduled'
+        and (
+            task.status <> 'active'
+            or task.next_run_at is null
+            or task.next_run_at > coalesce(new.started_at, now())
+        ) then
+        raise exception 'task % is not due (status %, next run %): its fire time was taken '
+            'since it was read', task.id, task.status, task.next_run_at
+            using errcode = '55000';
+    end if;
+    return new;
+end
+$$;
+
+comment on function stepsync.guard_legacy_run() is
+'Trigger: a run another executor inserts already running (the legacy task-executor) is '
+'refused when the task''s owner is in the multi_step_workflows rollout, or, scheduled, '
+'when the task is no longer due at the run''s started_at. Locks the task first, as the '
+'scheduler''s claim does.';
+
+revoke all on function stepsync.guard_legacy_run() from public;
+
+create or replace trigger agent_task_executions_guard_legacy
+before insert on public.agent_task_executions
+for each row
+when (new.step_count = 0 and new.status = 'running')
+execute function stepsync.guard_legacy_run();
+
+comment on trigger agent_task_executions_guard_legacy on public.agent_task_executions is
+'Keeps the legacy executor off tasks stepsync runs and off fire times already taken.';
+
+create or replace function stepsync.count_legacy_run()
+returns trigger
+language plpgsql
+security definer
+set enable_seqscan = off
+set search_path = ''
+as $$
+begin
+    update public.agent_tasks as t
+    set
+        total_executions = t.total_executions + 1,
+        successful_executions
+        = t.successful_executions + (new.status = 'completed')::integer,
+        failed_executions = t.failed_executions + (new.status = 'failed')::integer,
+        last_run_at = now(),
+        updated_at = now()
+    where t.id = new.task_id;
+    return null;
+end
+$$;
+
+comment on function stepsync.count_legacy_run() is
+'Trigger: a run without steps (written by the legacy executor) that finishes adds itself '
+'to its task''s execution counters, atomically.';
+
+revoke all on function stepsync.count_legacy_run() from public;
+
+create or replace trigger agent_task_executions_count_legacy
+after update of status on public.agent_task_executions
+for each row
+when (
+    new.step_count = 0
+    and old.status in ('pending', 'running')
+    and new.status in ('completed', 'failed')
+)
+execute function stepsync.count_legacy_run();
+
+comment on trigger agent_task_executions_count_legacy on public.agent_task_executions is
+'Counts each legacy run once, when it finishes (stepsync''s runs: finish_runs).';
+
+create or replace function stepsync.keep_task_counters()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    new.total_executions := greatest(new.total_executions, old.total_executions);
+    new.successful_executions := greatest(new.successful_executions, old.successful_executions);
+    new.failed_executions := greatest(new.failed_executions, old.failed_executions);
+    new.last_run_at := greatest(new.last_run_at, old.last_run_at);
+    return new;
+end
+$$;
+
+comment on function stepsync.keep_task_counters() is
+'Trigger: through the service role the execution counters and last_run_at only go up, so '
+'the legacy executor''s counter update, computed from the row it read before its run, '
+'cannot take away runs counted since.';
+
+revoke all on function stepsync.keep_task_counters() from public;
+
+create or replace trigger agent_tasks_keep_counters
+before update of total_executions, successful_executions, failed_executions, last_run_at
+on public.agent_tasks
+for each row
+when (
+    current_setting('role') = 'service_role'
+    and (
+        new.total_executions < old.total_executions
+        or new.successful_executions < old.successful_executions
+        or new.failed_executions < old.failed_executions
+        or new.last_run_at < old.last_run_at
+    )
+)
+execute function stepsync.keep_task_counters();
+
+comment on trigger agent_tasks_keep_counters on public.agent_tasks is
+'Counters written back from an older read (the legacy executor) do not go down; owners '
+'and database administrators may still set them.';
+
+-- Events: public.emit_task_event starts a run of every active event-based task of that
+-- event type whose filters match, for the owners in the multi_step_workflows rollout.
+--
+-- The legacy rule, kept: a task matches when every key of its
+-- event_trigger_config.filters equals the event's value for that key (JSON equality; no
+-- filters, or filters that are not an object, match every event of the type); a task
+-- that reached max_executions is completed instead of run. Each started run has
+-- trigger_type 'event' and the event data as trigger_data.
+--
+-- The function runs with the caller's rights: a signed-in user reaches only their own
+-- tasks (the agent_tasks policies), the service role every user's. Owners outside the
+-- rollout are the legacy executor's: their matching tasks are reported, not run, so the
+-- app may send each event to both during the rollout and every task runs once.
+--
+-- An idempotency key makes a retry safe: the same key (per signed-in user, or for the
+-- service role) never starts a task twice; the retry gets the first emission's outcome
+-- back. Every emission is kept in public.task_events, which owners read for their own.
+
+create index if not exists agent_tasks_event_idx
+on public.agent_tasks (event_trigger_type)
+where task_type = 'event_based' and status = 'active';
+
+comment on index public.agent_tasks_event_idx is
+'Active event-based tasks by event type: the tasks an event may start.';
+
+create table if not exists public.task_events (
+    id uuid primary key default gen_random_uuid(),
+    -- Whose event: the signed-in emitter, null when the service emitted it for anyone.
+    user_id uuid references auth.users (id) on delete cascade,
+    event_type public.event_trigger_type_enum not null,
+    event_data jsonb not null,
+    idempotency_key text,
+    results jsonb not null default '[]'::jsonb,
+    emitted_at timestamptz not null default now(),
+    emitted_by_role text not null default current_user,
+    constraint task_events_data_is_object check (jsonb_typeof(event_data) = 'object'),
+    constraint task_events_key_length check (length(idempotency_key) between 1 and 200),
+    constraint task_events_results_is_array check (jsonb_typeof(results) = 'array')
+);
+
+create unique index if not exists task_events_idempotency_idx
+on public.task_events (idempotency_key, user_id) nulls not distinct
+where idempotency_key is not null;
+
+create index if not exists task_events_user_id_idx on public.task_events (user_id);
+
+alter table public.task_events enable row level security;
+
+revoke all on public.task_events from anon;
+revoke update, delete, truncate on public.task_events from authenticated;
+grant select, insert on public.task_events to authenticated;
+grant all on public.task_events to service_role;
+
+create policy "Owners read their events" on public.task_events
+for select to authenticated
+using (user_id = (select auth.uid()));
+
+create policy "Owners record their events" on public.task_events
+for insert to authenticated
+with check (user_id = (select auth.uid()));
+
+create policy "Service role records events" on public.task_events
+for all to service_role
+using (true) with check (true);
+
+comment on table public.task_events is
+'Every event emitted through emit_task_event, with its idempotency key and what it did to '
+'each matching task (results: task_id, run_id, outcome, detail).';
+comment on column public.task_events.id is 'Event id.';
+comment on column public.task_events.user_id is
+'The signed-in user who emitted it (their tasks only); null when the service role did.';
+comment on column public.task_events.event_type is 'The event type (legacy enum).';
+comment on column public.task_events.event_data is
+'The event''s data, given to each started run as its trigger_data.';
+comment on column public.task_events.idempotency_key is
+'Unique per emitter: an emission with a key already used starts nothing.';
+comment on column public.task_events.results is
+'Per matching task: {task_id, run_id, outcome, detail}.';
+comment on column public.task_events.emitted_at is 'When it was emitted.';
+comment on column public.task_events.emitted_by_role is
+'Database role of the emitter (authenticated, service_role, ...).';
+comment on constraint task_events_data_is_object on public.task_events is
+'Event data is a JSON object (its keys are what filters compare).';
+comment on constraint task_events_key_length on public.task_events is
+'An idempotency key is 1 to 200 characters.';
+comment on constraint task_events_results_is_array on public.task_events is
+'One result per matching task.';
+comment on index public.task_events_idempotency_idx is
+'One emission per idempotency key and emitter (the service role''s keys share null).';
+comment on index public.task_events_user_id_idx is
+'Serves the owners'' read policy and the cascade from auth.users.';
+comment on policy "Owners read their events" on public.task_events is
+'Signed-in users see the events they emitted.';
+comment on policy "Owners record their events" on public.task_events is
+'emit_task_event, running with the caller''s rights, records the caller''s own events.';
+comment on policy "Service role records events" on public.task_events is
+'The service role emits for anyone (it bypasses RLS; stated for clarity).';
+
+create or replace function public.emit_task_event(
+    p_event_type text,
+    p_event_data jsonb,
+    p_idempotency_key text default null
+)
+returns table (task_id uuid, run_id uuid, outcome text, detail text)
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+    emitter uuid;
+    known_type public.event_trigger_type_enum;
+    earlier public.task_events;
+    matching record;
+    results jsonb := '[]'::jsonb;
+begin
+    if p_event_type is null
+        or p_event_type not in (
+            select e::text from unnest(enum_range(null::public.event_trigger_type_enum)) as e
+        ) then
+        raise exception 'unknown event type %', coalesce(quote_literal(p_event_type), 'null')
+            using errcode = '22023',
+            hint = 'Known event types: ' || array_to_string(
+                enum_range(null::public.event_trigger_type_enum)::text[], ', '
+            ) || '.';
+    end if;
+    known_type := p_event_type::public.event_trigger_type_enum;
+    if p_event_data is null or jsonb_typeof(p_event_data) <> 'object' then
+        raise exception 'event data must be a JSON object, not %',
+            coalesce(jsonb_typeof(p_event_data), 'null')
+            using errcode = '22023';
+    end if;
+    if p_idempotency_key is not null
+        and (btrim(p_idempotency_key) = '' or length(p_idempotency_key) > 200) then
+        raise exception 'idempotency key must be 1 to 200 characters and not blank'
+            using errcode = '22023';
+    end if;
+    if current_setting('role', true) = 'authenticated' then
+        emitter := auth.uid();
+        if emitter is null then
+            raise exception 'a signed-in user is required' using errcode = '42501';
+        end if;
+    end if;
+
+    if p_idempotency_key is not null then
+        -- One emission per key at a time: a concurrent retry waits here, then finds this
+        -- one's row (a transaction-level lock, so poolers are fine).
+        perform pg_advisory_xact_lock(
+            hashtextextended(
+                'stepsync.task_events:' || coalesce(emitter::text, '') || ':'
+                || p_idempotency_key,
+                0
+            )
+        );
+        select e.* into earlier
+        from public.task_events as e
+        where e.idempotency_key = p_idempotency_key and e.user_id is not distinct from emitter;
+        if found then
+            if earlier.event_type <> known_type or earlier.event_data <> p_event_data then
+                raise exception 'idempotency key % was already used for another event '
+                    '(% at %)', quote_literal(p_idempotency_key), earlier.event_type,
+                    earlier.emitted_at
+                    using errcode = '22023',
+                    hint = 'Use a new key for a new event.';
+            end if;
+            return query
+            select
+                (r.result ->> 'task_id')::uuid,
+                (r.result ->> 'run_id')::uuid,
+                'duplicate'::text,
+                format(
+                    'already emitted at %s (%s)', earlier.emitted_at, r.result ->> 'outcome'
+                )
+            from jsonb_array_elements(earlier.results) as r (result);
+            return;
+        end if;
+    end if;
+
+    -- The caller's rights decide which tasks exist: RLS shows a user their own.
+    for matching in
+        select t.id, t.user_id, t.max_executions, t.total_executions
+        from public.agent_tasks as t
+        where
+            t.task_type = 'event_based'
+            and t.status = 'active'
+            and t.event_trigger_type = known_type
+            and (
+                jsonb_typeof(t.event_trigger_config -> 'filters') is distinct from 'object'
+                or not exists (
+                    select
+                    from jsonb_each(t.event_trigger_config -> 'filters') as f (key, value)
+                    where (p_event_data -> f.key) is distinct from f.value
+                )
+            )
+        order by t.id
+    loop
+        task_id := matching.id;
+        run_id := null;
+        detail := null;
+        if not stepsync.flag_enabled_for('multi_step_workflows', matching.user_id) then
+            outcome := 'legacy';
+            detail := 'owner not in the multi_step_workflows rollout: the legacy '
+                || 'task-executor runs this task';
+        elsif coalesce(matching.max_executions, 0) > 0
+            and matching.total_executions >= matching.max_executions then
+            update public.agent_tasks as t
+            set status = 'completed', updated_at = now()
+            where t.id = matching.id;
+            outcome := 'completed';
+            detail := format('max_executions (%s) reached', matching.max_executions);
+        else
+            begin
+                run_id := stepsync.start_task_run(matching.id, 'event', p_event_data);
+                outcome := 'started';
+            exception
+                when invalid_parameter_value
+                    or object_not_in_prerequisite_state
+                    or no_data_found then
+                outcome := 'refused';
+                detail := sqlerrm;
+            end;
+        end if;
+        results := results || jsonb_build_object(
+            'task_id', task_id, 'run_id', run_id, 'outcome', outcome, 'detail', detail
+        );
+        return next;
+    end loop;
+
+    insert into public.task_events (
+        user_id, event_type, event_data, idempotency_key, results
+    )
+    values (emitter, known_type, p_event_data, p_idempotency_key, results);
+end
+$$;
+
+comment on function public.emit_task_event(text, jsonb, text) is
+'Emits an event: every active event-based task of type p_event_type whose filters match '
+'p_event_data starts a run (trigger_type event, trigger_data = the data), for the owners '
+'in the multi_step_workflows rollout; one row per matching task: started (run_id), '
+'completed (max_executions reached), refused (invalid steps, detail says why), legacy '
+'(owner not in the rollout: the legacy executor runs it) or duplicate (the idempotency '
+'key was used before: nothing starts again). A signed-in user reaches their own tasks, '
+'the service role everyone''s. Unknown types and non-object data are refused.';
+
+revoke all on function public.emit_task_event(text, jsonb, text) from public, anon;
+grant execute on function public.emit_task_event(text, jsonb, text)
+to authenticated, service_role;
+
+-- The app's chat around a step run through its chat Edge Function (the agentopia_chat
+-- executor), as the legacy task-executor did it around each task run:
+--
+-- * the run's conversation: the task's conversation_id, else its
+--   event_trigger_config.conversation_id, else one the executor derives from the run;
+--   recorded on the run (agent_task_executions.conversation_id) at its first step;
+-- * its conversation_sessions row exists and is touched (agent, owner, status active,
+--   last_active) before and after the call, so the sidebar shows it;
+-- * the step's prompt is posted to chat_messages_v2 as the owner's user message, so the
+--   chat shows what the agent was asked (once per step: a retried attempt does not post
+--   it again; the message carries the step execution id).
+--
+-- conversation_sessions and chat_messages_v2 are the app's tables, not stepsync's: a
+-- database without them (the legacy baseline) skips these writes, and their columns are
+-- looked up, so the app's versions of them (a title column or not) all work.
+
+create or replace function stepsync.app_columns(p_table regclass, p_wanted text[])
+returns text
+language sql
+stable
+set search_path = ''
+as $$
+    select string_agg(quote_ident(a.attname), ', ' order by a.attnum)
+    from pg_catalog.pg_attribute as a
+    where
+        a.attrelid = p_table
+        and a.attnum > 0
+        and not a.attisdropped
+        and a.attname = any(p_wanted)
+$$;
+
+comment on function stepsync.app_columns(regclass, text[]) is
+'Those of p_wanted that are columns of p_table, quoted and comma separated: what a write '
+'into an app table of unknown version may name.';
+
+revoke all on function stepsync.app_columns(regclass, text[]) from public;
+grant execute on function stepsync.app_columns(regclass, text[]) to service_role;
+
+create or replace function stepsync.touch_chat_session(
+    p_conversation_id uuid,
+    p_agent_id uuid,
+    p_user_id uuid
+)
+returns boolean
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    sessions regclass := to_regclass('public.conversation_sessions');
+    touched integer;
+    columns text;
+begin
+    if sessions is null then
+        return false;
+    end if;
+    execute
+        'update public.conversation_sessions set agent_id = $2, user_id = $3, '
+        || 'status = ''active'', last_active = now() where conversation_id = $1'
+        using p_conversation_id, p_agent_id, p_user_id;
+    get diagnostics touched = row_count;
+    if touched = 0 then
+        -- A new conversation gets the legacy title; an existing one keeps its own.
+        columns := stepsync.app_columns(
+            sessions,
+            array['conversation_id', 'agent_id', 'user_id', 'title', 'status', 'last_active']
+        );
+        begin
+            execute format(
+                'insert into public.conversation_sessions (%1$s) select %1$s '
+                || 'from jsonb_populate_record(null::public.conversation_sessions, $1)',
+                columns
+            )
+            using jsonb_build_object(
+                'conversation_id', p_conversation_id,
+                'agent_id', p_agent_id,
+                'user_id', p_user_id,
+                'title', 'New Conversation',
+                'status', 'active',
+                'last_active', now()
+            );
+        exception when unique_violation then
+            -- Another run of the task made it meanwhile (conversation_id is unique in
+            -- later versions of the app).
+            execute
+                'update public.conversation_sessions set last_active = now() '
+                || 'where conversation_id = $1'
+                using p_conversation_id;
+        end;
+    end if;
+    return true;
+end
+$$;
+
+comment on function stepsync.touch_chat_session(uuid, uuid, uuid) is
+'Makes the app''s conversation_sessions row of a conversation exist and be active now '
+'(agent, owner, last_active), as the legacy executor did before and after each chat call; '
+'false when the app has no conversation_sessions table. Service only.';
+
+revoke all on function stepsync.touch_chat_session(uuid, uuid, uuid)
+from public, anon, authenticated;
+grant execute on function stepsync.touch_chat_session(uuid, uuid, uuid) to service_role;
+
+create or replace function stepsync.open_chat_turn(
+    p_run_id uuid,
+    p_step_execution_id uuid,
+    p_agent_id uuid,
+    p_derived_conversation_id uuid,
+    p_session_id uuid,
+    p_text text
+)
+returns uuid
+language plpgsql
+volatile
+set enable_seqscan = off
+set search_path = ''
+as $$
+declare
+    run record;
+    configured text;
+    conversation uuid;
+    messages regclass := to_regclass('public.chat_messages_v2');
+    posted boolean;
+begin
+    select r.id, r.task_id, r.user_id, r.trigger_type, r.conversation_id, t.event_trigger_config
+    into run
+    from public.agent_task_executions as r
+    inner join public.agent_tasks as t on r.task_id = t.id
+    where r.id = p_run_id;
+    if not found then
+        raise exception 'run % not found', p_run_id using errcode = 'P0002';
+    end if;
+
+    configured := run.event_trigger_config ->> 'conversation_id';
+    conversation := coalesce(
+        run.conversation_id,
+        case
+            when configured ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                then configured::uuid
+        end,
+        p_derived_conversation_id
+    );
+    if run.conversation_id is null then
+        update public.agent_task_executions as r
+        set conversation_id = conversation, updated_at = now()
+        where r.id = p_run_id;
+    end if;
+
+    -- Like the legacy executor: the session is best effort, the message is not.
+    begin
+        perform stepsync.touch_chat_session(conversation, p_agent_id, run.user_id);
+    exception when others then
+        raise warning 'conversation session % not touched: %', conversation, sqlerrm;
+    end;
+
+    if messages is null then
+        return conversation;
+    end if;
+    execute
+        'select exists (select from public.chat_messages_v2 '
+        || 'where conversation_id = $1 and metadata @> $2)'
+        into posted
+        using conversation, jsonb_build_object('step_execution_id', p_step_execution_id);
+    if not posted then
+        execute format(
+            'insert into public.chat_messages_v2 (%1$s) select %1$s '
+            || 'from jsonb_populate_record(null::public.chat_messages_v2, $1)',
+            stepsync.app_columns(
+                messages,
+                array[
+                    'conversation_id', 'session_id', 'channel_id', 'role', 'content',
+                    'sender_user_id', 'sender_agent_id', 'metadata', 'context'
+                ]
+            )
+        )
+        using jsonb_build_object(
+            'conversation_id', conversation,
+            'session_id', p_session_id,
+            'channel_id', null,
+            'role', 'user',
+            'content', jsonb_build_object('type', 'text', 'text', p_text),
+            'sender_user_id', run.user_id,
+            'sender_agent_id', null,
+            'metadata', jsonb_build_object(
+                'target_agent_id', p_agent_id,
+                'source', 'scheduler',
+                'task_id', run.task_id,
+                'trigger_type', run.trigger_type,
+                'run_id', run.id,
+                'step_execution_id', p_step_execution_id
+            ),
+            'context', jsonb_build_object(
+                'agent_id', p_agent_id,
+                'user_id', run.user_id,
+                'conversation_id', conversation,
+                'session_id', p_session_id
+            )
+        );
+    end if;
+    return conversation;
+end
+$$;
+
+comment on function stepsync.open_chat_turn(uuid, uuid, uuid, uuid, uuid, text) is
+'Before a step''s chat call: the run''s conversation (the task''s, its event config''s, or '
+'p_derived_conversation_id), recorded on the run; its conversation_sessions row touched; '
+'the prompt p_text posted to chat_messages_v2 as the owner''s message, once per step '
+'whatever its attempts. App tables that do not exist are skipped. Returns the '
+'conversation id. Service only.';
+
+revoke all on function stepsync.open_chat_turn(uuid, uuid, uuid, uuid, uuid, text)
+from public, anon, authenticated;
+grant execute on function stepsync.open_chat_turn(uuid, uuid, uuid, uuid, uuid, text)
+to service_role;

@@ -51,6 +51,12 @@ def serve(
     ),
     metrics_port: int | None = typer.Option(None, help="Port of /metrics and /healthz; 0 = off."),
     worker_id: str | None = typer.Option(None, help="Name leases are claimed under."),
+    scheduler: bool | None = typer.Option(
+        None,
+        "--scheduler/--no-scheduler",
+        help="Start scheduled tasks' runs at their fire times (default STEPSYNC_SCHEDULER, on).",
+        show_default=False,
+    ),
 ) -> None:
     """Run workflow steps: wake on LISTEN (and a poll timer), claim, execute, record.
 
@@ -66,6 +72,7 @@ def serve(
         "executor": executor,
         "metrics_port": metrics_port,
         "worker_id": worker_id,
+        "scheduler": scheduler,
         "listen": [] if poll_only else listen,
         "database_url": database_url_option,
     }

@@ -88,13 +88,17 @@ class EdgeFunctionExecutor:
         return answer
 
     async def execute(self, request: StepRequest) -> Any:
+        return self.output(await self.call(request, self.body(request)), request)
+
+    async def call(self, request: StepRequest, body: dict[str, Any]) -> Any:
+        """POST ``body`` for this step; the function's JSON answer, or a StepError."""
         # The step's own timeout is the only limit: a chat turn may run as long as its
         # step allows.
         timeout = request.timeout_seconds
         try:
             response = await self._client.post(
                 self.url,
-                json=self.body(request),
+                json=body,
                 headers=self.headers(request),
                 timeout=timeout,
             )
@@ -107,7 +111,7 @@ class EdgeFunctionExecutor:
             raise RetryableStepError(
                 f"cannot reach Edge Function {self.function_name}: {type(exc).__name__}: {exc}"
             ) from exc
-        return self.output(self._answer(response), request)
+        return self._answer(response)
 
     def _answer(self, response: httpx.Response) -> Any:
         status = response.status_code
