@@ -520,3 +520,36 @@ def test_every_time_zone_the_database_accepts_is_one_the_scheduler_reads(
         except Exception:
             unreadable.append(name)
     assert unreadable == []
+
+
+def test_stepsync_schedules_lists_upcoming_fire_times_in_local_and_utc_time(
+    conn: psycopg.Connection, db_url: str, owner: tuple
+) -> None:
+    from typer.testing import CliRunner
+
+    from sync.cli import app
+
+    task = scheduled_task(
+        conn,
+        *owner,
+        cron="0 9 * * *",
+        timezone="Europe/Paris",
+        next_run_at=utc(2025, 10, 25, 7),
+        name="Digest",
+    )
+    outside = make_user(conn)
+    scheduled_task(
+        conn, outside, make_agent(conn, outside), next_run_at=utc(2025, 10, 25, 8), name="Old"
+    )
+    conn.execute("select stepsync.deny_flag_users('multi_step_workflows', %s)", [[outside]])
+    result = CliRunner().invoke(app, ["schedules", "--count", "2", "--database-url", db_url])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if " UTC " in line]
+    assert lines[0].startswith(
+        "2025-10-25 07:00:00 UTC  2025-10-25 09:00:00 CEST Europe/Paris  stepsync  Digest ("
+        + str(task)
+    )
+    assert f"owner {owner[0]}" in lines[0]
+    assert "legacy" in lines[1] and "Old" in lines[1]
+    # Across the change the local time stays 09:00 and UTC moves an hour.
+    assert lines[3].startswith("2025-10-26 08:00:00 UTC  2025-10-26 09:00:00 CET Europe/Paris")

@@ -8,7 +8,6 @@ import psycopg
 import typer
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from rich.table import Table
 
 from sync.commands.common import (
     DatabaseUrlOption,
@@ -52,11 +51,13 @@ def emit(
     if not rows:
         console.print(f"no active {event_type} task matches")
         return
-    table = Table("task", "outcome", "run", "detail")
+    # One line per task (two ids do not fit a table in 80 columns).
     for row in rows:
-        table.add_row(
-            str(row["task_id"]), row["outcome"], str(row["run_id"] or ""), row["detail"] or ""
-        )
-    console.print(table)
+        line = f"{row['task_id']}  {row['outcome']}"
+        if row["run_id"]:
+            line += f"  run {row['run_id']}"
+        if row["detail"]:
+            line += f"  ({row['detail']})"
+        console.print(line, highlight=False, soft_wrap=True)
     started = sum(1 for row in rows if row["outcome"] == "started")
     console.print(f"{started} run(s) started, {len(rows)} task(s) matched")

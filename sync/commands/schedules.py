@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 import psycopg
 import typer
 from psycopg.rows import dict_row
-from rich.table import Table
 
 from sync import cron
 from sync.commands.common import (
@@ -55,21 +54,23 @@ def schedules(
             rows = conn.execute(UPCOMING, {"user_id": user_id, "limit": limit}).fetchall()
     except psycopg.Error as exc:
         raise database_error(exc) from None
-    table = Table("task", "owner", "run by", "local time", "UTC")
     fire_times = []
     for row in rows:
         for moment, local in _fire_times(row, count):
             fire_times.append((moment, row, local))
+    if not fire_times:
+        console.print("no scheduled task has a next fire time")
+        return
     fire_times.sort(key=lambda item: item[0])
+    # One line per fire time, soonest first (ids do not fit a table in 80 columns).
     for moment, row, local in fire_times:
-        table.add_row(
-            f"{row['name']} ({row['id']})",
-            str(row["user_id"]),
-            "stepsync" if row["by_stepsync"] else "legacy",
-            local,
-            moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        console.print(
+            f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC  {local}  "
+            f"{'stepsync' if row['by_stepsync'] else 'legacy  '}  {row['name']} ({row['id']})"
+            f"  owner {row['user_id']}",
+            highlight=False,
+            soft_wrap=True,
         )
-    console.print(table if fire_times else "no scheduled task has a next fire time")
 
 
 def _fire_times(row: dict, count: int) -> list[tuple[datetime, str]]:
@@ -78,10 +79,10 @@ def _fire_times(row: dict, count: int) -> list[tuple[datetime, str]]:
     try:
         schedule = cron.parse(row["cron_expression"], row["timezone"])
     except (cron.CronError, TypeError):
-        return [(first, f"{first.isoformat()} ({row['timezone']}, schedule unreadable)")]
+        return [(first, f"(schedule unreadable) {row['timezone']}")]
     moments = [first, *cron.upcoming(schedule, first, count - 1)]
     return [(m, _local(schedule, m, row["timezone"])) for m in moments]
 
 
 def _local(schedule: cron.Schedule, moment: datetime, zone: str) -> str:
-    return f"{schedule.local(moment).strftime('%Y-%m-%d %H:%M:%S %Z')} ({zone})"
+    return f"{schedule.local(moment):%Y-%m-%d %H:%M:%S %Z} {zone}"
