@@ -76,8 +76,11 @@ def plan(task: DueSchedule, now: datetime) -> FirePlan | None:
 
 @dataclass
 class TickResult:
+    """What one tick did: the fire times decided, and how many tasks only had their next
+    fire time set (a first one, or the first after their start_date)."""
+
     decisions: list[FireDecision]
-    armed: int = 0
+    advanced: int = 0
 
     @property
     def started(self) -> int:
@@ -122,7 +125,7 @@ class Scheduler:
                     now, self.batch_size, self.worker, lambda task: self._plan(task, now)
                 )
                 result.decisions += batch.decisions
-                result.armed += batch.advanced
+                result.advanced += batch.advanced
                 # A full batch that changed nothing holds only tasks nothing can be done
                 # with: the next tick looks again.
                 if batch.claimed < self.batch_size or not (batch.decisions or batch.advanced):
@@ -165,9 +168,6 @@ class Scheduler:
                 fields["run_id"] = str(decision.run_id)
             if decision.detail:
                 fields["detail"] = decision.detail
-            level = (
-                logging.INFO if decision.outcome in ("started", "already_run") else logging.WARNING
-            )
-            if decision.outcome == "completed":
-                level = logging.INFO
+            # A skipped or refused fire time is worth a look; the others are routine.
+            level = logging.WARNING if decision.outcome in ("skipped", "refused") else logging.INFO
             log.log(level, "fire time decided", extra=fields)

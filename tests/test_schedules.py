@@ -250,7 +250,7 @@ def test_a_task_without_a_next_fire_time_gets_one(
     task = scheduled_task(conn, *owner, cron="30 8 * * 1-5", timezone="America/New_York")
     # Friday 2025-06-06 13:00 UTC is 09:00 in New York: the next weekday 08:30 is Monday's.
     result = fire(db_url, utc(2025, 6, 6, 13))
-    assert result.decisions == [] and result.armed == 1
+    assert result.decisions == [] and result.advanced == 1
     assert task_row(conn, task)["next_run_at"] == utc(2025, 6, 9, 12, 30)
 
 

@@ -608,7 +608,9 @@ begin
     from unnest(
         recorded_tasks, recorded_times, recorded_owners, recorded_outcomes, recorded_runs,
         recorded_missed, recorded_details
-    ) as d (task_id, fire_at, user_id, outcome, run_id, missed, detail);
+    ) as d (task_id, fire_at, user_id, outcome, run_id, missed, detail)
+    -- A fire time already decided (next_run_at set back by hand) keeps its first decision.
+    on conflict (task_id, fire_at) do nothing;
 
     update public.agent_tasks as t
     set next_run_at = a.next_run_at, updated_at = now()
