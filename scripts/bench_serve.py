@@ -17,7 +17,7 @@ database in the same run (the machine is shared and noisy, so only ratios compar
 - each at default settings and at a higher concurrency (CONFIGURATIONS), against the raw
   ``FOR UPDATE SKIP LOCKED`` loop of scripts/bench_service.py with 4 connections.
 
-Usage: python scripts/bench_serve.py [--runs 1000] [--history 1000000] [--rounds 3]
+Usage: python scripts/bench_serve.py [--runs 1000] [--history 1000000 (0: none)] [--rounds 3]
 Set STEPSYNC_PG_BIN to choose the PostgreSQL binaries (e.g. /usr/lib/postgresql/15/bin).
 """
 
@@ -167,8 +167,10 @@ def burst(url: str, task_ids: list[uuid.UUID]) -> tuple[float, float]:
                 [task_ids],
             ).fetchall()
         ]
+        # Timed from just before the commit: the steps are claimable from the commit on,
+        # and the service may start one before the client hears the commit acknowledged.
+        committing = time.time()
         conn.commit()
-        committed = time.time()
         while True:
             left, last, first = conn.execute(
                 "select count(*) filter (where status in ('pending', 'running')),"
@@ -181,7 +183,7 @@ def burst(url: str, task_ids: list[uuid.UUID]) -> tuple[float, float]:
             if left == 0:
                 break
             time.sleep(0.05)
-    return len(run_ids) * STEPS / (last.timestamp() - committed), first.timestamp() - committed
+    return len(run_ids) * STEPS / (last.timestamp() - committing), first.timestamp() - committing
 
 
 def trickle(url: str, task_ids: list[uuid.UUID], rate: float) -> list[float]:
@@ -193,8 +195,9 @@ def trickle(url: str, task_ids: list[uuid.UUID], rate: float) -> list[float]:
             (run_id,) = conn.execute(
                 "select public.start_task_run(%s, 'event', '{}')", [task_id]
             ).fetchone()
+            committing = time.time()
             conn.commit()
-            started.append((run_id, time.time()))
+            started.append((run_id, committing))
             time.sleep(1 / rate)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -269,7 +272,7 @@ def main() -> None:
     parser.add_argument(
         "--history",
         type=int,
-        default=0,
+        default=1_000_000,
         help="after the first measurement, load this many finished step rows and measure again",
     )
     parser.add_argument("--rounds", type=int, default=3)
