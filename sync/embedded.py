@@ -88,7 +88,7 @@ def start_local_cluster(
     """
     bin_dir = bin_dir or wheel_bin_dir()
     data_dir = data_dir.resolve()
-    run_as = _server_user()
+    run_as = server_account()
     if not (data_dir / "PG_VERSION").exists():
         _initdb(bin_dir, data_dir, run_as)
     port = _running_port(data_dir)
@@ -124,7 +124,7 @@ def stop_local_cluster(data_dir: Path, *, bin_dir: Path | None = None) -> bool:
     if _running_port(data_dir) is None:
         return False
     pg_ctl = (bin_dir or wheel_bin_dir()) / "pg_ctl"
-    _run([pg_ctl, "-D", data_dir, "-m", "fast", "-w", "stop"], _server_user())
+    _run([pg_ctl, "-D", data_dir, "-m", "fast", "-w", "stop"], server_account())
     return True
 
 
@@ -157,7 +157,7 @@ def database_exists(server_url: str, name: str) -> bool:
 # --- running the server as an unprivileged user ------------------------------------------
 
 
-def _server_user() -> pwd.struct_passwd | None:
+def server_account() -> pwd.struct_passwd | None:
     """The unprivileged account the server runs as when we are root, created if missing."""
     if os.geteuid() != 0:
         return None

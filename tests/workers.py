@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,14 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from sync.executors.base import PermanentStepError, RetryableStepError, StepRequest
+from tests.support import (
+    acting_as,
+    make_agent,
+    make_task,
+    make_user,
+    replace_steps,
+    run_statuses,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_URL_ENV = "STEPSYNC_TEST_LOG_URL"
@@ -135,6 +144,48 @@ def blocking_step(request: StepRequest) -> dict[str, Any]:
     if request.instructions.strip() == "hold":
         time.sleep(float(os.environ.get(HOLD_ENV, "0")))
     return {"worker": os.environ.get(WORKER_NAME_ENV, "worker"), "step": request.step_order}
+
+
+# --- runs the process tests set up and check ---------------------------------------------
+
+
+def setup_task(conn: psycopg.Connection, instructions: list[str], **step) -> uuid.UUID:
+    user_id = make_user(conn)
+    task_id = make_task(conn, user_id, make_agent(conn, user_id))
+    replace_steps(conn, task_id, [{"instructions": text, **step} for text in instructions])
+    return task_id
+
+
+def start_runs(conn: psycopg.Connection, task_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    with acting_as(conn, "service_role"):
+        return [
+            row[0]
+            for row in conn.execute(
+                "select public.start_task_run(t) from unnest(%s::uuid[]) as t", [task_ids]
+            ).fetchall()
+        ]
+
+
+def all_finished(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> bool:
+    statuses = run_statuses(conn, run_ids)
+    return sum(statuses.get(s, 0) for s in ("completed", "failed", "cancelled")) == len(run_ids)
+
+
+def completions_per_step(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> dict:
+    rows = conn.execute(
+        "select s.id, count(c.id) from public.task_step_executions s"
+        " left join public.test_completion_log c on c.step_execution_id = s.id"
+        " where s.run_id = any(%s) group by s.id",
+        [run_ids],
+    ).fetchall()
+    return dict(rows)
+
+
+def dangling_leases(conn: psycopg.Connection) -> int:
+    return conn.execute(
+        "select count(*) from public.task_step_executions"
+        " where status = 'running' or lease_owner is not null"
+    ).fetchone()[0]
 
 
 # --- worker processes -------------------------------------------------------------------
