@@ -17,7 +17,7 @@ database in the same run (the machine is shared and noisy, so only ratios compar
 - each at default settings and at a higher concurrency (CONFIGURATIONS), against the raw
   ``FOR UPDATE SKIP LOCKED`` loop of scripts/bench_service.py with 4 connections.
 
-Usage: python scripts/bench_serve.py [--runs 1000] [--history 1000000] [--rounds 3]
+Usage: python scripts/bench_serve.py [--runs 1000] [--history 1000000 (0: none)] [--rounds 3]
 Set STEPSYNC_PG_BIN to choose the PostgreSQL binaries (e.g. /usr/lib/postgresql/15/bin).
 """
 
@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import make_tasks, percentile, raw_throughput
 
 from sync import migrations
+from sync.embedded import start_local_cluster
 from tests.helpers import provision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,9 +156,14 @@ def wait_until_serving(url: str, timeout: float = 60) -> None:
     raise RuntimeError("stepsync serve did not start listening within a minute")
 
 
+COMMITTED = "select extract(epoch from pg_xact_commit_timestamp(%s::xid))"
+TRANSACTION = "select pg_current_xact_id()::xid::text"
+
+
 def burst(url: str, task_ids: list[uuid.UUID]) -> tuple[float, float]:
-    """Start one run per task in one transaction; steps/s from commit to the last step's
-    completion, and the first step's start after the commit (seconds)."""
+    """Start one run per task in one transaction; steps/s from its commit to the last
+    step's completion, and its commit to the first step's start (seconds), both on the
+    database's clock (track_commit_timestamp)."""
     with psycopg.connect(url) as conn:
         conn.execute("set local role service_role")
         run_ids = [
@@ -167,13 +173,15 @@ def burst(url: str, task_ids: list[uuid.UUID]) -> tuple[float, float]:
                 [task_ids],
             ).fetchall()
         ]
+        (xid,) = conn.execute(TRANSACTION).fetchone()
         conn.commit()
-        committed = time.time()
+        (committed,) = conn.execute(COMMITTED, [xid]).fetchone()
         while True:
             left, last, first = conn.execute(
                 "select count(*) filter (where status in ('pending', 'running')),"
-                " max(completed_at), (select min(s.started_at) from public.task_step_executions s"
-                "  where s.run_id = any(%s))"
+                " extract(epoch from max(completed_at)),"
+                " (select extract(epoch from min(s.started_at))"
+                "  from public.task_step_executions as s where s.run_id = any(%s))"
                 " from public.agent_task_executions where id = any(%s)",
                 [run_ids, run_ids],
             ).fetchone()
@@ -181,33 +189,34 @@ def burst(url: str, task_ids: list[uuid.UUID]) -> tuple[float, float]:
             if left == 0:
                 break
             time.sleep(0.05)
-    return len(run_ids) * STEPS / (last.timestamp() - committed), first.timestamp() - committed
+    return len(run_ids) * STEPS / float(last - committed), float(first - committed)
 
 
 def trickle(url: str, task_ids: list[uuid.UUID], rate: float) -> list[float]:
     """One run every 1/rate seconds; each run's commit → its first step's start."""
-    started: list[tuple[uuid.UUID, float]] = []
+    started: list[tuple[uuid.UUID, str]] = []
     with psycopg.connect(url) as conn:
         for task_id in task_ids:
             conn.execute("set local role service_role")
             (run_id,) = conn.execute(
                 "select public.start_task_run(%s, 'event', '{}')", [task_id]
             ).fetchone()
+            (xid,) = conn.execute(TRANSACTION).fetchone()
             conn.commit()
-            started.append((run_id, time.time()))
+            started.append((run_id, xid))
             time.sleep(1 / rate)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            rows = dict(
-                conn.execute(
-                    "select run_id, started_at from public.task_step_executions"
-                    " where step_order = 1 and started_at is not null and run_id = any(%s)",
-                    [[run_id for run_id, _ in started]],
-                ).fetchall()
-            )
+            rows = conn.execute(
+                "select s.run_id, extract(epoch from s.started_at - pg_xact_commit_timestamp("
+                "  ran.xid::xid)) from unnest(%s::uuid[], %s::text[]) as ran (run_id, xid)"
+                " join public.task_step_executions as s on s.run_id = ran.run_id"
+                " where s.step_order = 1 and s.started_at is not null",
+                [[run_id for run_id, _ in started], [xid for _, xid in started]],
+            ).fetchall()
             conn.commit()
             if len(rows) == len(started):
-                return [rows[run_id].timestamp() - at for run_id, at in started]
+                return [float(latency) for _, latency in rows]
             time.sleep(0.1)
     raise RuntimeError("trickle runs did not all start within a minute")
 
@@ -254,6 +263,16 @@ def report(name: str, rounds: dict) -> None:
     )
 
 
+def with_commit_timestamps(server: provision.Server, data_dir: Path) -> provision.Server:
+    """The local cluster restarted with track_commit_timestamp on, so that latencies are
+    measured from the commit itself, on the database's clock."""
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("alter system set track_commit_timestamp = on")
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    server.stop()
+    return start_local_cluster(data_dir, bin_dir=provision.pg_bin_dir(), port=port)
+
+
 def analyze_while_idle(url: str) -> None:
     """Statistics taken while the queue is empty, as autovacuum takes them on an idle
     project; then autovacuum stays out of the way of the measurement."""
@@ -269,7 +288,7 @@ def main() -> None:
     parser.add_argument(
         "--history",
         type=int,
-        default=0,
+        default=1_000_000,
         help="after the first measurement, load this many finished step rows and measure again",
     )
     parser.add_argument("--rounds", type=int, default=3)
@@ -282,6 +301,7 @@ def main() -> None:
         scratch = Path(scratch_dir)
         server = provision.start_server(scratch / "data")
         try:
+            server = with_commit_timestamps(server, scratch / "data")
             url = provision.create_database(server.url, "bench")
             provision.bootstrap_supabase(url)
             migrations.push(url)

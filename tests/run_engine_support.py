@@ -9,7 +9,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from tests.support import as_service, make_agent, make_task, make_user, replace_steps
+from tests.support import acting_as, as_service, make_agent, make_task, make_user, replace_steps
 
 
 def make_workflow(
@@ -37,12 +37,21 @@ def jsonb_values(step: dict) -> dict:
     return values
 
 
-def start_run(conn: psycopg.Connection, task_id: uuid.UUID, **kwargs: Any) -> uuid.UUID:
-    trigger_data = kwargs.get("trigger_data", {})
-    with as_service(conn):
+def start_run(
+    conn: psycopg.Connection,
+    task_id: uuid.UUID,
+    *,
+    as_user: uuid.UUID | None = None,
+    trigger_type: str = "manual",
+    trigger_data: dict | None = None,
+) -> uuid.UUID:
+    """Start a run as the service does, or with ``as_user`` as that signed-in user does
+    through PostgREST."""
+    caller = acting_as(conn, "authenticated", as_user) if as_user else as_service(conn)
+    with caller:
         return conn.execute(
             "select public.start_task_run(%s, %s, %s)",
-            [task_id, kwargs.get("trigger_type", "manual"), Jsonb(trigger_data)],
+            [task_id, trigger_type, Jsonb(trigger_data or {})],
         ).fetchone()[0]
 
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 
 import psycopg
@@ -25,18 +24,9 @@ from tests.support import (
     make_user,
     task_instructions,
 )
+from tests.workers import wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
-    """Poll ``condition`` until it returns something truthy (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def cli(db_url: str, *args: str) -> subprocess.Popen:

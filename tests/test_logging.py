@@ -15,7 +15,7 @@ import pytest
 
 from sync import logging as structured_logging
 from tests.realtime_support import SupabaseStandIns
-from tests.support import acting_as, make_agent, make_task, make_user, replace_steps
+from tests.run_engine_support import make_workflow, start_run
 from tests.workers import start_worker, wait_until
 
 KEY = "service-role-key-for-tests"
@@ -112,12 +112,9 @@ def test_debug_opens_the_libraries_and_keeps_secrets_out(configure):
 # --- a real process ---------------------------------------------------------------------
 
 
-def start_run(conn: psycopg.Connection):
-    user_id = make_user(conn)
-    task_id = make_task(conn, user_id, make_agent(conn, user_id))
-    replace_steps(conn, task_id, [{}])
-    with acting_as(conn, "authenticated", user_id):
-        return conn.execute("select public.start_task_run(%s)", [task_id]).fetchone()[0]
+def start_one_step_run(conn: psycopg.Connection):
+    user_id, task_id, _ = make_workflow(conn, [{}])
+    return start_run(conn, task_id, as_user=user_id)
 
 
 def run_status(conn: psycopg.Connection, run_id) -> str:
@@ -167,7 +164,7 @@ def test_a_served_process_writes_only_json_through_database_and_realtime_outages
             admin.execute(f'alter database "{database}" with allow_connections true')
 
             # Back to work: a run started now completes.
-            run_id = start_run(conn)
+            run_id = start_one_step_run(conn)
             wait_until(lambda: run_status(conn, run_id) == "completed", what="the run")
         finally:
             admin.execute(f'alter database "{database}" with allow_connections true')

@@ -18,8 +18,9 @@ import pytest
 
 from sync.wakeups.realtime import BINDINGS, RealtimeWakeups
 from tests.realtime_support import WakeLog
+from tests.run_engine_support import make_workflow, start_run
 from tests.standins.realtime_server import RealtimeStandIn, make_jwt
-from tests.support import acting_as, make_agent, make_task, make_user, replace_steps
+from tests.support import make_agent, make_task, make_user
 from tests.workers import serving, wait_for_run
 
 KEY = "service-role-key-for-tests"
@@ -376,15 +377,9 @@ SLOW_POLL = 60.0
 
 
 def workflow(conn: psycopg.Connection, steps: int = 2) -> tuple[uuid.UUID, uuid.UUID]:
-    user_id = make_user(conn)
-    task_id = make_task(conn, user_id, make_agent(conn, user_id))
-    replace_steps(conn, task_id, [{} for _ in range(steps)])
+    """A user and a task of ``steps`` plain steps: (user, task)."""
+    user_id, task_id, _ = make_workflow(conn, [{} for _ in range(steps)])
     return user_id, task_id
-
-
-def start_run(conn: psycopg.Connection, user_id: uuid.UUID, task_id: uuid.UUID) -> uuid.UUID:
-    with acting_as(conn, "authenticated", user_id):
-        return conn.execute("select public.start_task_run(%s)", [task_id]).fetchone()[0]
 
 
 class Steps:
@@ -445,7 +440,7 @@ def test_a_queued_step_wakes_the_service_through_realtime(db_url, conn):
 
     async def scenario():
         async with realtime_service(db_url, steps) as (server, service, _source):
-            run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+            run_id = await asyncio.to_thread(start_run, conn, task_id, as_user=user_id)
             run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
             return run_id, run, wakeups(service, "step_ready"), server.frames_sent
 
@@ -478,7 +473,7 @@ def test_service_reconnects_after_a_dropped_socket_and_sweeps_up_missed_work(db_
             await server.wait_until(lambda: not server.joined_topics())
             # Queued while the service is deaf: no frame can reach it.
             frames_before = len(server.frames_sent)
-            run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+            run_id = await asyncio.to_thread(start_run, conn, task_id, as_user=user_id)
             assert len(server.frames_sent) == frames_before
             assert steps.ran == []
             server.refusing = False
@@ -505,7 +500,7 @@ def test_a_run_committed_before_changes_flow_after_a_rejoin_starts_when_they_do(
             await server.wait_until(lambda: len(server.joins) == 2)
             await asyncio.wait_for(source.subscribed.wait(), 10)
             await idle(service)  # the rejoin's sweep has looked, and found nothing
-            run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+            run_id = await asyncio.to_thread(start_run, conn, task_id, as_user=user_id)
             committed = time.monotonic()
             run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
             return run_id, run, committed, server.announcements, server.dropped
@@ -527,7 +522,7 @@ def test_a_run_committed_during_a_capture_restart_starts_when_it_ends(db_url, co
     async def scenario():
         async with realtime_service(db_url, steps) as (server, _service, _source):
             server.stop_capture()
-            run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+            run_id = await asyncio.to_thread(start_run, conn, task_id, as_user=user_id)
             await server.wait_until(lambda: len(server.dropped) == 2)
             await asyncio.sleep(1.0)  # the capture is down a while; nothing may start
             assert steps.ran == []
@@ -551,7 +546,7 @@ def test_malformed_frames_never_stop_the_service(db_url, conn, caplog):
             for frame in MALFORMED_FRAMES:
                 await server.inject(frame)
             await server.inject(change_frame(server, "INSERT", None))
-            run_id = await asyncio.to_thread(start_run, conn, user_id, task_id)
+            run_id = await asyncio.to_thread(start_run, conn, task_id, as_user=user_id)
             run = await wait_for_run(db_url, run_id, timeout=SLOW_POLL / 3)
             return run_id, run, server.handshakes, service.healthy()
 
@@ -609,8 +604,8 @@ def test_a_browser_hears_its_own_runs_and_steps_and_nobody_elses(db_url, conn):
             )
             await asyncio.wait_for(subscribed.wait(), 10)
             # Bob's run first: its changes reach the stand-in before Alice's, in order.
-            bob_run = await asyncio.to_thread(start_run, conn, bob, bob_task)
-            alice_run = await asyncio.to_thread(start_run, conn, alice, alice_task)
+            bob_run = await asyncio.to_thread(start_run, conn, bob_task, as_user=bob)
+            alice_run = await asyncio.to_thread(start_run, conn, alice_task, as_user=alice)
             await asyncio.wait_for(alice_done.wait(), 10)
             await client.close()
             return heard, alice_run, bob_run

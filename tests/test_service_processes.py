@@ -8,74 +8,25 @@ Leases are 2 s so that a dead worker's step is taken over quickly.
 from __future__ import annotations
 
 import signal
-import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.support import (
-    acting_as,
-    make_agent,
-    make_task,
-    make_user,
-    replace_steps,
-    run_statuses,
-)
+from tests.support import acting_as, make_agent, make_user, run_statuses
 from tests.workers import (
     HOLD_ENV,
     Worker,
-    create_step_log,
+    all_finished,
+    completions_per_step,
+    dangling_leases,
+    setup_task,
+    start_runs,
     start_worker,
     wait_until,
     workers,
 )
-
-
-def setup_task(conn: psycopg.Connection, instructions: list[str], **step) -> uuid.UUID:
-    user_id = make_user(conn)
-    task_id = make_task(conn, user_id, make_agent(conn, user_id))
-    replace_steps(conn, task_id, [{"instructions": text, **step} for text in instructions])
-    return task_id
-
-
-def start_runs(conn: psycopg.Connection, task_ids: list[uuid.UUID]) -> list[uuid.UUID]:
-    with acting_as(conn, "service_role"):
-        return [
-            row[0]
-            for row in conn.execute(
-                "select public.start_task_run(t) from unnest(%s::uuid[]) as t", [task_ids]
-            ).fetchall()
-        ]
-
-
-def all_finished(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> bool:
-    statuses = run_statuses(conn, run_ids)
-    return sum(statuses.get(s, 0) for s in ("completed", "failed", "cancelled")) == len(run_ids)
-
-
-def completions_per_step(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> dict:
-    rows = conn.execute(
-        "select s.id, count(c.id) from public.task_step_executions s"
-        " left join public.test_completion_log c on c.step_execution_id = s.id"
-        " where s.run_id = any(%s) group by s.id",
-        [run_ids],
-    ).fetchall()
-    return dict(rows)
-
-
-def dangling_leases(conn: psycopg.Connection) -> int:
-    return conn.execute(
-        "select count(*) from public.task_step_executions"
-        " where status = 'running' or lease_owner is not null"
-    ).fetchone()[0]
-
-
-@pytest.fixture
-def step_log(conn: psycopg.Connection) -> psycopg.Connection:
-    create_step_log(conn)
-    return conn
 
 
 def test_a_killed_worker_s_step_is_finished_by_another_exactly_once(step_log, db_url, tmp_path):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from sync.executors.base import StepRequest
+from tests.run_engine_support import make_workflow, start_run, step_rows
 from tests.support import as_service
-from tests.test_service_workflows import make_workflow, start_run, step_rows
 from tests.workers import serving, wait_for_run
 
 
 def test_the_reaper_brings_back_a_dead_worker_s_step_with_polling_and_listen_off(conn, db_url):
-    user_id, task_id = make_workflow(conn, [{"max_attempts": 2}])
-    run_id = start_run(conn, user_id, task_id)
+    user_id, task_id, _ = make_workflow(conn, [{"max_attempts": 2}])
+    run_id = start_run(conn, task_id, as_user=user_id)
     # A worker claims the step with a 1 s lease and dies (no heartbeat, no result).
     with as_service(conn):
         (crashed,) = conn.execute(

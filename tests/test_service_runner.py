@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from sync.executors.base import PermanentStepError, StepRequest
+from tests.run_engine_support import make_workflow, start_run, step_rows
 from tests.support import log_records
-from tests.test_service_workflows import make_workflow, start_run, step_rows
 from tests.workers import serving, wait_for_run, wait_for_step
 
 END_SERVICE_CONNECTIONS = """
@@ -20,8 +20,8 @@ select count(*) from pg_stat_activity, pg_terminate_backend(pid)
 
 @pytest.mark.parametrize("outcome", ["completed", "failed"])
 def test_an_outcome_whose_first_write_meets_a_dropped_connection_is_retried(conn, db_url, outcome):
-    user_id, task_id = make_workflow(conn, [{"max_attempts": 1}])
-    run_id = start_run(conn, user_id, task_id)
+    user_id, task_id, _ = make_workflow(conn, [{"max_attempts": 1}])
+    run_id = start_run(conn, task_id, as_user=user_id)
     finish = asyncio.Event()
 
     async def step(request: StepRequest) -> dict:
@@ -62,8 +62,8 @@ def test_an_outcome_whose_first_write_meets_a_dropped_connection_is_retried(conn
 
 
 def test_a_step_cancelled_on_shutdown_is_handed_back_without_using_an_attempt(conn, db_url):
-    user_id, task_id = make_workflow(conn, [{"max_attempts": 1}])
-    run_id = start_run(conn, user_id, task_id)
+    user_id, task_id, _ = make_workflow(conn, [{"max_attempts": 1}])
+    run_id = start_run(conn, task_id, as_user=user_id)
     cancelled = asyncio.Event()
 
     async def step(request: StepRequest) -> None:

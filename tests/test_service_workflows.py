@@ -15,34 +15,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from sync.completions import CompletionBatcher
 from sync.db import Database, Lease
 from sync.executors.base import PermanentStepError, RetryableStepError, StepRequest
-from tests.support import acting_as, make_agent, make_task, make_user, replace_steps
+from tests.run_engine_support import make_workflow, start_run, step_rows
+from tests.support import acting_as
 from tests.workers import serving, wait_for_run, wait_for_step
-
-
-def make_workflow(conn: psycopg.Connection, steps: list[dict]) -> tuple[uuid.UUID, uuid.UUID]:
-    user_id = make_user(conn)
-    task_id = make_task(conn, user_id, make_agent(conn, user_id))
-    replace_steps(conn, task_id, steps)
-    return user_id, task_id
-
-
-def start_run(conn: psycopg.Connection, user_id: uuid.UUID, task_id: uuid.UUID) -> uuid.UUID:
-    with acting_as(conn, "authenticated", user_id):
-        return conn.execute("select public.start_task_run(%s)", [task_id]).fetchone()[0]
-
-
-def step_rows(conn: psycopg.Connection, run_id: uuid.UUID) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            "select * from public.task_step_executions where run_id = %s order by step_order",
-            [run_id],
-        ).fetchall()
 
 
 class Recorder:
@@ -65,7 +45,7 @@ class Recorder:
 
 
 def test_five_steps_with_every_context_mode_complete_with_the_right_inputs(conn, db_url):
-    user_id, task_id = make_workflow(
+    user_id, task_id, _ = make_workflow(
         conn,
         [
             {
@@ -89,7 +69,7 @@ def test_five_steps_with_every_context_mode_complete_with_the_right_inputs(conn,
             },
         ],
     )
-    run_id = start_run(conn, user_id, task_id)
+    run_id = start_run(conn, task_id, as_user=user_id)
     recorder = Recorder()
 
     async def scenario() -> dict:
@@ -126,8 +106,8 @@ def test_five_steps_with_every_context_mode_complete_with_the_right_inputs(conn,
 
 
 def test_a_failed_step_stops_the_run_and_skips_the_rest(conn, db_url):
-    user_id, task_id = make_workflow(conn, [{}, {"on_failure": "stop"}, {}])
-    run_id = start_run(conn, user_id, task_id)
+    user_id, task_id, _ = make_workflow(conn, [{}, {"on_failure": "stop"}, {}])
+    run_id = start_run(conn, task_id, as_user=user_id)
 
     def broken(request: StepRequest) -> None:
         raise PermanentStepError("the agent refused")
@@ -148,8 +128,8 @@ def test_a_failed_step_stops_the_run_and_skips_the_rest(conn, db_url):
 
 
 def test_a_failed_step_marked_continue_lets_the_run_go_on(conn, db_url):
-    user_id, task_id = make_workflow(conn, [{}, {"on_failure": "continue"}, {}])
-    run_id = start_run(conn, user_id, task_id)
+    user_id, task_id, _ = make_workflow(conn, [{}, {"on_failure": "continue"}, {}])
+    run_id = start_run(conn, task_id, as_user=user_id)
 
     def broken(request: StepRequest) -> None:
         raise PermanentStepError("no data today")
@@ -166,10 +146,10 @@ def test_a_failed_step_marked_continue_lets_the_run_go_on(conn, db_url):
 
 
 def test_retries_with_backoff_then_success(conn, db_url):
-    user_id, task_id = make_workflow(
+    user_id, task_id, _ = make_workflow(
         conn, [{"max_attempts": 3, "retry_backoff_seconds": 1, "retry_backoff_max_seconds": 2}]
     )
-    run_id = start_run(conn, user_id, task_id)
+    run_id = start_run(conn, task_id, as_user=user_id)
 
     def flaky(request: StepRequest) -> dict:
         if request.attempt < 3:
@@ -202,10 +182,10 @@ def test_retries_with_backoff_then_success(conn, db_url):
 
 
 def test_retries_exhausted_fail_the_step_and_the_run(conn, db_url):
-    user_id, task_id = make_workflow(
+    user_id, task_id, _ = make_workflow(
         conn, [{"max_attempts": 2, "retry_backoff_seconds": 0, "retry_backoff_max_seconds": 0}, {}]
     )
-    run_id = start_run(conn, user_id, task_id)
+    run_id = start_run(conn, task_id, as_user=user_id)
 
     def always_busy(request: StepRequest) -> None:
         raise RetryableStepError(f"busy (attempt {request.attempt})")
@@ -225,10 +205,10 @@ def test_retries_exhausted_fail_the_step_and_the_run(conn, db_url):
 
 
 def test_skip_if_skips_a_step_without_executing_it(conn, db_url):
-    user_id, task_id = make_workflow(
+    user_id, task_id, _ = make_workflow(
         conn, [{}, {"skip_if": "$.steps[0].output.skip_next == true"}, {}]
     )
-    run_id = start_run(conn, user_id, task_id)
+    run_id = start_run(conn, task_id, as_user=user_id)
     recorder = Recorder({1: lambda request: {"skip_next": True}})
 
     async def scenario() -> dict:
@@ -242,7 +222,7 @@ def test_skip_if_skips_a_step_without_executing_it(conn, db_url):
 
 
 def test_a_step_over_its_timeout_is_cancelled_and_counts_as_a_failed_attempt(conn, db_url):
-    user_id, task_id = make_workflow(
+    user_id, task_id, _ = make_workflow(
         conn,
         [
             {
@@ -253,7 +233,7 @@ def test_a_step_over_its_timeout_is_cancelled_and_counts_as_a_failed_attempt(con
             }
         ],
     )
-    run_id = start_run(conn, user_id, task_id)
+    run_id = start_run(conn, task_id, as_user=user_id)
     cancelled: list[int] = []
 
     async def slow_first_time(request: StepRequest) -> dict:
@@ -291,8 +271,8 @@ def test_a_step_over_its_timeout_is_cancelled_and_counts_as_a_failed_attempt(con
 
 
 def test_cancelling_a_run_stops_the_running_step_and_rejects_its_result(conn, db_url):
-    user_id, task_id = make_workflow(conn, [{}, {}, {}])
-    run_id = start_run(conn, user_id, task_id)
+    user_id, task_id, _ = make_workflow(conn, [{}, {}, {}])
+    run_id = start_run(conn, task_id, as_user=user_id)
     step_2_cancelled = asyncio.Event()
     claimed: list[dict[str, Any]] = []
 
@@ -333,10 +313,10 @@ def test_cancelling_a_run_stops_the_running_step_and_rejects_its_result(conn, db
 
 
 def test_editing_steps_during_a_run_does_not_change_the_run(conn, db_url):
-    user_id, task_id = make_workflow(
+    user_id, task_id, _ = make_workflow(
         conn, [{"instructions": "original 1"}, {"instructions": "original 2"}, {}]
     )
-    run_id = start_run(conn, user_id, task_id)
+    run_id = start_run(conn, task_id, as_user=user_id)
     edited = asyncio.Event()
 
     async def wait_for_edit(request: StepRequest) -> dict:
@@ -381,8 +361,8 @@ def test_editing_steps_during_a_run_does_not_change_the_run(conn, db_url):
     ],
 )
 def test_output_that_is_not_json_fails_the_step_permanently(conn, db_url, output, message):
-    user_id, task_id = make_workflow(conn, [{"max_attempts": 3}])
-    run_id = start_run(conn, user_id, task_id)
+    user_id, task_id, _ = make_workflow(conn, [{"max_attempts": 3}])
+    run_id = start_run(conn, task_id, as_user=user_id)
     recorder = Recorder({1: lambda request: output})
 
     async def scenario() -> dict:
@@ -396,7 +376,8 @@ def test_output_that_is_not_json_fails_the_step_permanently(conn, db_url, output
 
 
 def single_step_runs(conn: psycopg.Connection, count: int) -> list[uuid.UUID]:
-    return [start_run(conn, *make_workflow(conn, [{"max_attempts": 3}])) for _ in range(count)]
+    workflows = [make_workflow(conn, [{"max_attempts": 3}]) for _ in range(count)]
+    return [start_run(conn, task_id, as_user=user_id) for user_id, task_id, _ in workflows]
 
 
 def returning_together(count: int, output: Callable[[StepRequest], Any]) -> Callable:
@@ -478,8 +459,8 @@ def test_an_output_refused_in_a_batch_fails_only_its_own_step(conn, db_url) -> N
 
 def test_each_next_step_is_handed_to_the_worker_that_finished_the_one_before(conn, db_url) -> None:
     previous = {"include_previous_context": True, "context_mode": "previous"}
-    user_id, task_id = make_workflow(conn, [{}, previous, previous])
-    run_id = start_run(conn, user_id, task_id)
+    user_id, task_id, _ = make_workflow(conn, [{}, previous, previous])
+    run_id = start_run(conn, task_id, as_user=user_id)
     recorder = Recorder()
 
     async def scenario() -> tuple[float, float]:

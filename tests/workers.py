@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,24 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from sync.executors.base import PermanentStepError, RetryableStepError, StepRequest
+from tests.support import (
+    acting_as,
+    make_agent,
+    make_task,
+    make_user,
+    replace_steps,
+    run_statuses,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_URL_ENV = "STEPSYNC_TEST_LOG_URL"
 WORKER_NAME_ENV = "STEPSYNC_TEST_WORKER"
 HOLD_ENV = "STEPSYNC_TEST_HOLD_SECONDS"
+EXECUTIONS_DIR_ENV = "STEPSYNC_TEST_EXECUTIONS_DIR"
+STEP_SECONDS_ENV = "STEPSYNC_TEST_STEP_SECONDS"
+# What start_worker passes unless told to run with the service's defaults: short leases and
+# fast polls, so that tests of recovery take seconds.
+TEST_TIMINGS = ("--lease-seconds", "2", "--poll-interval", "0.5")
 
 STEP_LOG_SQL = """
 create table public.test_step_log (
@@ -130,11 +144,78 @@ async def scripted_step(request: StepRequest) -> dict[str, Any]:
     return {"worker": worker, "step": request.step_order, "log_id": log_id}
 
 
+async def recorded_step(request: StepRequest) -> dict[str, Any]:
+    """Sleep ``STEPSYNC_TEST_STEP_SECONDS``, recording each execution in a file of this
+    worker's under ``STEPSYNC_TEST_EXECUTIONS_DIR`` rather than in the database, so that
+    the record survives a database outage and a killed worker's started executions count."""
+    worker = os.environ.get(WORKER_NAME_ENV, "worker")
+    record = Path(os.environ[EXECUTIONS_DIR_ENV]) / f"{worker}.jsonl"
+    with record.open("a") as executions:
+        executions.write(
+            json.dumps({"step_execution_id": str(request.step_execution_id), "worker": worker})
+            + "\n"
+        )
+    await asyncio.sleep(float(os.environ.get(STEP_SECONDS_ENV, "0.5")))
+    return {"worker": worker, "step": request.step_order}
+
+
+def recorded_executions(directory: Path) -> dict[str, int]:
+    """Executions started per step execution id, by every worker that recorded any."""
+    counts: dict[str, int] = {}
+    for record in directory.glob("*.jsonl"):
+        for line in record.read_text().splitlines():
+            step = json.loads(line)["step_execution_id"]
+            counts[step] = counts.get(step, 0) + 1
+    return counts
+
+
 def blocking_step(request: StepRequest) -> dict[str, Any]:
     """A plain (thread-run) step function: ``hold`` blocks its thread, uninterruptibly."""
     if request.instructions.strip() == "hold":
         time.sleep(float(os.environ.get(HOLD_ENV, "0")))
     return {"worker": os.environ.get(WORKER_NAME_ENV, "worker"), "step": request.step_order}
+
+
+# --- runs the process tests set up and check ---------------------------------------------
+
+
+def setup_task(conn: psycopg.Connection, instructions: list[str], **step) -> uuid.UUID:
+    user_id = make_user(conn)
+    task_id = make_task(conn, user_id, make_agent(conn, user_id))
+    replace_steps(conn, task_id, [{"instructions": text, **step} for text in instructions])
+    return task_id
+
+
+def start_runs(conn: psycopg.Connection, task_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    with acting_as(conn, "service_role"):
+        return [
+            row[0]
+            for row in conn.execute(
+                "select public.start_task_run(t) from unnest(%s::uuid[]) as t", [task_ids]
+            ).fetchall()
+        ]
+
+
+def all_finished(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> bool:
+    statuses = run_statuses(conn, run_ids)
+    return sum(statuses.get(s, 0) for s in ("completed", "failed", "cancelled")) == len(run_ids)
+
+
+def completions_per_step(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> dict:
+    rows = conn.execute(
+        "select s.id, count(c.id) from public.task_step_executions s"
+        " left join public.test_completion_log c on c.step_execution_id = s.id"
+        " where s.run_id = any(%s) group by s.id",
+        [run_ids],
+    ).fetchall()
+    return dict(rows)
+
+
+def dangling_leases(conn: psycopg.Connection) -> int:
+    return conn.execute(
+        "select count(*) from public.task_step_executions"
+        " where status = 'running' or lease_owner is not null"
+    ).fetchone()[0]
 
 
 # --- worker processes -------------------------------------------------------------------
@@ -193,9 +274,11 @@ def start_worker(
     *args: str,
     env: dict[str, str] | None = None,
     executor: str = "python:tests.workers:scripted_step",
+    default_timings: bool = False,
 ) -> Worker:
     """Start ``python -m sync serve`` against ``db_url`` with test-friendly defaults:
-    short leases, fast polls, no metrics port. ``args`` override or add options."""
+    short leases, fast polls (unless ``default_timings``), no metrics port. ``args``
+    override or add options."""
     log_path = log_dir / f"{name}.log"
     command = [
         sys.executable,
@@ -210,10 +293,7 @@ def start_worker(
         name,
         "--metrics-port",
         "0",
-        "--lease-seconds",
-        "2",
-        "--poll-interval",
-        "0.5",
+        *(() if default_timings else TEST_TIMINGS),
         *args,
     ]
     full_env = {
@@ -222,7 +302,7 @@ def start_worker(
         LOG_URL_ENV: db_url,
         WORKER_NAME_ENV: name,
         "STEPSYNC_LOG_FORMAT": "json",
-        "STEPSYNC_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+        **({} if default_timings else {"STEPSYNC_HEARTBEAT_INTERVAL_SECONDS": "0.5"}),
         **(env or {}),
     }
     with log_path.open("w") as log_file:

@@ -2048,6 +2048,77 @@ grant execute on function stepsync.allow_flag_users(text, uuid[]) to service_rol
 grant execute on function stepsync.deny_flag_users(text, uuid[]) to service_role;
 grant execute on function stepsync.remove_flag_users(text, text, uuid[]) to service_role;
 
+-- What multi_step_workflows gates. Starting a run (start_task_run, and so the schedules
+-- and events that start runs) checks it for the task's owner; runs already started finish
+-- whatever the flag says later, since each step belongs to a run the user was allowed to
+-- start. Saving a second live step is refused to API users outside the rollout, so a task
+-- they cannot run as a workflow never becomes one. The UI asks
+-- public.multi_step_workflows_enabled() whether to offer the step editor at all.
+
+create or replace function public.multi_step_workflows_enabled()
+returns boolean
+language sql
+stable
+security invoker
+set search_path = ''
+as $$
+    select coalesce(stepsync.flag_enabled_for('multi_step_workflows', auth.uid()), false)
+$$;
+
+comment on function public.multi_step_workflows_enabled() is
+'Whether multi-step workflows are on for the signed-in user: the UI shows the step '
+'editor and starts multi-step runs only then. The service role, which is no user, gets '
+'false.';
+
+revoke all on function public.multi_step_workflows_enabled() from public, anon;
+grant execute on function public.multi_step_workflows_enabled() to authenticated, service_role;
+
+create or replace function stepsync.refuse_multi_step_outside_rollout()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    -- The service and operators manage definitions for everyone (a backfill, a support
+    -- fix); the rule is about what a user may build through the API.
+    if new.deleted_at is not null or stepsync.caller_is_service() then
+        return null;
+    end if;
+    if (
+        select count(*) from public.task_steps as s
+        where s.task_id = new.task_id and s.deleted_at is null
+    ) > 1
+    and not stepsync.flag_enabled_for(
+        'multi_step_workflows',
+        (select t.user_id from public.agent_tasks as t where t.id = new.task_id)
+    ) then
+        raise exception 'task % can have only one step: multi-step workflows are not enabled '
+        'for its owner', new.task_id
+            using errcode = '55000',
+            hint = 'public.multi_step_workflows_enabled() says whether to offer the step '
+            'editor.';
+    end if;
+    return null;
+end
+$$;
+
+comment on function stepsync.refuse_multi_step_outside_rollout() is
+'Constraint trigger: at commit, an API user outside the multi_step_workflows rollout has '
+'not left a task with more than one live step (insert or restore); else the whole '
+'transaction is refused.';
+
+revoke all on function stepsync.refuse_multi_step_outside_rollout() from public;
+
+-- Checked at commit, on the task as the transaction leaves it: replacing a task's one
+-- step (insert the new one, then delete the old) passes through two live steps.
+create constraint trigger task_steps_rollout
+after insert or update of deleted_at on public.task_steps
+deferrable initially deferred
+for each row execute function stepsync.refuse_multi_step_outside_rollout();
+
+comment on trigger task_steps_rollout on public.task_steps is
+'Outside the multi_step_workflows rollout, a task keeps at most one live step.';
+
 -- Runs: agent_task_executions becomes a workflow run; task_step_executions holds one row
 -- per step of a run, with a snapshot of the step definition taken when the run starts.
 --
@@ -2397,7 +2468,8 @@ comment on function stepsync.authorized_task(uuid) is
 
 revoke all on function stepsync.caller_is_service() from public;
 revoke all on function stepsync.authorized_task(uuid) from public;
-grant execute on function stepsync.caller_is_service() to service_role;
+-- authenticated too: invoker triggers that treat API writes differently ask it.
+grant execute on function stepsync.caller_is_service() to authenticated, service_role;
 grant execute on function stepsync.authorized_task(uuid) to service_role;
 
 -- Context assembly: what a step receives from its run.

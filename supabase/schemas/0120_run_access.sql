@@ -51,5 +51,6 @@ comment on function stepsync.authorized_task(uuid) is
 
 revoke all on function stepsync.caller_is_service() from public;
 revoke all on function stepsync.authorized_task(uuid) from public;
-grant execute on function stepsync.caller_is_service() to service_role;
+-- authenticated too: invoker triggers that treat API writes differently ask it.
+grant execute on function stepsync.caller_is_service() to authenticated, service_role;
 grant execute on function stepsync.authorized_task(uuid) to service_role;
