@@ -63,7 +63,7 @@ select function_privs_are(
     '{}'::text[], 'authenticated cannot fail steps'
 );
 select function_privs_are(
-    'stepsync', 'reap_expired_leases', array[]::text[], 'service_role', array['EXECUTE'],
+    'stepsync', 'reap_expired_leases', array['integer'], 'service_role', array['EXECUTE'],
     'service_role can reap'
 );
 select function_privs_are(
