@@ -9,6 +9,7 @@ import uuid
 import psycopg
 import pytest
 
+from tests.fixtures.task_world import attempt
 from tests.run_engine_support import (
     claim,
     claim_one,
@@ -317,3 +318,40 @@ def test_compensate_instructions_are_saved_and_snapshotted(conn: psycopg.Connect
         "Delete the draft",
         None,
     ]
+
+
+@pytest.mark.parametrize(
+    ("role", "expected"),
+    [("anon", "42501"), ("other", "P0002"), ("owner", "ok"), ("service_role", "ok")],
+)
+def test_who_may_cancel_with_compensation(conn: psycopg.Connection, role: str, expected: str):
+    owner, task_id, _ = make_workflow(conn, UNDOABLE)
+    run_id = start_run(conn, task_id)
+    assert complete(conn, claim_one(conn), 1)
+    before = step_rows(conn, run_id)
+    api_role, user_id = {
+        "anon": ("anon", None),
+        "other": ("authenticated", uuid.uuid4()),
+        "owner": ("authenticated", owner),
+        "service_role": ("service_role", None),
+    }[role]
+    outcome = attempt(
+        conn,
+        api_role,
+        user_id,
+        "select public.cancel_task_run(%s, p_compensate => true)",
+        [run_id],
+        effect=lambda c: [
+            r[0]
+            for r in c.execute(
+                "select kind::text from public.task_step_executions"
+                " where run_id = %s order by step_order",
+                [run_id],
+            ).fetchall()
+        ],
+    )
+    if expected == "ok":
+        assert outcome == ("ok", ([(True,)], ["step"] * 4 + ["compensation"]))
+    else:
+        assert outcome == ("error", expected)
+    assert step_rows(conn, run_id) == before  # attempt() rolls back
