@@ -263,3 +263,22 @@ def test_resume_by_named_arguments_as_postgrest_sends_them(conn: psycopg.Connect
             [old_run, 3],
         ).fetchone()[0]
     assert statuses(conn, new_run)[:3] == ["completed", "completed", "queued"]
+
+
+def test_a_step_past_the_tasks_current_steps_is_refused(conn: psycopg.Connection) -> None:
+    owner, task_id, _ = make_workflow(conn, [{}, {}, {}])
+    run_id = start_run(conn, task_id)
+    assert complete(conn, claim_one(conn), 1)
+    assert complete(conn, claim_one(conn), 2)
+    assert fail(conn, claim_one(conn), "broken", retryable=False) == "failed"
+    with acting_as(conn, "authenticated", owner) as c:
+        c.execute(
+            "select public.soft_delete_task_step(%s)", [step_rows(conn, run_id)[2]["step_id"]]
+        )
+    before = everything(conn)
+    with pytest.raises(
+        psycopg.errors.InvalidParameterValue, match=r"3 is outside 1\.\.2: task \S+ has 2 steps"
+    ) as refused:
+        resume(conn, owner, run_id, p_from_step=3)
+    assert "fewer steps" in refused.value.diag.message_hint
+    assert everything(conn) == before

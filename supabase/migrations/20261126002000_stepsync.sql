@@ -3436,6 +3436,31 @@ grant execute on function stepsync.build_step_context(
 -- running until they are over (0175_compensation.sql); advance_runs then ends it failed
 -- (or cancelled, when a cancel asked for them) with its compensation outcome.
 
+create or replace function stepsync.run_outcome(
+    p_status public.task_execution_status_enum, p_steps_failed integer
+)
+returns public.task_run_outcome
+language sql
+immutable
+set search_path = ''
+as $$
+    select case p_status
+        when 'completed' then
+            case when p_steps_failed > 0 then 'partial' else 'succeeded' end
+        when 'failed' then 'failed'
+        when 'cancelled' then 'cancelled'
+    end::public.task_run_outcome
+$$;
+
+comment on function stepsync.run_outcome(public.task_execution_status_enum, integer) is
+'The outcome of a run ending with p_status after p_steps_failed of its steps failed: '
+'partial when it completed all the same, else its status (null while it goes on).';
+
+revoke all on function stepsync.run_outcome(public.task_execution_status_enum, integer)
+from public;
+grant execute on function stepsync.run_outcome(public.task_execution_status_enum, integer)
+to service_role;
+
 create or replace function stepsync.finish_runs(
     p_run_ids uuid[],
     p_status public.task_execution_status_enum,
@@ -3472,18 +3497,10 @@ begin
     update public.agent_task_executions as r
     set
         status = p_status,
-        outcome = case p_status
-            when 'completed' then
-                case when r.steps_failed > 0 then 'partial' else 'succeeded' end
-            else p_status::text
-        end::public.task_run_outcome,
+        outcome = stepsync.run_outcome(p_status, r.steps_failed),
         metadata = coalesce(r.metadata, '{}'::jsonb) || jsonb_strip_nulls(
             jsonb_build_object(
-                'outcome', case p_status
-                    when 'completed' then
-                        case when r.steps_failed > 0 then 'partial' else 'succeeded' end
-                    else p_status::text
-                end,
+                'outcome', stepsync.run_outcome(p_status, r.steps_failed),
                 'compensation', r.compensation
             )
         ),
@@ -5092,6 +5109,7 @@ begin
                 when p_from_step is null
                     then 'Every step of the run completed; give p_from_step to run the last '
                     || 'ones again.'
+                else 'The task has fewer steps than the run had; resume from an earlier one.'
             end;
     end if;
 

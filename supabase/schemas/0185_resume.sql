@@ -138,6 +138,7 @@ begin
                 when p_from_step is null
                     then 'Every step of the run completed; give p_from_step to run the last '
                     || 'ones again.'
+                else 'The task has fewer steps than the run had; resume from an earlier one.'
             end;
     end if;
 

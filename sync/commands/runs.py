@@ -216,7 +216,8 @@ def cancel(
     if asyncio.run(_with_db(database, go)):
         console.print(f"run {run_uuid} cancelled")
     else:
-        raise fail(f"run {run_uuid} was not cancelled (already finished, or compensating?)")
+        already = "already finished, or compensating?" if compensate else "already finished?"
+        raise fail(f"run {run_uuid} was not cancelled ({already})")
 
 
 # --- following a run --------------------------------------------------------------------
