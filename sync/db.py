@@ -45,13 +45,21 @@ RELEASE_STEPS = "select stepsync.release_steps(%(worker)s, %(ids)s::uuid[], %(to
 REAP_EXPIRED_LEASES = "select stepsync.reap_expired_leases(%(grace_seconds)s)"
 QUEUE_DEPTH = "select stepsync.queue_depth()"
 START_TASK_RUN = "select public.start_task_run(%(task_id)s, %(trigger_type)s, %(trigger_data)s)"
-CANCEL_TASK_RUN = "select public.cancel_task_run(%(run_id)s)"
+CANCEL_TASK_RUN = "select public.cancel_task_run(%(run_id)s, %(compensate)s)"
+RESUME_TASK_RUN = (
+    "select public.resume_task_run(%(run_id)s, %(from_step)s::integer, %(start_over)s)"
+)
 RECENT_RUNS = """
-select r.id, r.task_id, t.name as task_name, r.status::text as status, r.trigger_type,
+select r.id, r.task_id, t.name as task_name, r.status::text as status,
+       r.outcome::text as outcome, r.compensation::text as compensation, r.trigger_type,
        r.created_at, r.started_at, r.completed_at, r.duration_ms, r.error_message,
-       (select count(*) from public.task_step_executions s where s.run_id = r.id) as steps,
+       r.resumed_from_run_id,
        (select count(*) from public.task_step_executions s
-         where s.run_id = r.id and s.status in ('completed', 'skipped')) as steps_done
+         where s.run_id = r.id and s.kind = 'step') as steps,
+       (select count(*) from public.task_step_executions s
+         where s.run_id = r.id and s.kind = 'step'
+           and s.status in ('completed', 'skipped')) as steps_done,
+       r.steps_failed
   from public.agent_task_executions r
   join public.agent_tasks t on t.id = r.task_id
  where %(task_id)s::uuid is null or r.task_id = %(task_id)s::uuid
@@ -59,8 +67,10 @@ select r.id, r.task_id, t.name as task_name, r.status::text as status, r.trigger
  limit %(limit)s
 """
 RUN = """
-select r.id, r.task_id, t.name as task_name, r.status::text as status, r.trigger_type,
-       r.created_at, r.started_at, r.completed_at, r.duration_ms, r.error_message
+select r.id, r.task_id, t.name as task_name, r.status::text as status,
+       r.outcome::text as outcome, r.compensation::text as compensation, r.trigger_type,
+       r.created_at, r.started_at, r.completed_at, r.duration_ms, r.error_message,
+       r.resumed_from_run_id, r.steps_failed
   from public.agent_task_executions r
   join public.agent_tasks t on t.id = r.task_id
  where r.id = %(run_id)s
@@ -68,7 +78,7 @@ select r.id, r.task_id, t.name as task_name, r.status::text as status, r.trigger
 RUN_STEPS = """
 select id, step_order, step_name, status::text as status, attempt, max_attempts,
        started_at, completed_at, duration_ms, error_message, output, run_after,
-       input_context, skip_reason
+       input_context, skip_reason, kind::text as kind, compensates_step_order, reused_from
   from public.task_step_executions
  where run_id = %(run_id)s
  order by step_order
@@ -477,8 +487,17 @@ class Database:
             },
         )
 
-    async def cancel_task_run(self, run_id: uuid.UUID) -> bool:
-        return bool(await self._one(CANCEL_TASK_RUN, {"run_id": run_id}))
+    async def cancel_task_run(self, run_id: uuid.UUID, *, compensate: bool = False) -> bool:
+        return bool(await self._one(CANCEL_TASK_RUN, {"run_id": run_id, "compensate": compensate}))
+
+    async def resume_task_run(
+        self, run_id: uuid.UUID, *, from_step: int | None = None, start_over: bool = False
+    ) -> uuid.UUID:
+        """A new run that reuses the recorded outcomes of ``run_id``'s steps before
+        ``from_step`` (default: its first step that did not complete)."""
+        return await self._one(
+            RESUME_TASK_RUN, {"run_id": run_id, "from_step": from_step, "start_over": start_over}
+        )
 
     async def recent_runs(self, *, task_id: uuid.UUID | None = None, limit: int = 20) -> list:
         return await self._all(RECENT_RUNS, {"task_id": task_id, "limit": limit})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import psycopg
@@ -64,6 +65,14 @@ def test_concurrent_claimers_never_get_the_same_step(conn: psycopg.Connection, d
     ).fetchone() == (2 * runs, 1)
 
 
+def run_changed(run_id: object, status: str, outcome: str | None = None) -> str:
+    """The payload of a stepsync_run_changed notification, as the trigger writes it."""
+    return (
+        f'{{"run_id" : "{run_id}", "status" : "{status}", '
+        f'"outcome" : {json.dumps(outcome)}, "cancelling" : false}}'
+    )
+
+
 def test_notifications_announce_ready_steps_and_run_changes(
     conn: psycopg.Connection, db_url: str
 ) -> None:
@@ -88,7 +97,7 @@ def test_notifications_announce_ready_steps_and_run_changes(
         )
         first, second = (str(row["id"]) for row in rows)
         assert received(2) == [
-            ("stepsync_run_changed", f'{{"run_id" : "{run_id}", "status" : "running"}}'),
+            ("stepsync_run_changed", run_changed(run_id, "running")),
             ("stepsync_step_ready", first),
         ]
         assert complete(conn, claim_one(conn), {})
@@ -102,7 +111,7 @@ def test_notifications_announce_ready_steps_and_run_changes(
         assert received(1) == [("stepsync_step_ready", second)], "a retry due now is announced"
         assert complete(conn, claim_one(conn), {})
         assert received(1) == [
-            ("stepsync_run_changed", f'{{"run_id" : "{run_id}", "status" : "completed"}}')
+            ("stepsync_run_changed", run_changed(run_id, "completed", "succeeded"))
         ]
 
         # A retry after a delay is not announced (pollers find it): the next notification
@@ -121,5 +130,5 @@ def test_notifications_announce_ready_steps_and_run_changes(
             )
             conn.execute("select public.cancel_task_run(%s)", [slow_run])
         assert received(1) == [
-            ("stepsync_run_changed", f'{{"run_id" : "{slow_run}", "status" : "cancelled"}}')
+            ("stepsync_run_changed", run_changed(slow_run, "cancelled", "cancelled"))
         ]

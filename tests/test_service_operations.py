@@ -115,4 +115,8 @@ def test_only_notifications_that_can_change_the_work_wake_the_service():
     assert wake_reason(STEP_READY, "5534a58e-a494-4b66-a871-576b15876142") == "step_ready"
     assert wake_reason(RUN_CHANGED, '{"run_id": "x", "status": "cancelled"}') == "run_cancelled"
     assert wake_reason(RUN_CHANGED, '{"run_id": "x", "status": "completed"}') is None
+    compensating = '{"run_id": "x", "status": "running", "outcome": null, "cancelling": true}'
+    assert wake_reason(RUN_CHANGED, compensating) == "run_cancelled"
+    started = '{"run_id": "x", "status": "running", "outcome": null, "cancelling": false}'
+    assert wake_reason(RUN_CHANGED, started) is None
     assert wake_reason(RUN_CHANGED, "not json") == "run_changed"

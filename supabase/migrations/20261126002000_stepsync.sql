@@ -84,6 +84,7 @@ add column if not exists retry_backoff_seconds integer not null default 5,
 add column if not exists retry_backoff_max_seconds integer not null default 600,
 add column if not exists timeout_seconds integer not null default 300,
 add column if not exists agent_id uuid references public.agents (id) on delete set null,
+add column if not exists compensate_instructions text,
 add column if not exists deleted_at timestamptz,
 add column if not exists deleted_by uuid;
 
@@ -107,6 +108,7 @@ add constraint task_steps_backoff_range check (
     and retry_backoff_max_seconds between retry_backoff_seconds and 86400
 ),
 add constraint task_steps_timeout_range check (timeout_seconds between 1 and 86400),
+add constraint task_steps_compensate_not_blank check (btrim(compensate_instructions) <> ''),
 -- Order is unique among live steps only, and checked at the end of each statement so a
 -- single UPDATE can permute the order (reorder_task_steps). Its index serves every
 -- (task_id, step_order) lookup of live steps; a step number of 1..50 caps a task at
@@ -162,6 +164,10 @@ comment on column public.task_steps.timeout_seconds is
 'Longest one attempt may run before it counts as failed.';
 comment on column public.task_steps.agent_id is
 'Optional agent override for this step; must belong to the task''s owner.';
+comment on column public.task_steps.compensate_instructions is
+'What undoes this step''s effects when a later failure stops its run (or a cancel asks '
+'for it): run as a compensation step after the run stops, newest completed step first. '
+'Null: the step needs no undoing.';
 comment on column public.task_steps.deleted_at is 'Soft delete: when the step was deleted.';
 comment on column public.task_steps.deleted_by is 'Soft delete: who deleted the step.';
 comment on column public.task_steps.created_at is 'When the step was created.';
@@ -194,6 +200,8 @@ comment on constraint task_steps_backoff_range on public.task_steps is
 'Backoff base 0..3600 s, its cap between the base and 86400 s.';
 comment on constraint task_steps_timeout_range on public.task_steps is
 'An attempt may run 1 s to 24 h.';
+comment on constraint task_steps_compensate_not_blank on public.task_steps is
+'A compensation says what to do; no compensation is null.';
 
 -- Rules checked on every write of a step that the column constraints cannot express,
 -- each failing with a message that names the field.
@@ -1029,9 +1037,13 @@ comment on function stepsync.task_step_defaults() is
 'A new task_steps row with every column default applied (id, timestamps, settings).';
 
 -- Applies one JSON step object onto a row, checking every field; errors are
--- 22023 "steps[<index>].<field>: <problem>".
+-- 22023 "steps[<index>].<field>: <problem>". Not strict (p_strict false), a field of the
+-- right type is taken even when its content would keep the task from running (blank
+-- instructions, a custom mode without template, ...): validate_steps reports those as
+-- problems, with the codes of validate_task_steps, and a draft may hold them until it
+-- is published. A value of the wrong type or an unknown field is an error either way.
 create or replace function stepsync.task_step_from_json(
-    p_step public.task_steps, p_item jsonb, p_index integer
+    p_step public.task_steps, p_item jsonb, p_index integer, p_strict boolean default true
 )
 returns public.task_steps
 language plpgsql
@@ -1061,26 +1073,30 @@ begin
                 'created_at', 'updated_at', 'deleted_at', 'deleted_by'
             ) then
                 null; -- identity and position come from the call; the rest is read-only
-            when field in ('step_name', 'instructions', 'context_template') then
-                if jsonb_typeof(value) = 'null' and field = 'context_template' then
-                    step.context_template := null;
+            when field in (
+                'step_name', 'instructions', 'context_template', 'compensate_instructions'
+            ) then
+                if jsonb_typeof(value) = 'null'
+                    and field in ('context_template', 'compensate_instructions') then
+                    text_value := null;
                 elsif jsonb_typeof(value) <> 'string' then
                     raise exception '%.%: must be a string', item_name, field
                         using errcode = '22023';
-                elsif field = 'step_name'
+                elsif p_strict and field = 'step_name'
                     and char_length(btrim(text_value)) not between 1 and 200 then
                     raise exception '%.step_name: must have 1 to 200 characters', item_name
                         using errcode = '22023';
-                elsif field = 'instructions' and btrim(text_value) = '' then
+                elsif p_strict and field = 'instructions' and btrim(text_value) = '' then
                     raise exception '%.instructions: must not be blank', item_name
                         using errcode = '22023';
-                elsif field = 'step_name' then
-                    step.step_name := text_value;
-                elsif field = 'instructions' then
-                    step.instructions := text_value;
-                else
-                    step.context_template := text_value;
                 end if;
+                case field
+                    when 'step_name' then step.step_name := text_value;
+                    when 'instructions' then step.instructions := text_value;
+                    when 'context_template' then step.context_template := text_value;
+                    -- An empty compensation field in a form means none.
+                    else step.compensate_instructions := nullif(btrim(text_value), '');
+                end case;
             when field = 'include_previous_context' then
                 if jsonb_typeof(value) <> 'boolean' then
                     raise exception '%.include_previous_context: must be true or false',
@@ -1194,17 +1210,22 @@ begin
                     hint = 'Fields: step_name, instructions, include_previous_context, '
                     'context_data, context_mode, context_paths, context_template, skip_if, '
                     'on_failure, max_attempts, retry_backoff_seconds, '
-                    'retry_backoff_max_seconds, timeout_seconds, max_lost_leases, agent_id '
-                    '(and id).';
+                    'retry_backoff_max_seconds, timeout_seconds, max_lost_leases, agent_id, '
+                    'compensate_instructions (and id).';
         end case;
     end loop;
 
+    if step.step_name is null then
+        step.step_name := format('Step %s', p_index + 1);
+    end if;
+    if not p_strict then
+        -- Missing instructions are blank instructions to validate_steps.
+        step.instructions := coalesce(step.instructions, '');
+        return step;
+    end if;
     if step.instructions is null then
         raise exception '%.instructions: required for a new step', item_name
             using errcode = '22023';
-    end if;
-    if step.step_name is null then
-        step.step_name := format('Step %s', p_index + 1);
     end if;
     if step.context_mode = 'custom' and coalesce(btrim(step.context_template), '') = '' then
         raise exception '%.context_template: required when context_mode is custom', item_name
@@ -1224,19 +1245,31 @@ begin
 end
 $$;
 
-revoke all on function stepsync.task_step_from_json(public.task_steps, jsonb, integer)
+revoke all on function stepsync.task_step_from_json(public.task_steps, jsonb, integer, boolean)
 from public;
-grant execute on function stepsync.task_step_from_json(public.task_steps, jsonb, integer)
-to authenticated, service_role;
+grant execute on function stepsync.task_step_from_json(
+    public.task_steps, jsonb, integer, boolean
+) to authenticated, service_role;
 
-comment on function stepsync.task_step_from_json(public.task_steps, jsonb, integer) is
+comment on function stepsync.task_step_from_json(public.task_steps, jsonb, integer, boolean) is
 'Applies a JSON step object to a row, checking each field; errors name '
-'steps[index].field.';
+'steps[index].field. Not strict, content that validate_steps reports as a problem is '
+'taken as given.';
 
-create or replace function public.save_task_steps(p_task_id uuid, p_steps jsonb)
-returns setof public.task_steps
+-- A step list as save_task_steps receives it, read into task_steps rows in list order
+-- (step_order = position): items with an id start from that live step of the task,
+-- items without one from the column defaults. Strict (save_task_steps), every problem is
+-- an error naming steps[index].field. Not strict (validate_steps, drafts, previews),
+-- only a list that is not one (a value of the wrong type, an unknown field) is an
+-- error; the rest stays in the rows for stepsync.step_problems to report: a new item
+-- keeps a null id, an id that is not a live step of the task is kept as given, and so
+-- is a foreign agent.
+create or replace function stepsync.parse_steps(
+    p_task_id uuid, p_steps jsonb, p_strict boolean
+)
+returns public.task_steps[]
 language plpgsql
-security invoker
+volatile
 set search_path = ''
 as $$
 declare
@@ -1244,21 +1277,17 @@ declare
     item_index integer;
     step public.task_steps;
     base public.task_steps;
-    saved public.task_steps[] := '{}';
-    kept uuid[] := '{}';
+    parsed public.task_steps[] := '{}';
+    listed uuid[] := '{}';
     step_id uuid;
 begin
-    perform from public.agent_tasks as t where t.id = p_task_id for update;
-    if not found then
-        raise exception 'task % not found', p_task_id using errcode = 'P0002';
-    end if;
     if jsonb_typeof(p_steps) is distinct from 'array' then
         raise exception 'steps: must be a JSON array of step objects' using errcode = '22023';
     end if;
-    if jsonb_array_length(p_steps) = 0 then
+    if p_strict and jsonb_array_length(p_steps) = 0 then
         raise exception 'steps: a task needs at least one step' using errcode = '22023';
     end if;
-    if jsonb_array_length(p_steps) > 50 then
+    if p_strict and jsonb_array_length(p_steps) > 50 then
         raise exception 'steps: a task has at most 50 steps (got %)', jsonb_array_length(p_steps)
             using errcode = '22023';
     end if;
@@ -1278,6 +1307,9 @@ begin
         if coalesce(jsonb_typeof(item -> 'id'), 'null') = 'null' then
             base := stepsync.task_step_defaults();
             base.task_id := p_task_id;
+            if not p_strict then
+                base.id := null;
+            end if;
         else
             begin
                 step_id := (item ->> 'id')::uuid;
@@ -1285,23 +1317,28 @@ begin
                 raise exception 'steps[%].id: not a step id (uuid): %', item_index, item -> 'id'
                     using errcode = '22023';
             end;
-            if step_id = any(kept) then
+            if p_strict and step_id = any(listed) then
                 raise exception 'steps[%].id: step % is listed twice', item_index, step_id
                     using errcode = '22023';
             end if;
             select s.* into base
             from public.task_steps as s
             where s.id = step_id and s.task_id = p_task_id and s.deleted_at is null;
-            if not found then
+            if not found and p_strict then
                 raise exception 'steps[%].id: % is not a live step of task %',
                     item_index, step_id, p_task_id
                     using errcode = '22023';
+            elsif not found then
+                base := stepsync.task_step_defaults();
+                base.id := step_id;
+                base.task_id := p_task_id;
             end if;
-            kept := kept || step_id;
+            listed := listed || step_id;
         end if;
-        step := stepsync.task_step_from_json(base, item, item_index);
+        step := stepsync.task_step_from_json(base, item, item_index, p_strict);
         step.step_order := item_index + 1;
-        if step.agent_id is not null
+        if p_strict
+            and step.agent_id is not null
             and step.agent_id is distinct from base.agent_id
             and not exists (
                 select
@@ -1313,8 +1350,46 @@ begin
                 item_index, step.agent_id
                 using errcode = '22023';
         end if;
-        saved := saved || step;
+        parsed := parsed || step;
     end loop;
+    return parsed;
+end
+$$;
+
+revoke all on function stepsync.parse_steps(uuid, jsonb, boolean) from public;
+grant execute on function stepsync.parse_steps(uuid, jsonb, boolean)
+to authenticated, service_role;
+
+comment on function stepsync.parse_steps(uuid, jsonb, boolean) is
+'Reads a step list (save_task_steps'' p_steps) into task_steps rows in list order. '
+'Strict: every problem is an error naming steps[index].field. Not strict: only a '
+'malformed list is an error, the rest is left for step_problems (new items have a null '
+'id). Runs as the caller: ids resolve to the live steps it can see.';
+
+create or replace function public.save_task_steps(p_task_id uuid, p_steps jsonb)
+returns setof public.task_steps
+language plpgsql
+security invoker
+set search_path = ''
+as $$
+declare
+    saved public.task_steps[];
+    kept uuid[];
+begin
+    perform from public.agent_tasks as t where t.id = p_task_id for update;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+    saved := stepsync.parse_steps(p_task_id, p_steps, true);
+    -- The listed steps that exist already (each a live step of the task: parse_steps
+    -- checked); the others are new.
+    kept := array(
+        select r.id from unnest(saved) as r
+        where exists (
+            select from public.task_steps as s
+            where s.id = r.id and s.task_id = p_task_id and s.deleted_at is null
+        )
+    );
 
     -- Positions move freely until every statement below is done.
     set constraints public.task_steps_live_order_unique deferred;
@@ -1336,7 +1411,8 @@ begin
         retry_backoff_max_seconds = r.retry_backoff_max_seconds,
         timeout_seconds = r.timeout_seconds,
         max_lost_leases = r.max_lost_leases,
-        agent_id = r.agent_id
+        agent_id = r.agent_id,
+        compensate_instructions = r.compensate_instructions
     from unnest(saved) as r
     where
         s.id = r.id
@@ -1345,26 +1421,28 @@ begin
             s.step_order, s.step_name, s.instructions, s.include_previous_context,
             s.context_data, s.context_mode, s.context_paths::text, s.context_template,
             s.skip_if::text, s.on_failure, s.max_attempts, s.retry_backoff_seconds,
-            s.retry_backoff_max_seconds, s.timeout_seconds, s.max_lost_leases, s.agent_id
+            s.retry_backoff_max_seconds, s.timeout_seconds, s.max_lost_leases, s.agent_id,
+            s.compensate_instructions
         ) is distinct from (
             r.step_order, r.step_name, r.instructions, r.include_previous_context,
             r.context_data, r.context_mode, r.context_paths::text, r.context_template,
             r.skip_if::text, r.on_failure, r.max_attempts, r.retry_backoff_seconds,
-            r.retry_backoff_max_seconds, r.timeout_seconds, r.max_lost_leases, r.agent_id
+            r.retry_backoff_max_seconds, r.timeout_seconds, r.max_lost_leases, r.agent_id,
+            r.compensate_instructions
         );
 
     insert into public.task_steps (
         id, task_id, step_order, step_name, instructions, include_previous_context,
         context_data, context_mode, context_paths, context_template, skip_if, on_failure,
         max_attempts, retry_backoff_seconds, retry_backoff_max_seconds, timeout_seconds,
-        max_lost_leases, agent_id
+        max_lost_leases, agent_id, compensate_instructions
     )
     select
         r.id, r.task_id, r.step_order, r.step_name, r.instructions,
         r.include_previous_context, r.context_data, r.context_mode, r.context_paths,
         r.context_template, r.skip_if, r.on_failure, r.max_attempts,
         r.retry_backoff_seconds, r.retry_backoff_max_seconds, r.timeout_seconds,
-        r.max_lost_leases, r.agent_id
+        r.max_lost_leases, r.agent_id, r.compensate_instructions
     from unnest(saved) as r
     where r.id <> all(kept)
     order by r.step_order;
@@ -1466,34 +1544,288 @@ comment on function public.reorder_task_steps(uuid, uuid[]) is
 revoke all on function public.reorder_task_steps(uuid, uuid[]) from public, anon;
 grant execute on function public.reorder_task_steps(uuid, uuid[]) to authenticated, service_role;
 
--- validate_task_steps: every problem that keeps a task from running, as the editor shows
--- it and as start_task_run refuses it. SECURITY INVOKER: the caller sees only what row
--- level security lets it see.
+-- Drafts: a task's steps saved without touching the live definition, then published or
+-- discarded.
+--
+-- One draft per task holds a step list exactly as save_task_steps takes it (p_steps),
+-- and the version of the live definition it was based on. Runs, schedules and previews
+-- of the live steps never read it. Saving a draft checks the list's form only (the
+-- types of its fields): an unfinished step is what a draft is for, and validate_steps
+-- and preview_task_run show what is missing. Publishing goes through save_task_steps
+-- itself, so a draft becomes live under exactly the rules of a direct save, all or
+-- nothing, audited like every change of task_steps.
+--
+-- The version is a fingerprint of the live definition (each live step's columns except
+-- its latest-run snapshot and timestamps), not a counter: a counter would need a write to
+-- the task on every change of its steps, the backfill included, where the fingerprint
+-- costs nothing until a draft is saved or published. The draft keeps the version of its
+-- first save; saving it again does not move it, since its content still derives from
+-- what the editor loaded then. Publishing a draft whose live definition has changed since
+-- is refused unless forced.
 
-create or replace function public.validate_task_steps(p_task_id uuid)
-returns jsonb
-language plpgsql
+create or replace function stepsync.definition_version(p_task_id uuid)
+returns text
+language sql
+stable
+set search_path = ''
+as $$
+    select md5(
+        coalesce(
+            string_agg(
+                (
+                    to_jsonb(s) - array[
+                        'status', 'execution_result', 'created_at', 'updated_at',
+                        'deleted_at', 'deleted_by'
+                    ]
+                )::text,
+                ',' order by s.step_order
+            ),
+            ''
+        )
+    )
+    from public.task_steps as s
+    where s.task_id = p_task_id and s.deleted_at is null
+$$;
+
+revoke all on function stepsync.definition_version(uuid) from public;
+grant execute on function stepsync.definition_version(uuid) to authenticated, service_role;
+
+comment on function stepsync.definition_version(uuid) is
+'Fingerprint of a task''s live definition (its live steps, without their latest-run '
+'snapshot and timestamps): equal while the steps are, different once any changes. Runs '
+'as the caller.';
+
+create table if not exists public.task_step_drafts (
+    id uuid primary key default gen_random_uuid(),
+    task_id uuid not null references public.agent_tasks (id) on delete cascade,
+    steps jsonb not null,
+    based_on_version text not null,
+    created_at timestamptz not null default now(),
+    updated_at timestamptz not null default now(),
+    updated_by uuid,
+    constraint task_step_drafts_one_per_task unique (task_id),
+    constraint task_step_drafts_steps_array check (jsonb_typeof(steps) = 'array')
+);
+
+alter table public.task_step_drafts enable row level security;
+
+comment on table public.task_step_drafts is
+'One unpublished step list per task (save_task_steps_draft), with the version of the live '
+'definition it was based on. Runs and schedules never read it.';
+comment on column public.task_step_drafts.id is 'Draft id.';
+comment on column public.task_step_drafts.task_id is 'The task whose steps the draft replaces.';
+comment on column public.task_step_drafts.steps is
+'The draft step list, as given (save_task_steps'' p_steps: items with an id edit that '
+'step, items without one add a step).';
+comment on column public.task_step_drafts.based_on_version is
+'stepsync.definition_version of the live steps when the draft was first saved; publishing '
+'is refused (unless forced) once the live steps differ.';
+comment on column public.task_step_drafts.created_at is 'When the draft was first saved.';
+comment on column public.task_step_drafts.updated_at is 'When the draft was last saved.';
+comment on column public.task_step_drafts.updated_by is
+'auth.uid() of whoever saved it last (null for the service).';
+comment on constraint task_step_drafts_one_per_task on public.task_step_drafts is
+'A task has at most one draft.';
+comment on constraint task_step_drafts_steps_array on public.task_step_drafts is
+'A draft holds a step list.';
+comment on index public.task_step_drafts_one_per_task is
+'The draft of a task; serves the cascade from agent_tasks and the owners'' policies.';
+
+-- Owners may also read and write their draft directly (REST): what they could store
+-- there, publishing checks like any save.
+revoke all on public.task_step_drafts from public, anon, authenticated;
+grant select, insert, update, delete on public.task_step_drafts to authenticated;
+
+create policy "Owners manage the drafts of their tasks" on public.task_step_drafts
+for all to authenticated
+using (
+    task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+)
+with check (
+    task_id in (
+        select t.id from public.agent_tasks as t
+        where t.user_id = (select auth.uid())
+    )
+);
+
+create policy "Service role manages drafts" on public.task_step_drafts
+for all to service_role
+using (true)
+with check (true);
+
+comment on policy "Owners manage the drafts of their tasks" on public.task_step_drafts is
+'Only a task''s owner reads or writes its draft.';
+comment on policy "Service role manages drafts" on public.task_step_drafts is
+'The service may do everything (it bypasses RLS; stated for clarity).';
+
+select stepsync.attach_audit('public.task_step_drafts');
+
+create or replace function public.is_stale(p_draft public.task_step_drafts)
+returns boolean
+language sql
 stable
 security invoker
 set search_path = ''
 as $$
+    select p_draft.based_on_version <> stepsync.definition_version(p_draft.task_id)
+$$;
+
+comment on function public.is_stale(public.task_step_drafts) is
+'Whether the live steps changed since the draft was based on them (then publishing it '
+'needs p_force). PostgREST computed column: select=*,is_stale.';
+
+revoke all on function public.is_stale(public.task_step_drafts) from public, anon;
+grant execute on function public.is_stale(public.task_step_drafts)
+to authenticated, service_role;
+
+create or replace function public.save_task_steps_draft(p_task_id uuid, p_steps jsonb)
+returns public.task_step_drafts
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $$
 declare
-    task_owner uuid;
-    problems jsonb;
+    draft public.task_step_drafts;
 begin
-    select t.user_id into task_owner from public.agent_tasks as t where t.id = p_task_id;
+    -- The same lock as save_task_steps: the version recorded is the one of the steps as
+    -- they are when the draft is saved.
+    perform from public.agent_tasks as t where t.id = p_task_id for update;
     if not found then
         raise exception 'task % not found', p_task_id using errcode = 'P0002';
     end if;
+    if jsonb_typeof(p_steps) = 'array' and jsonb_array_length(p_steps) > 50 then
+        raise exception 'steps: a task has at most 50 steps (got %)', jsonb_array_length(p_steps)
+            using errcode = '22023';
+    end if;
+    -- The form of the list, as save_task_steps reads it; its completeness is checked on
+    -- publish.
+    perform stepsync.parse_steps(p_task_id, p_steps, false);
 
+    insert into public.task_step_drafts as d (task_id, steps, based_on_version, updated_by)
+    values (p_task_id, p_steps, stepsync.definition_version(p_task_id), auth.uid())
+    on conflict (task_id) do update
+        set
+            steps = excluded.steps,
+            updated_at = now(),
+            updated_by = excluded.updated_by
+    returning d.* into draft;
+    return draft;
+end
+$$;
+
+comment on function public.save_task_steps_draft(uuid, jsonb) is
+'Saves p_steps (a step list as save_task_steps takes it) as the task''s draft, leaving the '
+'live steps alone; replaces an earlier draft but keeps the version it was based on. The '
+'list''s form is checked (22023 naming steps[index].field), not its completeness '
+'(validate_steps). Returns the draft.';
+
+revoke all on function public.save_task_steps_draft(uuid, jsonb) from public, anon;
+grant execute on function public.save_task_steps_draft(uuid, jsonb)
+to authenticated, service_role;
+
+create or replace function public.publish_task_steps_draft(
+    p_task_id uuid, p_force boolean default false
+)
+returns setof public.task_steps
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $$
+declare
+    draft public.task_step_drafts;
+begin
+    perform from public.agent_tasks as t where t.id = p_task_id for update;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+    select d.* into draft
+    from public.task_step_drafts as d
+    where d.task_id = p_task_id
+    for update;
+    if not found then
+        raise exception 'task % has no draft', p_task_id
+            using errcode = 'P0002',
+            hint = 'Save one with save_task_steps_draft.';
+    end if;
+    if draft.based_on_version <> stepsync.definition_version(p_task_id)
+        and not coalesce(p_force, false) then
+        raise exception 'the draft of task % is out of date: its live steps changed after the '
+        'draft was based on them', p_task_id
+            using errcode = '55000',
+            hint = 'Review the live steps, then discard the draft or publish it with '
+            'p_force => true to replace them.';
+    end if;
+
+    -- One code path with a direct save: the same rules, errors and audit.
+    return query select * from public.save_task_steps(p_task_id, draft.steps);
+    delete from public.task_step_drafts as d where d.id = draft.id;
+end
+$$;
+
+comment on function public.publish_task_steps_draft(uuid, boolean) is
+'Makes the task''s draft its live steps through save_task_steps (same rules and errors, '
+'all or nothing, audited) and removes the draft; returns the live steps. Refused (55000) '
+'when the live steps changed after the draft was based on them, unless p_force.';
+
+revoke all on function public.publish_task_steps_draft(uuid, boolean) from public, anon;
+grant execute on function public.publish_task_steps_draft(uuid, boolean)
+to authenticated, service_role;
+
+create or replace function public.discard_task_steps_draft(p_task_id uuid)
+returns boolean
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $$
+begin
+    perform from public.agent_tasks as t where t.id = p_task_id;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+    delete from public.task_step_drafts as d where d.task_id = p_task_id;
+    return found;
+end
+$$;
+
+comment on function public.discard_task_steps_draft(uuid) is
+'Removes the task''s draft: true if there was one. The live steps stay as they are.';
+
+revoke all on function public.discard_task_steps_draft(uuid) from public, anon;
+grant execute on function public.discard_task_steps_draft(uuid) to authenticated, service_role;
+
+-- Validation: every problem that keeps a task from running, as the editor shows it and
+-- as start_task_run refuses it. One set of rules, stepsync.step_problems, checks rows of
+-- task_steps wherever they come from: validate_task_steps gives it the task's live
+-- steps, validate_steps a list that is not saved (the editor's state, a draft), read by
+-- the parser save_task_steps uses. SECURITY INVOKER throughout: the caller sees only
+-- what row level security lets it see.
+
+create or replace function stepsync.step_problems(
+    p_task_id uuid, p_steps public.task_steps[]
+)
+returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    task_owner uuid := (select t.user_id from public.agent_tasks as t where t.id = p_task_id);
+    problems jsonb;
+begin
     with steps as (
         select
             s.*,
             row_number() over (order by s.step_order, s.id) as position,
             count(*) over (partition by s.step_order) as sharing_order,
+            min(s.step_order) over (partition by s.id) as first_order_of_id,
             count(*) over () as live_count
-        from public.task_steps as s
-        where s.task_id = p_task_id and s.deleted_at is null
+        from unnest(p_steps) as s
     ),
 
     found_problems as (
@@ -1613,6 +1945,34 @@ begin
         inner join public.agents as a on steps.agent_id = a.id
         where a.user_id = task_owner and not a.active
         union all
+        -- Only a list that is not saved can name a step twice or a step that is not (or
+        -- no longer) one of the task's live steps.
+        select
+            'duplicate_step',
+            format('step %s is already listed at position %s', steps.id, steps.first_order_of_id),
+            steps.id,
+            steps.step_order,
+            'id'
+        from steps
+        where steps.id is not null and steps.step_order > steps.first_order_of_id
+        union all
+        select
+            'unknown_step',
+            format('step %s is not a live step of this task', steps.id),
+            steps.id,
+            steps.step_order,
+            'id'
+        from steps
+        where
+            steps.id is not null
+            and not exists (
+                select from public.task_steps as live
+                where
+                    live.id = steps.id
+                    and live.task_id = p_task_id
+                    and live.deleted_at is null
+            )
+        union all
         select
             'invalid_retry_backoff',
             'retry_backoff_max_seconds is below retry_backoff_seconds',
@@ -1643,6 +2003,38 @@ begin
 end
 $$;
 
+revoke all on function stepsync.step_problems(uuid, public.task_steps[]) from public;
+grant execute on function stepsync.step_problems(uuid, public.task_steps[])
+to authenticated, service_role;
+
+comment on function stepsync.step_problems(uuid, public.task_steps[]) is
+'The validation rules: every problem of the given rows as the task''s steps, in order, as '
+'a JSON array of {code, message, step_id, step_order, field}. Shared by '
+'validate_task_steps (live steps) and validate_steps (a list not saved).';
+
+create or replace function public.validate_task_steps(p_task_id uuid)
+returns jsonb
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+begin
+    perform from public.agent_tasks as t where t.id = p_task_id;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+    return stepsync.step_problems(
+        p_task_id,
+        array(
+            select s from public.task_steps as s
+            where s.task_id = p_task_id and s.deleted_at is null
+            order by s.step_order, s.id
+        )
+    );
+end
+$$;
+
 comment on function public.validate_task_steps(uuid) is
 'Every problem that keeps the task from running, as a JSON array of {code, message, '
 'step_id, step_order, field}; [] when the task is valid. Codes: no_steps, too_many_steps, '
@@ -1652,6 +2044,32 @@ comment on function public.validate_task_steps(uuid) is
 
 revoke all on function public.validate_task_steps(uuid) from public, anon;
 grant execute on function public.validate_task_steps(uuid) to authenticated, service_role;
+
+create or replace function public.validate_steps(p_task_id uuid, p_steps jsonb)
+returns jsonb
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+begin
+    perform from public.agent_tasks as t where t.id = p_task_id;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+    return stepsync.step_problems(p_task_id, stepsync.parse_steps(p_task_id, p_steps, false));
+end
+$$;
+
+comment on function public.validate_steps(uuid, jsonb) is
+'Every problem of a step list that is not saved (save_task_steps'' p_steps: the editor''s '
+'state, a draft) as the task''s steps, writing nothing: the JSON array and codes of '
+'validate_task_steps, plus duplicate_step and unknown_step (an id listed twice, an id '
+'that is not a live step of the task). A list that is not one (not an array, an item '
+'not an object, a value of the wrong type, an unknown field) is an error (22023).';
+
+revoke all on function public.validate_steps(uuid, jsonb) from public, anon;
+grant execute on function public.validate_steps(uuid, jsonb) to authenticated, service_role;
 
 -- Deleting and restoring a step from the UI. soft_delete_task_step is SECURITY INVOKER
 -- like the other RPCs. The one thing RLS cannot allow an owner (seeing a soft-deleted
@@ -2137,7 +2555,32 @@ comment on trigger task_steps_rollout on public.task_steps is
 -- functions keeps a tiny table's sequential scan out of a plan that outlives the tiny
 -- table. tests/test_hot_path_plans.py holds every hot statement to this.
 
--- Run rows: owner (for RLS without a join), step progress and cancellation.
+-- How a finished run turned out, beyond the legacy status the app reads: a run whose
+-- failed steps all said `continue` is `completed` there, and `partial` here.
+create type public.task_run_outcome as enum ('succeeded', 'partial', 'failed', 'cancelled');
+
+comment on type public.task_run_outcome is
+'How a finished run turned out: succeeded (every step completed or was skipped by its '
+'skip_if), partial (completed, but steps marked continue failed), failed, cancelled.';
+
+-- Where a stopped run's compensation stands (see 0175_compensation.sql).
+create type public.run_compensation_status as enum (
+    'running', 'completed', 'failed', 'cancelled'
+);
+
+comment on type public.run_compensation_status is
+'Compensation of a stopped run: running, completed (every compensation step completed), '
+'failed (some failed for good), cancelled (the run was cancelled while compensating).';
+
+-- A step execution runs a step of the workflow, or undoes one (compensation).
+create type public.step_execution_kind as enum ('step', 'compensation');
+
+comment on type public.step_execution_kind is
+'step: a step of the workflow; compensation: the compensate_instructions of a completed '
+'step, run after its run stopped.';
+
+-- Run rows: owner (for RLS without a join), step progress and cancellation, outcome,
+-- compensation, and the run a resumed run continues.
 alter table public.agent_task_executions
 add column if not exists user_id uuid references auth.users (id) on delete cascade,
 add column if not exists step_count integer not null default 0,
@@ -2145,7 +2588,11 @@ add column if not exists steps_completed integer not null default 0,
 add column if not exists steps_failed integer not null default 0,
 add column if not exists steps_skipped integer not null default 0,
 add column if not exists cancelled_at timestamptz,
-add column if not exists cancelled_by uuid;
+add column if not exists cancelled_by uuid,
+add column if not exists outcome public.task_run_outcome,
+add column if not exists compensation public.run_compensation_status,
+add column if not exists resumed_from_run_id uuid
+references public.agent_task_executions (id) on delete set null;
 
 update public.agent_task_executions as r
 set user_id = t.user_id
@@ -2166,6 +2613,16 @@ comment on column public.agent_task_executions.cancelled_at is
 'When the run was cancelled (cancel_task_run).';
 comment on column public.agent_task_executions.cancelled_by is
 'Who cancelled the run (auth.uid() of the caller; null for the service).';
+comment on column public.agent_task_executions.outcome is
+'How the run turned out, set when it ends (null before): succeeded, partial (status '
+'completed, but steps marked continue failed: steps_failed > 0), failed, cancelled. '
+'Also in metadata.outcome.';
+comment on column public.agent_task_executions.compensation is
+'Compensation of the run after it stopped: null (none was needed), running, completed, '
+'failed or cancelled. Also in metadata.compensation once the run ends.';
+comment on column public.agent_task_executions.resumed_from_run_id is
+'The run this run resumes (resume_task_run): the steps before its first executed step '
+'reuse that run''s recorded outcomes. Null for a run started afresh.';
 
 create or replace function stepsync.fill_run_owner()
 returns trigger
@@ -2203,6 +2660,13 @@ comment on index public.agent_task_executions_user_id_idx is
 comment on index public.agent_task_executions_task_created_idx is
 'Latest run of a task (preview, definition snapshot).';
 
+create index if not exists agent_task_executions_resumed_from_idx
+on public.agent_task_executions (resumed_from_run_id)
+where resumed_from_run_id is not null;
+
+comment on index public.agent_task_executions_resumed_from_idx is
+'The resumes of a run; serves on delete set null when a run is removed.';
+
 -- Fencing tokens: every claim takes a new one, so a stale holder can be told apart.
 create sequence if not exists stepsync.lease_token_seq as bigint;
 revoke all on sequence stepsync.lease_token_seq from public;
@@ -2220,8 +2684,9 @@ create table if not exists public.task_step_executions (
     task_id uuid not null,
     user_id uuid not null,
     step_id uuid,
-    -- Snapshot of the definition at run start.
-    step_order integer not null check (step_order between 1 and 50),
+    kind public.step_execution_kind not null default 'step',
+    -- Snapshot of the definition at run start. Compensations follow the steps.
+    step_order integer not null check (step_order between 1 and 100),
     step_name text not null,
     instructions text not null,
     agent_id uuid not null references public.agents (id) on delete cascade,
@@ -2237,6 +2702,9 @@ create table if not exists public.task_step_executions (
     retry_backoff_seconds integer not null check (retry_backoff_seconds >= 0),
     retry_backoff_max_seconds integer not null check (retry_backoff_max_seconds >= 0),
     timeout_seconds integer not null check (timeout_seconds > 0),
+    compensate_instructions text,
+    compensates_step_order integer,
+    reused_from uuid,
     -- Execution state.
     status public.task_step_status not null default 'pending',
     attempt integer not null default 0 check (attempt >= 0),
@@ -2266,6 +2734,10 @@ create table if not exists public.task_step_executions (
     constraint task_step_executions_running_has_lease check (
         status <> 'running'
         or (lease_owner is not null and lease_expires_at is not null and lease_token is not null)
+    ),
+    constraint task_step_executions_kind_shape check (
+        (kind = 'step' and step_order <= 50 and compensates_step_order is null)
+        or (kind = 'compensation' and compensates_step_order between 1 and 50)
     )
 );
 
@@ -2309,7 +2781,19 @@ comment on column public.task_step_executions.user_id is
 comment on column public.task_step_executions.step_id is
 'The task_steps row this was snapshotted from (a plain reference: the step may since '
 'have been purged); null for a task run from its legacy instructions.';
-comment on column public.task_step_executions.step_order is '1-based position in the run.';
+comment on column public.task_step_executions.kind is
+'step (a step of the workflow, step_order 1..50) or compensation (undoes the step at '
+'compensates_step_order; placed after the steps, newest step first).';
+comment on column public.task_step_executions.step_order is
+'1-based position in the run: the steps, then any compensations.';
+comment on column public.task_step_executions.compensate_instructions is
+'Snapshot of task_steps.compensate_instructions: what a compensation of this step runs.';
+comment on column public.task_step_executions.compensates_step_order is
+'For a compensation: the step_order of the completed step it undoes.';
+comment on column public.task_step_executions.reused_from is
+'For a step of a resumed run that was not executed again: the step execution of the '
+'earlier run whose recorded outcome (status, output, timings) it carries. A plain '
+'reference (the earlier run may be gone).';
 comment on column public.task_step_executions.step_name is 'Snapshot of task_steps.step_name.';
 comment on column public.task_step_executions.instructions is
 'Snapshot of task_steps.instructions.';
@@ -2383,6 +2867,9 @@ comment on constraint task_step_executions_queued_has_run_after
 on public.task_step_executions is 'A queued step always says when it is due.';
 comment on constraint task_step_executions_running_has_lease
 on public.task_step_executions is 'A running step always has a lease and a fencing token.';
+comment on constraint task_step_executions_kind_shape
+on public.task_step_executions is
+'Steps take positions 1..50; a compensation names the step it undoes.';
 comment on index public.task_step_executions_claim_idx is
 'claim_steps and queue_depth: queued steps by due time.';
 comment on index public.task_step_executions_lease_idx is
@@ -2773,7 +3260,9 @@ parallel safe
 set search_path = ''
 as $$
 declare
-    rest text := p_template;
+    -- No template renders as nothing (an unfinished draft step may have none); a null
+    -- here would never reach the end of the loop below.
+    rest text := coalesce(p_template, '');
     rendered text := '';
     open_at integer;
     close_at integer;
@@ -3012,6 +3501,37 @@ grant execute on function stepsync.build_step_context(
 -- statement for all the runs it is given (complete_steps hands it every run its batch
 -- ended), with one audit statement each; every changed row still gets its own audit row.
 -- finish_run is finish_runs for one run, so both follow one code path.
+--
+-- A run's legacy status (what the app's UI reads) keeps its five values; how the run
+-- turned out is in its outcome: a completed run whose failed steps all said `continue`
+-- is `partial`, not `succeeded`. A run that stopped with compensations to run stays
+-- running until they are over (0175_compensation.sql); advance_runs then ends it failed
+-- (or cancelled, when a cancel asked for them) with its compensation outcome.
+
+create or replace function stepsync.run_outcome(
+    p_status public.task_execution_status_enum, p_steps_failed integer
+)
+returns public.task_run_outcome
+language sql
+immutable
+set search_path = ''
+as $$
+    select case p_status
+        when 'completed' then
+            case when p_steps_failed > 0 then 'partial' else 'succeeded' end
+        when 'failed' then 'failed'
+        when 'cancelled' then 'cancelled'
+    end::public.task_run_outcome
+$$;
+
+comment on function stepsync.run_outcome(public.task_execution_status_enum, integer) is
+'The outcome of a run ending with p_status after p_steps_failed of its steps failed: '
+'partial when it completed all the same, else its status (null while it goes on).';
+
+revoke all on function stepsync.run_outcome(public.task_execution_status_enum, integer)
+from public;
+grant execute on function stepsync.run_outcome(public.task_execution_status_enum, integer)
+to service_role;
 
 create or replace function stepsync.finish_runs(
     p_run_ids uuid[],
@@ -3044,10 +3564,18 @@ begin
     end if;
 
     -- A run's output is the output of its last completed step (text, as the app shows
-    -- it: a JSON string verbatim, anything else as JSON).
+    -- it: a JSON string verbatim, anything else as JSON); its outcome and compensation
+    -- go into metadata too, for readers that know only the legacy columns.
     update public.agent_task_executions as r
     set
         status = p_status,
+        outcome = stepsync.run_outcome(p_status, r.steps_failed),
+        metadata = coalesce(r.metadata, '{}'::jsonb) || jsonb_strip_nulls(
+            jsonb_build_object(
+                'outcome', stepsync.run_outcome(p_status, r.steps_failed),
+                'compensation', r.compensation
+            )
+        ),
         completed_at = now(),
         duration_ms = (extract(epoch from now() - coalesce(r.started_at, r.created_at)) * 1000)::integer,
         output = (
@@ -3057,7 +3585,7 @@ begin
                     else s.output::text
                 end
             from public.task_step_executions as s
-            where s.run_id = r.id and s.status = 'completed'
+            where s.run_id = r.id and s.status = 'completed' and s.kind = 'step'
             order by s.step_order desc
             limit 1
         ),
@@ -3136,6 +3664,7 @@ begin
         where
             s.run_id = any(latest)
             and s.step_id is not null
+            and s.kind = 'step'
             and s.status in ('completed', 'failed', 'skipped', 'cancelled')
     )
 
@@ -3154,7 +3683,8 @@ $$;
 
 comment on function stepsync.finish_runs(uuid[], public.task_execution_status_enum, text) is
 'Ends the given pending/running runs with p_status, one statement per write for all of '
-'them: each run''s output from its last completed step and its timings, the tasks'' '
+'them: each run''s outcome (partial when completed with failed steps), output from its '
+'last completed step and its timings, the tasks'' '
 'execution counters (completed and failed runs only) and, for runs no newer run of their '
 'task exists for, the definitions'' latest-run snapshot (task_steps.status, '
 'execution_result). Runs already over are left alone.';
@@ -3209,6 +3739,9 @@ declare
     ended uuid[] := '{}';
     ready_now uuid[];
     ended_now uuid[];
+    ended_plainly uuid[];
+    ended_compensated uuid[];
+    ended_cancelled uuid[];
 begin
     -- Lock order: runs in id order, then their steps.
     select array_agg(open_run.id) into moving
@@ -3287,7 +3820,38 @@ begin
     end loop;
 
     if cardinality(ended) > 0 then
-        perform stepsync.finish_runs(ended, 'completed');
+        -- A run that was compensating ends failed, or cancelled when a cancel asked for
+        -- the compensation, with the compensation's outcome; any other run completed.
+        select
+            array_agg(run.id) filter (where run.compensation is null),
+            array_agg(run.id) filter (
+                where run.compensation is not null and run.cancelled_at is null
+            ),
+            array_agg(run.id) filter (
+                where run.compensation is not null and run.cancelled_at is not null
+            )
+        into ended_plainly, ended_compensated, ended_cancelled
+        from unnest(ended) as finished (id)
+        cross join lateral (
+            select r.id, r.compensation, r.cancelled_at
+            from public.agent_task_executions as r
+            where r.id = finished.id
+            limit 1
+        ) as run;
+        if ended_compensated is not null or ended_cancelled is not null then
+            update public.agent_task_executions as r
+            set compensation = case
+                when exists (
+                    select from public.task_step_executions as s
+                    where s.run_id = r.id and s.kind = 'compensation' and s.status = 'failed'
+                ) then 'failed'
+                else 'completed'
+            end::public.run_compensation_status
+            where r.id = any(coalesce(ended_compensated, '{}') || ended_cancelled);
+            perform stepsync.finish_runs(ended_compensated, 'failed');
+            perform stepsync.finish_runs(ended_cancelled, 'cancelled');
+        end if;
+        perform stepsync.finish_runs(ended_plainly, 'completed');
     end if;
     if p_worker is null then
         queueing := queueing || coalesce(handing_off, '{}');
@@ -3310,7 +3874,8 @@ comment on function stepsync.advance_runs(uuid[], text, integer) is
 'Moves the given running runs forward, set-based: each run''s next pending step is '
 'queued, or with p_worker, when it is plainly due (no skip_if), leased to that worker for '
 'p_lease_seconds (returned: the hand-off); steps whose skip_if holds are skipped on the '
-'way; a run with no step left is completed. A run with a step in flight is left alone. '
+'way; a run with no step left is completed, or when it was compensating, failed (or '
+'cancelled) with its compensation outcome. A run with a step in flight is left alone. '
 'Service only.';
 
 revoke all on function stepsync.advance_runs(uuid[], text, integer)
@@ -3339,7 +3904,7 @@ $$;
 
 comment on function stepsync.on_step_status_change() is
 'Trigger: after a step execution reaches a counted final status (completed, failed, '
-'skipped), add it to its run''s step counters.';
+'skipped), add it to its run''s step counters. Compensations are not counted there.';
 
 revoke all on function stepsync.on_step_status_change() from public;
 grant execute on function stepsync.on_step_status_change() to service_role;
@@ -3350,6 +3915,7 @@ for each row
 when (
     old.status is distinct from new.status
     and new.status in ('completed', 'failed', 'skipped')
+    and new.kind = 'step'
 )
 execute function stepsync.on_step_status_change();
 
@@ -3357,6 +3923,10 @@ comment on trigger task_step_executions_status_change on public.task_step_execut
 'Keeps the run''s step counters in step with final step statuses.';
 
 -- start_task_run: snapshot a task's steps into a new run and make its first step ready.
+--
+-- stepsync.open_run makes the run and its snapshot; start_task_run and resume_task_run
+-- (0185_resume.sql) both open their runs through it, so a resumed run is checked and
+-- snapshotted exactly like a new one.
 
 create or replace function stepsync.step_definitions(p_task_id uuid)
 returns table (
@@ -3376,7 +3946,8 @@ returns table (
     retry_backoff_seconds integer,
     retry_backoff_max_seconds integer,
     timeout_seconds integer,
-    max_lost_leases integer
+    max_lost_leases integer,
+    compensate_instructions text
 )
 language sql
 stable
@@ -3386,7 +3957,8 @@ as $$
         s.id, s.step_order, s.step_name, s.instructions, coalesce(s.agent_id, t.agent_id),
         s.include_previous_context, s.context_mode, s.context_paths, s.context_template,
         s.context_data, s.skip_if, s.on_failure, s.max_attempts, s.retry_backoff_seconds,
-        s.retry_backoff_max_seconds, s.timeout_seconds, s.max_lost_leases
+        s.retry_backoff_max_seconds, s.timeout_seconds, s.max_lost_leases,
+        s.compensate_instructions
     from public.task_steps as s
     inner join public.agent_tasks as t on s.task_id = t.id
     where s.task_id = p_task_id and s.deleted_at is null
@@ -3394,7 +3966,8 @@ as $$
     -- A task without live steps is a one-step workflow made of its instructions.
     select
         null, 1, coalesce(nullif(left(btrim(t.name), 200), ''), 'Step 1'), t.instructions,
-        t.agent_id, false, 'previous', '{}', null, '{}'::jsonb, null, 'stop', 1, 5, 600, 300, 3
+        t.agent_id, false, 'previous', '{}', null, '{}'::jsonb, null, 'stop', 1, 5, 600, 300, 3,
+        null
     from public.agent_tasks as t
     where t.id = p_task_id
         and not exists (
@@ -3411,36 +3984,24 @@ comment on function stepsync.step_definitions(uuid) is
 revoke all on function stepsync.step_definitions(uuid) from public;
 grant execute on function stepsync.step_definitions(uuid) to service_role;
 
-create or replace function stepsync.start_task_run(
-    p_task_id uuid,
-    p_trigger_type text default 'manual',
-    p_trigger_data jsonb default '{}'::jsonb
+create or replace function stepsync.open_run(
+    p_task public.agent_tasks,
+    p_trigger_type text,
+    p_trigger_data jsonb,
+    p_resumed_from_run_id uuid default null
 )
 returns uuid
 language plpgsql
 volatile
-security definer
 set enable_seqscan = off
 set search_path = ''
 as $$
 declare
-    task public.agent_tasks;
+    task public.agent_tasks := p_task;
     live_steps integer;
     problems jsonb;
     new_run_id uuid;
 begin
-    if p_trigger_type is null or p_trigger_type not in ('manual', 'scheduled', 'event') then
-        raise exception 'trigger type must be manual, scheduled or event, not %',
-            coalesce(quote_literal(p_trigger_type), 'null')
-            using errcode = '22023';
-    end if;
-    if p_trigger_data is not null and jsonb_typeof(p_trigger_data) <> 'object' then
-        raise exception 'trigger data must be a JSON object, not %', jsonb_typeof(p_trigger_data)
-            using errcode = '22023';
-    end if;
-
-    task := stepsync.authorized_task(p_task_id);
-
     if not stepsync.flag_enabled_for('multi_step_workflows', task.user_id) then
         raise exception 'multi-step workflows are not enabled for the owner of task %', task.id
             using errcode = '55000',
@@ -3481,7 +4042,7 @@ begin
 
     insert into public.agent_task_executions (
         task_id, agent_id, user_id, status, trigger_type, trigger_data, instructions_used,
-        started_at, conversation_id, step_count, metadata
+        started_at, conversation_id, step_count, metadata, resumed_from_run_id
     )
     values (
         task.id,
@@ -3495,6 +4056,11 @@ begin
         task.conversation_id,
         greatest(live_steps, 1),
         jsonb_build_object('engine', 'stepsync', 'task_name', task.name)
+        || case
+            when p_resumed_from_run_id is null then '{}'::jsonb
+            else jsonb_build_object('resumed_from_run_id', p_resumed_from_run_id)
+        end,
+        p_resumed_from_run_id
     )
     returning id into new_run_id;
 
@@ -3502,14 +4068,14 @@ begin
         run_id, task_id, user_id, step_id, step_order, step_name, instructions, agent_id,
         include_previous_context, context_mode, context_paths, context_template,
         context_data, skip_if, on_failure, max_attempts, retry_backoff_seconds,
-        retry_backoff_max_seconds, timeout_seconds, max_lost_leases
+        retry_backoff_max_seconds, timeout_seconds, max_lost_leases, compensate_instructions
     )
     select
         new_run_id, task.id, task.user_id, d.step_id, d.step_order, d.step_name,
         d.instructions, d.agent_id, d.include_previous_context, d.context_mode,
         d.context_paths, d.context_template, d.context_data, d.skip_if, d.on_failure,
         d.max_attempts, d.retry_backoff_seconds, d.retry_backoff_max_seconds,
-        d.timeout_seconds, d.max_lost_leases
+        d.timeout_seconds, d.max_lost_leases, d.compensate_instructions
     from stepsync.step_definitions(task.id) as d;
 
     -- What the run was asked to do, in the legacy column the app shows.
@@ -3526,7 +4092,48 @@ begin
         where s.run_id = r.id
     )
     where r.id = new_run_id;
+    return new_run_id;
+end
+$$;
 
+comment on function stepsync.open_run(public.agent_tasks, text, jsonb, uuid) is
+'Opens a run of p_task: checks the multi_step_workflows flag and validate_task_steps, '
+'inserts the run (linked to p_resumed_from_run_id, if given) and snapshots the live steps '
+'(or the legacy instructions as one step), all pending. Moving it on is the caller''s '
+'(advance_runs). The caller has checked who may run the task.';
+
+revoke all on function stepsync.open_run(public.agent_tasks, text, jsonb, uuid) from public;
+grant execute on function stepsync.open_run(public.agent_tasks, text, jsonb, uuid)
+to service_role;
+
+create or replace function stepsync.start_task_run(
+    p_task_id uuid,
+    p_trigger_type text default 'manual',
+    p_trigger_data jsonb default '{}'::jsonb
+)
+returns uuid
+language plpgsql
+volatile
+security definer
+set enable_seqscan = off
+set search_path = ''
+as $$
+declare
+    new_run_id uuid;
+begin
+    if p_trigger_type is null or p_trigger_type not in ('manual', 'scheduled', 'event') then
+        raise exception 'trigger type must be manual, scheduled or event, not %',
+            coalesce(quote_literal(p_trigger_type), 'null')
+            using errcode = '22023';
+    end if;
+    if p_trigger_data is not null and jsonb_typeof(p_trigger_data) <> 'object' then
+        raise exception 'trigger data must be a JSON object, not %', jsonb_typeof(p_trigger_data)
+            using errcode = '22023';
+    end if;
+
+    new_run_id := stepsync.open_run(
+        stepsync.authorized_task(p_task_id), p_trigger_type, p_trigger_data
+    );
     perform from stepsync.advance_runs(array[new_run_id]);
     return new_run_id;
 end
@@ -4117,6 +4724,8 @@ begin
         updated_at = now()
     where s.id = step.id;
 
+    -- A compensation always says continue: one failing does not keep the others from
+    -- running.
     if step.on_failure = 'continue' then
         perform from stepsync.advance_runs(array[step.run_id]);
     else
@@ -4127,11 +4736,14 @@ begin
             completed_at = now(),
             updated_at = now()
         where s.run_id = step.run_id and s.status in ('pending', 'queued');
-        perform stepsync.finish_runs(
-            array[step.run_id],
-            'failed',
-            format('step %s (%s) failed: %s', step.step_order, step.step_name, reason)
-        );
+        reason := format('step %s (%s) failed: %s', step.step_order, step.step_name, reason);
+        -- Completed steps with compensate_instructions are undone first; the run ends
+        -- failed once they are over (advance_runs).
+        if stepsync.start_compensation(step.run_id, reason) > 0 then
+            perform from stepsync.advance_runs(array[step.run_id]);
+        else
+            perform stepsync.finish_runs(array[step.run_id], 'failed', reason);
+        end if;
     end if;
     return 'failed';
 end
@@ -4141,8 +4753,9 @@ comment on function stepsync.record_step_failure(uuid, bigint, text, boolean, bo
 'Shared by fail_step and reap_expired_leases. A lost lease (p_lease_expired: the worker '
 'died, not the step) queues the step again at once and gives its attempt back, up to '
 'max_lost_leases times. A failed attempt with attempts left (and p_retryable) is queued '
-'again after its backoff. Otherwise the step fails and its on_failure decides: stop (run '
-'failed, remaining steps skipped) or continue.';
+'again after its backoff. Otherwise the step fails and its on_failure decides: stop '
+'(remaining steps skipped; the completed steps'' compensations run, then the run fails) '
+'or continue.';
 
 revoke all on function stepsync.record_step_failure(uuid, bigint, text, boolean, boolean)
 from public, anon, authenticated;
@@ -4174,9 +4787,113 @@ revoke all on function stepsync.fail_step(uuid, bigint, text, boolean)
 from public, anon, authenticated;
 grant execute on function stepsync.fail_step(uuid, bigint, text, boolean) to service_role;
 
+-- Compensation: undoing what a stopped run's completed steps did.
+--
+-- A step may carry compensate_instructions (snapshotted into its run like the rest of its
+-- definition). When a run stops (a step fails for good with on_failure = stop, or a
+-- cancel asks for it), every completed step of the run that has some gets a compensation:
+-- a row of its own in task_step_executions (kind = compensation), placed after the
+-- steps, the most recent step first. They are ordinary step executions to the engine:
+-- queued, claimed, leased, retried and timed out with the settings of the step they undo,
+-- one at a time through advance_runs, so nothing on the hot path needs to know about
+-- them. A compensation says `continue`, so one failing does not keep the others from
+-- running. The run stays running meanwhile, with compensation = running and its
+-- error_message saying why it stopped; when the last compensation is over, advance_runs
+-- ends it failed (or cancelled) with compensation = completed or failed.
+--
+-- A compensation's input is the run context in `full` mode (every earlier step, with
+-- outputs and errors), and in its context_data under "compensation": the step it undoes
+-- (order, name, output) and why the run stopped.
+
+create or replace function stepsync.start_compensation(p_run_id uuid, p_reason text)
+returns integer
+language plpgsql
+volatile
+set enable_seqscan = off
+set search_path = ''
+as $$
+declare
+    added integer;
+begin
+    -- The caller holds the run row (lock order: run, then steps). The run's rows are
+    -- read by (run_id, step_order).
+    insert into public.task_step_executions (
+        run_id, task_id, user_id, step_id, kind, step_order, compensates_step_order,
+        step_name, instructions, agent_id, include_previous_context, context_mode,
+        context_data, on_failure, max_attempts, max_lost_leases, retry_backoff_seconds,
+        retry_backoff_max_seconds, timeout_seconds
+    )
+    select
+        s.run_id,
+        s.task_id,
+        s.user_id,
+        s.step_id,
+        'compensation',
+        last_row.step_order + row_number() over (order by s.step_order desc),
+        s.step_order,
+        format('Compensate: %s', s.step_name),
+        s.compensate_instructions,
+        s.agent_id,
+        true,
+        'full',
+        s.context_data || jsonb_build_object(
+            'compensation', jsonb_build_object(
+                'step', jsonb_build_object(
+                    'order', s.step_order,
+                    'name', s.step_name,
+                    'output', stepsync.truncate_json(s.output, 16384)
+                ),
+                'reason', p_reason
+            )
+        ),
+        'continue',
+        s.max_attempts,
+        s.max_lost_leases,
+        s.retry_backoff_seconds,
+        s.retry_backoff_max_seconds,
+        s.timeout_seconds
+    from public.task_step_executions as s
+    cross join lateral (
+        select l.step_order from public.task_step_executions as l
+        where l.run_id = p_run_id
+        order by l.step_order desc
+        limit 1
+    ) as last_row
+    where
+        s.run_id = p_run_id
+        and s.kind = 'step'
+        and s.status = 'completed'
+        and s.compensate_instructions is not null;
+    get diagnostics added = row_count;
+
+    if added > 0 then
+        update public.agent_task_executions as r
+        set
+            compensation = 'running',
+            error_message = p_reason,
+            updated_at = now()
+        where r.id = p_run_id;
+    end if;
+    return added;
+end
+$$;
+
+comment on function stepsync.start_compensation(uuid, text) is
+'For a run that stopped (p_reason: why): adds a pending compensation after the steps for '
+'each completed step with compensate_instructions, newest step first, and marks the run '
+'compensating. Returns how many; 0 leaves the run alone. The caller holds the run row and '
+'moves the run on (advance_runs). Service only.';
+
+revoke all on function stepsync.start_compensation(uuid, text) from public, anon, authenticated;
+grant execute on function stepsync.start_compensation(uuid, text) to service_role;
+
 -- Cancelling a run (owner or service) and reaping expired leases (service).
 
-create or replace function stepsync.cancel_task_run(p_run_id uuid)
+-- One signature each, with p_compensate defaulted: a second overload beside the
+-- one-argument form would make PostgREST's call with p_run_id alone ambiguous.
+create or replace function stepsync.cancel_task_run(
+    p_run_id uuid, p_compensate boolean default false
+)
 returns boolean
 language plpgsql
 volatile
@@ -4200,6 +4917,11 @@ begin
     if run.status not in ('pending', 'running') then
         return false;
     end if;
+    -- Asking again for the compensation under way changes nothing; a plain cancel
+    -- stops it.
+    if coalesce(p_compensate, false) and run.compensation = 'running' then
+        return false;
+    end if;
 
     -- A running step is cancelled too: its worker's late complete or fail no longer
     -- matches a running step and is rejected.
@@ -4212,40 +4934,61 @@ begin
         updated_at = now()
     where s.run_id = p_run_id and s.status in ('pending', 'queued', 'running');
 
+    -- Compensations asked for run before the run ends cancelled (advance_runs); the run
+    -- stays running meanwhile, and its cancellation is announced at once (0200_notify.sql)
+    -- so that the step that was running stops.
+    if coalesce(p_compensate, false)
+        and stepsync.start_compensation(p_run_id, 'run cancelled') > 0 then
+        update public.agent_task_executions as r
+        set cancelled_at = now(), cancelled_by = auth.uid()
+        where r.id = p_run_id;
+        perform from stepsync.advance_runs(array[p_run_id]);
+        return true;
+    end if;
     update public.agent_task_executions as r
     set
         cancelled_at = now(),
-        cancelled_by = auth.uid()
+        cancelled_by = auth.uid(),
+        compensation = case
+            when r.compensation = 'running' then 'cancelled'
+            else r.compensation
+        end
     where r.id = p_run_id;
     perform stepsync.finish_run(p_run_id, 'cancelled', 'cancelled');
     return true;
 end
 $$;
 
-comment on function stepsync.cancel_task_run(uuid) is
+comment on function stepsync.cancel_task_run(uuid, boolean) is
 'Cancels a pending or running run and its unfinished steps, for the run''s owner or the '
-'service. Use public.cancel_task_run.';
+'service; with p_compensate, the completed steps'' compensations run first. Use '
+'public.cancel_task_run.';
 
-revoke all on function stepsync.cancel_task_run(uuid) from public;
-grant execute on function stepsync.cancel_task_run(uuid) to authenticated, service_role;
+revoke all on function stepsync.cancel_task_run(uuid, boolean) from public;
+grant execute on function stepsync.cancel_task_run(uuid, boolean) to authenticated, service_role;
 
-create or replace function public.cancel_task_run(p_run_id uuid)
+create or replace function public.cancel_task_run(
+    p_run_id uuid, p_compensate boolean default false
+)
 returns boolean
 language sql
 volatile
 security invoker
 set search_path = ''
 as $$
-    select stepsync.cancel_task_run(p_run_id)
+    select stepsync.cancel_task_run(p_run_id, p_compensate)
 $$;
 
-comment on function public.cancel_task_run(uuid) is
+comment on function public.cancel_task_run(uuid, boolean) is
 'Cancels the run: true if it was pending or running, false if it had already ended. For '
 'the run''s owner and the service; a worker''s later complete of a cancelled step is '
-'rejected.';
+'rejected. With p_compensate, the completed steps that have compensate_instructions are '
+'undone first (newest first): the run stays running until they are over, then ends '
+'cancelled with its compensation outcome; false if its compensation was already under '
+'way.';
 
-revoke all on function public.cancel_task_run(uuid) from public, anon;
-grant execute on function public.cancel_task_run(uuid) to authenticated, service_role;
+revoke all on function public.cancel_task_run(uuid, boolean) from public, anon;
+grant execute on function public.cancel_task_run(uuid, boolean) to authenticated, service_role;
 
 create or replace function stepsync.reap_expired_leases(p_grace_seconds integer default 0)
 returns integer
@@ -4298,14 +5041,244 @@ comment on function stepsync.reap_expired_leases(integer) is
 revoke all on function stepsync.reap_expired_leases(integer) from public, anon, authenticated;
 grant execute on function stepsync.reap_expired_leases(integer) to service_role;
 
+-- Resuming a finished run: a new run of the same task that does not execute again the
+-- steps whose recorded outcomes it can reuse.
+--
+-- The new run is opened like any other (stepsync.open_run: flag, validation, a snapshot
+-- of the current live definition, edited instructions included) with the old run's
+-- trigger, and linked to it (resumed_from_run_id). Its steps before p_from_step then take
+-- the old run's recorded outcomes (status, output, timings, input context), marked with
+-- reused_from, before advance_runs moves the run on: to the steps after them, the run
+-- context is exactly the one a fresh run with the same results would build, and the
+-- step at p_from_step and every later one run with the current definition.
+--
+-- A step's outcome can be reused when it completed, or was skipped by its skip_if, and
+-- was not compensated (its effects were undone). p_from_step defaults to the first step
+-- that cannot, and may not go past it. Reusing outcomes only makes sense when the steps
+-- before p_from_step are still the same steps in the same places: when one was removed,
+-- replaced or moved, the resume is refused unless p_start_over asks for a run of every
+-- step from the first (still linked to the old run).
+
+create or replace function stepsync.resume_task_run(
+    p_run_id uuid,
+    p_from_step integer default null,
+    p_start_over boolean default false
+)
+returns uuid
+language plpgsql
+volatile
+security definer
+set enable_seqscan = off
+set search_path = ''
+as $$
+declare
+    old_run public.agent_task_executions;
+    first_open integer;
+    first_open_status text;
+    from_step integer;
+    new_run_id uuid;
+    new_step_count integer;
+    moved text;
+begin
+    select r.* into old_run from public.agent_task_executions as r where r.id = p_run_id;
+    if not found
+        or (not stepsync.caller_is_service() and old_run.user_id is distinct from auth.uid()) then
+        raise exception 'run % not found', p_run_id
+            using errcode = 'P0002',
+            hint = 'Check the run id; only the run''s owner and the service may resume it.';
+    end if;
+    if old_run.status in ('pending', 'running') then
+        raise exception 'run % is still %: only a run that has ended can be resumed',
+            p_run_id, old_run.status
+            using errcode = '55000',
+            hint = 'Wait for it to end, or cancel it first (cancel_task_run).';
+    end if;
+    if coalesce(p_start_over, false) and coalesce(p_from_step, 1) <> 1 then
+        raise exception 'p_from_step: starting over runs every step from step 1, not from %',
+            p_from_step
+            using errcode = '22023';
+    end if;
+
+    -- The first step whose outcome cannot be reused (none: one past the last step), and
+    -- what became of it. A step skipped because the run stopped has no outcome.
+    select
+        s.step_order,
+        case
+            when compensated.found then 'was compensated'
+            when s.status = 'skipped' then 'was skipped when the run stopped'
+            when s.status = 'failed' then 'failed'
+            when s.status = 'cancelled' then 'was cancelled'
+            else 'did not run'
+        end
+    into first_open, first_open_status
+    from public.task_step_executions as s
+    cross join lateral (
+        select exists (
+            select from public.task_step_executions as c
+            where
+                c.run_id = s.run_id
+                and c.kind = 'compensation'
+                and c.compensates_step_order = s.step_order
+        ) as found
+    ) as compensated
+    where
+        s.run_id = old_run.id
+        and s.kind = 'step'
+        and (
+            compensated.found
+            or s.status not in ('completed', 'skipped')
+            or (
+                s.status = 'skipped'
+                and coalesce(s.skip_reason, '') not like 'skip\_if matched%'
+            )
+        )
+    order by s.step_order
+    limit 1;
+    if not found then
+        first_open := 1 + coalesce(
+            (
+                select max(s.step_order) from public.task_step_executions as s
+                where s.run_id = old_run.id and s.kind = 'step'
+            ),
+            0
+        );
+    end if;
+
+    from_step := case
+        when coalesce(p_start_over, false) then 1
+        else coalesce(p_from_step, first_open)
+    end;
+    if from_step < 1 then
+        raise exception 'p_from_step: % is not a step number (steps count from 1)', from_step
+            using errcode = '22023';
+    end if;
+    if from_step > first_open and first_open_status is not null then
+        raise exception 'p_from_step: step % of run % %, so there is no outcome of it to reuse',
+            first_open, p_run_id, first_open_status
+            using errcode = '22023',
+            hint = format('Resume from step %s or an earlier one.', first_open);
+    end if;
+    if from_step > first_open then
+        raise exception 'p_from_step: run % had % steps; % is outside 1..%',
+            p_run_id, first_open - 1, from_step, first_open
+            using errcode = '22023';
+    end if;
+
+    new_run_id := stepsync.open_run(
+        (select t from public.agent_tasks as t where t.id = old_run.task_id),
+        old_run.trigger_type,
+        old_run.trigger_data,
+        old_run.id
+    );
+    new_step_count := (
+        select r.step_count from public.agent_task_executions as r where r.id = new_run_id
+    );
+    if from_step > new_step_count then
+        raise exception 'p_from_step: % is outside 1..%: task % has % steps now',
+            from_step, new_step_count, old_run.task_id, new_step_count
+            using errcode = '22023',
+            hint = case
+                when p_from_step is null
+                    then 'Every step of the run completed; give p_from_step to run the last '
+                    || 'ones again.'
+                else 'The task has fewer steps than the run had; resume from an earlier one.'
+            end;
+    end if;
+
+    -- The steps before from_step must still be the steps they were.
+    select string_agg(format('step %s', o.step_order), ', ' order by o.step_order)
+    into moved
+    from public.task_step_executions as o
+    left join public.task_step_executions as n
+        on n.run_id = new_run_id and n.step_order = o.step_order
+    where
+        o.run_id = old_run.id
+        and o.kind = 'step'
+        and o.step_order < from_step
+        and (o.step_id is null or n.step_id is distinct from o.step_id);
+    if moved is not null then
+        raise exception 'the steps of task % before step % changed after run % (%: removed, '
+        'replaced or moved), so its results cannot be reused', old_run.task_id, from_step,
+        p_run_id, moved
+            using errcode = '55000',
+            hint = 'Resume with p_start_over => true to run every step again.';
+    end if;
+
+    update public.task_step_executions as n
+    set
+        status = o.status,
+        attempt = o.attempt,
+        input_context = o.input_context,
+        output = o.output,
+        error_message = o.error_message,
+        skip_reason = o.skip_reason,
+        started_at = o.started_at,
+        completed_at = o.completed_at,
+        duration_ms = o.duration_ms,
+        reused_from = o.id,
+        updated_at = now()
+    from public.task_step_executions as o
+    where
+        n.run_id = new_run_id
+        and n.step_order < from_step
+        and o.run_id = old_run.id
+        and o.step_order = n.step_order;
+
+    perform from stepsync.advance_runs(array[new_run_id]);
+    return new_run_id;
+end
+$$;
+
+comment on function stepsync.resume_task_run(uuid, integer, boolean) is
+'Resumes an ended run for its owner or the service: a new run of the current live steps, '
+'linked to it, whose steps before p_from_step (default: the first whose outcome cannot be '
+'reused) carry the old run''s recorded outcomes instead of running again. Use '
+'public.resume_task_run.';
+
+revoke all on function stepsync.resume_task_run(uuid, integer, boolean) from public;
+grant execute on function stepsync.resume_task_run(uuid, integer, boolean)
+to authenticated, service_role;
+
+create or replace function public.resume_task_run(
+    p_run_id uuid,
+    p_from_step integer default null,
+    p_start_over boolean default false
+)
+returns uuid
+language sql
+volatile
+security invoker
+set search_path = ''
+as $$
+    select stepsync.resume_task_run(p_run_id, p_from_step, p_start_over)
+$$;
+
+comment on function public.resume_task_run(uuid, integer, boolean) is
+'Resumes an ended (failed, cancelled or completed) run and returns the new run''s id: a '
+'new run of the same task and trigger with the current live steps (edits included), '
+'linked by resumed_from_run_id, that reuses the recorded outcomes of the steps before '
+'p_from_step (default: the first step that did not complete) and runs the rest. Refused '
+'for a run still going, a step number out of range, or when steps before p_from_step were '
+'removed, replaced or moved since, unless p_start_over (run every step again). For the '
+'run''s owner and the service.';
+
+revoke all on function public.resume_task_run(uuid, integer, boolean) from public, anon;
+grant execute on function public.resume_task_run(uuid, integer, boolean)
+to authenticated, service_role;
+
 -- Preview: every step's input as a new run would send it (the editor's "preview mode").
 --
--- The run context is hypothetical: each earlier step contributes its result from the
--- task's last run (matched by step id), or, where it has none, a marked placeholder
+-- The steps previewed are the live ones, the task's draft (p_use_draft) or a list that
+-- is not saved (p_steps, as save_task_steps takes it, read by the same parser, with
+-- unfinished steps shown as they are). The run context is hypothetical: each earlier
+-- step contributes its result from the task's last run (matched by step id), or, where
+-- it has none (a new step has no id yet), a marked placeholder
 -- "<output of step N: not run yet>". The input itself comes from build_step_context,
 -- the function that leasing a step uses.
 
-create or replace function stepsync.preview_task_run(p_task_id uuid)
+create or replace function stepsync.preview_task_run(
+    p_task_id uuid, p_steps jsonb default null, p_use_draft boolean default false
+)
 returns jsonb
 language plpgsql
 stable
@@ -4314,12 +5287,32 @@ set search_path = ''
 as $$
 declare
     task public.agent_tasks;
+    source text := 'live';
+    listed jsonb := p_steps;
+    listed_steps public.task_steps[];
     last_run_id uuid;
     run_context jsonb;
     previews jsonb := '[]'::jsonb;
     definition record;
+    earlier record;
 begin
     task := stepsync.authorized_task(p_task_id);
+    if p_steps is not null and coalesce(p_use_draft, false) then
+        raise exception 'give p_steps or p_use_draft, not both' using errcode = '22023';
+    end if;
+    if coalesce(p_use_draft, false) then
+        select d.steps into listed from public.task_step_drafts as d where d.task_id = task.id;
+        if not found then
+            raise exception 'task % has no draft', task.id using errcode = 'P0002';
+        end if;
+        source := 'draft';
+    elsif p_steps is not null then
+        source := 'steps';
+    end if;
+    if listed is not null then
+        -- Ids resolve to the live steps of this task only, which the caller may see.
+        listed_steps := stepsync.parse_steps(task.id, listed, false);
+    end if;
 
     select r.id into last_run_id
     from public.agent_task_executions as r
@@ -4332,47 +5325,25 @@ begin
         'run', jsonb_build_object(
             'id', null, 'trigger_type', 'manual', 'trigger_data', '{}'::jsonb
         ),
-        'steps', (
-            select coalesce(jsonb_agg(
-                case
-                    when e.status in ('completed', 'failed', 'skipped') then jsonb_build_object(
-                        'order', d.step_order,
-                        'name', d.step_name,
-                        'status', e.status,
-                        'output', e.output,
-                        'error', e.error_message,
-                        'started_at', e.started_at,
-                        'completed_at', e.completed_at,
-                        'duration_ms', e.duration_ms,
-                        'attempts', e.attempt
-                    )
-                    else jsonb_build_object(
-                        'order', d.step_order,
-                        'name', d.step_name,
-                        'status', 'pending',
-                        'output', format('<output of step %s: not run yet>', d.step_order),
-                        'error', null,
-                        'started_at', null,
-                        'completed_at', null,
-                        'duration_ms', null,
-                        'attempts', 0
-                    )
-                end
-                order by d.step_order
-            ), '[]'::jsonb)
-            from stepsync.step_definitions(task.id) as d
-            left join public.task_step_executions as e
-                on
-                    e.run_id = last_run_id
-                    and (
-                        e.step_id = d.step_id
-                        or (d.step_id is null and e.step_id is null and e.step_order = 1)
-                    )
-        )
+        'steps', '[]'::jsonb
     );
 
+    -- In order, each step's input from the steps before it; then its own entry joins the
+    -- context for the steps after it.
     for definition in
-        select d.* from stepsync.step_definitions(task.id) as d order by d.step_order
+        select
+            d.step_id, d.step_order, d.step_name, d.instructions, d.skip_if,
+            d.include_previous_context, d.context_mode, d.context_paths,
+            d.context_template, d.context_data
+        from stepsync.step_definitions(task.id) as d
+        where listed is null
+        union all
+        select
+            s.id, s.step_order, s.step_name, s.instructions, s.skip_if,
+            s.include_previous_context, s.context_mode, s.context_paths,
+            s.context_template, s.context_data
+        from unnest(listed_steps) as s
+        order by 2
     loop
         previews := previews || jsonb_build_array(
             jsonb_build_object(
@@ -4395,19 +5366,71 @@ begin
                 )
             )
         );
+
+        select e.status, e.output, e.error_message, e.started_at, e.completed_at,
+            e.duration_ms, e.attempt
+        into earlier
+        from public.task_step_executions as e
+        where
+            e.run_id = last_run_id
+            and e.kind = 'step'
+            and e.status in ('completed', 'failed', 'skipped')
+            and (
+                e.step_id = definition.step_id
+                -- A legacy one-step run matches the task's legacy step.
+                or (
+                    listed is null and definition.step_id is null
+                    and e.step_id is null and e.step_order = 1
+                )
+            )
+        limit 1;
+        run_context := jsonb_set(
+            run_context,
+            '{steps}',
+            (run_context -> 'steps') || jsonb_build_array(
+                case
+                    when earlier.status is not null then jsonb_build_object(
+                        'order', definition.step_order,
+                        'name', definition.step_name,
+                        'status', earlier.status,
+                        'output', earlier.output,
+                        'error', earlier.error_message,
+                        'started_at', earlier.started_at,
+                        'completed_at', earlier.completed_at,
+                        'duration_ms', earlier.duration_ms,
+                        'attempts', earlier.attempt
+                    )
+                    else jsonb_build_object(
+                        'order', definition.step_order,
+                        'name', definition.step_name,
+                        'status', 'pending',
+                        'output', format(
+                            '<output of step %s: not run yet>', definition.step_order
+                        ),
+                        'error', null,
+                        'started_at', null,
+                        'completed_at', null,
+                        'duration_ms', null,
+                        'attempts', 0
+                    )
+                end
+            )
+        );
     end loop;
 
     return jsonb_build_object(
         'task_id', task.id,
+        'source', source,
         'based_on_run_id', last_run_id,
         'steps', previews
     );
 end
 $$;
 
-comment on function stepsync.preview_task_run(uuid) is
+comment on function stepsync.preview_task_run(uuid, jsonb, boolean) is
 'Every step''s input as a new manual run would send it, built from the last run''s results '
-'or marked placeholders. For the task''s owner and the service. Use public.preview_task_run.';
+'or marked placeholders: of the live steps, the draft (p_use_draft) or an unsaved list '
+'(p_steps). For the task''s owner and the service. Use public.preview_task_run.';
 
 create or replace function stepsync.preview_step_context(p_step_id uuid)
 returns jsonb
@@ -4445,25 +5468,31 @@ comment on function stepsync.preview_step_context(uuid) is
 'One step''s entry of preview_task_run. For the task''s owner and the service. Use '
 'public.preview_step_context.';
 
-revoke all on function stepsync.preview_task_run(uuid) from public;
+revoke all on function stepsync.preview_task_run(uuid, jsonb, boolean) from public;
 revoke all on function stepsync.preview_step_context(uuid) from public;
-grant execute on function stepsync.preview_task_run(uuid) to authenticated, service_role;
+grant execute on function stepsync.preview_task_run(uuid, jsonb, boolean)
+to authenticated, service_role;
 grant execute on function stepsync.preview_step_context(uuid) to authenticated, service_role;
 
-create or replace function public.preview_task_run(p_task_id uuid)
+create or replace function public.preview_task_run(
+    p_task_id uuid, p_steps jsonb default null, p_use_draft boolean default false
+)
 returns jsonb
 language sql
 stable
 security invoker
 set search_path = ''
 as $$
-    select stepsync.preview_task_run(p_task_id)
+    select stepsync.preview_task_run(p_task_id, p_steps, p_use_draft)
 $$;
 
-comment on function public.preview_task_run(uuid) is
-'Preview mode: {"task_id", "based_on_run_id", "steps": [{"step_id", "order", "name", '
-'"instructions", "would_skip", "input"}]}, each input exactly as execution would build it, '
-'from the last run''s outputs or placeholders "<output of step N: not run yet>".';
+comment on function public.preview_task_run(uuid, jsonb, boolean) is
+'Preview mode: {"task_id", "source", "based_on_run_id", "steps": [{"step_id", "order", '
+'"name", "instructions", "would_skip", "input"}]}, each input exactly as execution would '
+'build it, from the last run''s outputs or placeholders "<output of step N: not run '
+'yet>". source: live (the live steps), draft (p_use_draft: the task''s draft) or steps '
+'(p_steps: a list as save_task_steps takes it, not saved; new items have a null '
+'step_id). A malformed list is an error (22023).';
 
 create or replace function public.preview_step_context(p_step_id uuid)
 returns jsonb
@@ -4479,9 +5508,10 @@ comment on function public.preview_step_context(uuid) is
 'Context preview of one step: its preview_task_run entry ({"step_id", "order", "name", '
 '"instructions", "would_skip", "input", "based_on_run_id"}).';
 
-revoke all on function public.preview_task_run(uuid) from public, anon;
+revoke all on function public.preview_task_run(uuid, jsonb, boolean) from public, anon;
 revoke all on function public.preview_step_context(uuid) from public, anon;
-grant execute on function public.preview_task_run(uuid) to authenticated, service_role;
+grant execute on function public.preview_task_run(uuid, jsonb, boolean)
+to authenticated, service_role;
 grant execute on function public.preview_step_context(uuid) to authenticated, service_role;
 
 -- Events: pg_notify in the transaction that makes the change, so the service wakes when
@@ -4489,8 +5519,12 @@ grant execute on function public.preview_step_context(uuid) to authenticated, se
 --
 --   stepsync_step_ready   payload: the step execution id; a step became queued and due.
 --                         A retry with a delay is not announced: pollers find it.
---   stepsync_run_changed  payload: {"run_id": ..., "status": ...}; a run was created or
---                         changed status.
+--   stepsync_run_changed  payload: {"run_id": ..., "status": ..., "outcome": ...,
+--                         "cancelling": ...}; a run was created, changed status, or
+--                         was cancelled while its compensations are still to run
+--                         (status still running, cancelling true: its running step
+--                         must stop now). outcome is set once the run has ended
+--                         (succeeded, partial, failed, cancelled).
 
 create or replace function stepsync.notify_step_ready()
 returns trigger
@@ -4525,14 +5559,19 @@ as $$
 begin
     perform pg_notify(
         'stepsync_run_changed',
-        json_build_object('run_id', new.id, 'status', new.status)::text
+        json_build_object(
+            'run_id', new.id,
+            'status', new.status,
+            'outcome', new.outcome,
+            'cancelling', new.status = 'running' and new.cancelled_at is not null
+        )::text
     );
     return null;
 end
 $$;
 
 comment on function stepsync.notify_run_changed() is
-'Trigger: announces a run''s new status on channel stepsync_run_changed.';
+'Trigger: announces a run''s new status (and outcome) on channel stepsync_run_changed.';
 
 revoke all on function stepsync.notify_run_changed() from public;
 
@@ -4542,15 +5581,24 @@ for each row
 execute function stepsync.notify_run_changed();
 
 create or replace trigger agent_task_executions_notify_status
-after update of status on public.agent_task_executions
+after update of status, cancelled_at on public.agent_task_executions
 for each row
-when (old.status is distinct from new.status)
+when (
+    old.status is distinct from new.status
+    or (
+        new.status = 'running'
+        and new.compensation = 'running'
+        and old.cancelled_at is null
+        and new.cancelled_at is not null
+    )
+)
 execute function stepsync.notify_run_changed();
 
 comment on trigger agent_task_executions_notify_insert on public.agent_task_executions is
 'Announces a new run on stepsync_run_changed.';
 comment on trigger agent_task_executions_notify_status on public.agent_task_executions is
-'Announces a run''s status change on stepsync_run_changed.';
+'Announces a run''s status change, or its cancellation while compensations are still to '
+'run, on stepsync_run_changed.';
 
 -- The workflow tables join Supabase Realtime's publication, so a browser subscribed to
 -- postgres_changes sees step and run status change live (Realtime applies RLS per

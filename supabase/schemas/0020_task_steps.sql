@@ -36,6 +36,7 @@ add column if not exists retry_backoff_seconds integer not null default 5,
 add column if not exists retry_backoff_max_seconds integer not null default 600,
 add column if not exists timeout_seconds integer not null default 300,
 add column if not exists agent_id uuid references public.agents (id) on delete set null,
+add column if not exists compensate_instructions text,
 add column if not exists deleted_at timestamptz,
 add column if not exists deleted_by uuid;
 
@@ -59,6 +60,7 @@ add constraint task_steps_backoff_range check (
     and retry_backoff_max_seconds between retry_backoff_seconds and 86400
 ),
 add constraint task_steps_timeout_range check (timeout_seconds between 1 and 86400),
+add constraint task_steps_compensate_not_blank check (btrim(compensate_instructions) <> ''),
 -- Order is unique among live steps only, and checked at the end of each statement so a
 -- single UPDATE can permute the order (reorder_task_steps). Its index serves every
 -- (task_id, step_order) lookup of live steps; a step number of 1..50 caps a task at
@@ -114,6 +116,10 @@ comment on column public.task_steps.timeout_seconds is
 'Longest one attempt may run before it counts as failed.';
 comment on column public.task_steps.agent_id is
 'Optional agent override for this step; must belong to the task''s owner.';
+comment on column public.task_steps.compensate_instructions is
+'What undoes this step''s effects when a later failure stops its run (or a cancel asks '
+'for it): run as a compensation step after the run stops, newest completed step first. '
+'Null: the step needs no undoing.';
 comment on column public.task_steps.deleted_at is 'Soft delete: when the step was deleted.';
 comment on column public.task_steps.deleted_by is 'Soft delete: who deleted the step.';
 comment on column public.task_steps.created_at is 'When the step was created.';
@@ -146,3 +152,5 @@ comment on constraint task_steps_backoff_range on public.task_steps is
 'Backoff base 0..3600 s, its cap between the base and 86400 s.';
 comment on constraint task_steps_timeout_range on public.task_steps is
 'An attempt may run 1 s to 24 h.';
+comment on constraint task_steps_compensate_not_blank on public.task_steps is
+'A compensation says what to do; no compensation is null.';

@@ -42,9 +42,13 @@ comment on function stepsync.task_step_defaults() is
 'A new task_steps row with every column default applied (id, timestamps, settings).';
 
 -- Applies one JSON step object onto a row, checking every field; errors are
--- 22023 "steps[<index>].<field>: <problem>".
+-- 22023 "steps[<index>].<field>: <problem>". Not strict (p_strict false), a field of the
+-- right type is taken even when its content would keep the task from running (blank
+-- instructions, a custom mode without template, ...): validate_steps reports those as
+-- problems, with the codes of validate_task_steps, and a draft may hold them until it
+-- is published. A value of the wrong type or an unknown field is an error either way.
 create or replace function stepsync.task_step_from_json(
-    p_step public.task_steps, p_item jsonb, p_index integer
+    p_step public.task_steps, p_item jsonb, p_index integer, p_strict boolean default true
 )
 returns public.task_steps
 language plpgsql
@@ -74,26 +78,30 @@ begin
                 'created_at', 'updated_at', 'deleted_at', 'deleted_by'
             ) then
                 null; -- identity and position come from the call; the rest is read-only
-            when field in ('step_name', 'instructions', 'context_template') then
-                if jsonb_typeof(value) = 'null' and field = 'context_template' then
-                    step.context_template := null;
+            when field in (
+                'step_name', 'instructions', 'context_template', 'compensate_instructions'
+            ) then
+                if jsonb_typeof(value) = 'null'
+                    and field in ('context_template', 'compensate_instructions') then
+                    text_value := null;
                 elsif jsonb_typeof(value) <> 'string' then
                     raise exception '%.%: must be a string', item_name, field
                         using errcode = '22023';
-                elsif field = 'step_name'
+                elsif p_strict and field = 'step_name'
                     and char_length(btrim(text_value)) not between 1 and 200 then
                     raise exception '%.step_name: must have 1 to 200 characters', item_name
                         using errcode = '22023';
-                elsif field = 'instructions' and btrim(text_value) = '' then
+                elsif p_strict and field = 'instructions' and btrim(text_value) = '' then
                     raise exception '%.instructions: must not be blank', item_name
                         using errcode = '22023';
-                elsif field = 'step_name' then
-                    step.step_name := text_value;
-                elsif field = 'instructions' then
-                    step.instructions := text_value;
-                else
-                    step.context_template := text_value;
                 end if;
+                case field
+                    when 'step_name' then step.step_name := text_value;
+                    when 'instructions' then step.instructions := text_value;
+                    when 'context_template' then step.context_template := text_value;
+                    -- An empty compensation field in a form means none.
+                    else step.compensate_instructions := nullif(btrim(text_value), '');
+                end case;
             when field = 'include_previous_context' then
                 if jsonb_typeof(value) <> 'boolean' then
                     raise exception '%.include_previous_context: must be true or false',
@@ -207,17 +215,22 @@ begin
                     hint = 'Fields: step_name, instructions, include_previous_context, '
                     'context_data, context_mode, context_paths, context_template, skip_if, '
                     'on_failure, max_attempts, retry_backoff_seconds, '
-                    'retry_backoff_max_seconds, timeout_seconds, max_lost_leases, agent_id '
-                    '(and id).';
+                    'retry_backoff_max_seconds, timeout_seconds, max_lost_leases, agent_id, '
+                    'compensate_instructions (and id).';
         end case;
     end loop;
 
+    if step.step_name is null then
+        step.step_name := format('Step %s', p_index + 1);
+    end if;
+    if not p_strict then
+        -- Missing instructions are blank instructions to validate_steps.
+        step.instructions := coalesce(step.instructions, '');
+        return step;
+    end if;
     if step.instructions is null then
         raise exception '%.instructions: required for a new step', item_name
             using errcode = '22023';
-    end if;
-    if step.step_name is null then
-        step.step_name := format('Step %s', p_index + 1);
     end if;
     if step.context_mode = 'custom' and coalesce(btrim(step.context_template), '') = '' then
         raise exception '%.context_template: required when context_mode is custom', item_name
@@ -237,19 +250,31 @@ begin
 end
 $$;
 
-revoke all on function stepsync.task_step_from_json(public.task_steps, jsonb, integer)
+revoke all on function stepsync.task_step_from_json(public.task_steps, jsonb, integer, boolean)
 from public;
-grant execute on function stepsync.task_step_from_json(public.task_steps, jsonb, integer)
-to authenticated, service_role;
+grant execute on function stepsync.task_step_from_json(
+    public.task_steps, jsonb, integer, boolean
+) to authenticated, service_role;
 
-comment on function stepsync.task_step_from_json(public.task_steps, jsonb, integer) is
+comment on function stepsync.task_step_from_json(public.task_steps, jsonb, integer, boolean) is
 'Applies a JSON step object to a row, checking each field; errors name '
-'steps[index].field.';
+'steps[index].field. Not strict, content that validate_steps reports as a problem is '
+'taken as given.';
 
-create or replace function public.save_task_steps(p_task_id uuid, p_steps jsonb)
-returns setof public.task_steps
+-- A step list as save_task_steps receives it, read into task_steps rows in list order
+-- (step_order = position): items with an id start from that live step of the task,
+-- items without one from the column defaults. Strict (save_task_steps), every problem is
+-- an error naming steps[index].field. Not strict (validate_steps, drafts, previews),
+-- only a list that is not one (a value of the wrong type, an unknown field) is an
+-- error; the rest stays in the rows for stepsync.step_problems to report: a new item
+-- keeps a null id, an id that is not a live step of the task is kept as given, and so
+-- is a foreign agent.
+create or replace function stepsync.parse_steps(
+    p_task_id uuid, p_steps jsonb, p_strict boolean
+)
+returns public.task_steps[]
 language plpgsql
-security invoker
+volatile
 set search_path = ''
 as $$
 declare
@@ -257,21 +282,17 @@ declare
     item_index integer;
     step public.task_steps;
     base public.task_steps;
-    saved public.task_steps[] := '{}';
-    kept uuid[] := '{}';
+    parsed public.task_steps[] := '{}';
+    listed uuid[] := '{}';
     step_id uuid;
 begin
-    perform from public.agent_tasks as t where t.id = p_task_id for update;
-    if not found then
-        raise exception 'task % not found', p_task_id using errcode = 'P0002';
-    end if;
     if jsonb_typeof(p_steps) is distinct from 'array' then
         raise exception 'steps: must be a JSON array of step objects' using errcode = '22023';
     end if;
-    if jsonb_array_length(p_steps) = 0 then
+    if p_strict and jsonb_array_length(p_steps) = 0 then
         raise exception 'steps: a task needs at least one step' using errcode = '22023';
     end if;
-    if jsonb_array_length(p_steps) > 50 then
+    if p_strict and jsonb_array_length(p_steps) > 50 then
         raise exception 'steps: a task has at most 50 steps (got %)', jsonb_array_length(p_steps)
             using errcode = '22023';
     end if;
@@ -291,6 +312,9 @@ begin
         if coalesce(jsonb_typeof(item -> 'id'), 'null') = 'null' then
             base := stepsync.task_step_defaults();
             base.task_id := p_task_id;
+            if not p_strict then
+                base.id := null;
+            end if;
         else
             begin
                 step_id := (item ->> 'id')::uuid;
@@ -298,23 +322,28 @@ begin
                 raise exception 'steps[%].id: not a step id (uuid): %', item_index, item -> 'id'
                     using errcode = '22023';
             end;
-            if step_id = any(kept) then
+            if p_strict and step_id = any(listed) then
                 raise exception 'steps[%].id: step % is listed twice', item_index, step_id
                     using errcode = '22023';
             end if;
             select s.* into base
             from public.task_steps as s
             where s.id = step_id and s.task_id = p_task_id and s.deleted_at is null;
-            if not found then
+            if not found and p_strict then
                 raise exception 'steps[%].id: % is not a live step of task %',
                     item_index, step_id, p_task_id
                     using errcode = '22023';
+            elsif not found then
+                base := stepsync.task_step_defaults();
+                base.id := step_id;
+                base.task_id := p_task_id;
             end if;
-            kept := kept || step_id;
+            listed := listed || step_id;
         end if;
-        step := stepsync.task_step_from_json(base, item, item_index);
+        step := stepsync.task_step_from_json(base, item, item_index, p_strict);
         step.step_order := item_index + 1;
-        if step.agent_id is not null
+        if p_strict
+            and step.agent_id is not null
             and step.agent_id is distinct from base.agent_id
             and not exists (
                 select
@@ -326,8 +355,46 @@ begin
                 item_index, step.agent_id
                 using errcode = '22023';
         end if;
-        saved := saved || step;
+        parsed := parsed || step;
     end loop;
+    return parsed;
+end
+$$;
+
+revoke all on function stepsync.parse_steps(uuid, jsonb, boolean) from public;
+grant execute on function stepsync.parse_steps(uuid, jsonb, boolean)
+to authenticated, service_role;
+
+comment on function stepsync.parse_steps(uuid, jsonb, boolean) is
+'Reads a step list (save_task_steps'' p_steps) into task_steps rows in list order. '
+'Strict: every problem is an error naming steps[index].field. Not strict: only a '
+'malformed list is an error, the rest is left for step_problems (new items have a null '
+'id). Runs as the caller: ids resolve to the live steps it can see.';
+
+create or replace function public.save_task_steps(p_task_id uuid, p_steps jsonb)
+returns setof public.task_steps
+language plpgsql
+security invoker
+set search_path = ''
+as $$
+declare
+    saved public.task_steps[];
+    kept uuid[];
+begin
+    perform from public.agent_tasks as t where t.id = p_task_id for update;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+    saved := stepsync.parse_steps(p_task_id, p_steps, true);
+    -- The listed steps that exist already (each a live step of the task: parse_steps
+    -- checked); the others are new.
+    kept := array(
+        select r.id from unnest(saved) as r
+        where exists (
+            select from public.task_steps as s
+            where s.id = r.id and s.task_id = p_task_id and s.deleted_at is null
+        )
+    );
 
     -- Positions move freely until every statement below is done.
     set constraints public.task_steps_live_order_unique deferred;
@@ -349,7 +416,8 @@ begin
         retry_backoff_max_seconds = r.retry_backoff_max_seconds,
         timeout_seconds = r.timeout_seconds,
         max_lost_leases = r.max_lost_leases,
-        agent_id = r.agent_id
+        agent_id = r.agent_id,
+        compensate_instructions = r.compensate_instructions
     from unnest(saved) as r
     where
         s.id = r.id
@@ -358,26 +426,28 @@ begin
             s.step_order, s.step_name, s.instructions, s.include_previous_context,
             s.context_data, s.context_mode, s.context_paths::text, s.context_template,
             s.skip_if::text, s.on_failure, s.max_attempts, s.retry_backoff_seconds,
-            s.retry_backoff_max_seconds, s.timeout_seconds, s.max_lost_leases, s.agent_id
+            s.retry_backoff_max_seconds, s.timeout_seconds, s.max_lost_leases, s.agent_id,
+            s.compensate_instructions
         ) is distinct from (
             r.step_order, r.step_name, r.instructions, r.include_previous_context,
             r.context_data, r.context_mode, r.context_paths::text, r.context_template,
             r.skip_if::text, r.on_failure, r.max_attempts, r.retry_backoff_seconds,
-            r.retry_backoff_max_seconds, r.timeout_seconds, r.max_lost_leases, r.agent_id
+            r.retry_backoff_max_seconds, r.timeout_seconds, r.max_lost_leases, r.agent_id,
+            r.compensate_instructions
         );
 
     insert into public.task_steps (
         id, task_id, step_order, step_name, instructions, include_previous_context,
         context_data, context_mode, context_paths, context_template, skip_if, on_failure,
         max_attempts, retry_backoff_seconds, retry_backoff_max_seconds, timeout_seconds,
-        max_lost_leases, agent_id
+        max_lost_leases, agent_id, compensate_instructions
     )
     select
         r.id, r.task_id, r.step_order, r.step_name, r.instructions,
         r.include_previous_context, r.context_data, r.context_mode, r.context_paths,
         r.context_template, r.skip_if, r.on_failure, r.max_attempts,
         r.retry_backoff_seconds, r.retry_backoff_max_seconds, r.timeout_seconds,
-        r.max_lost_leases, r.agent_id
+        r.max_lost_leases, r.agent_id, r.compensate_instructions
     from unnest(saved) as r
     where r.id <> all(kept)
     order by r.step_order;

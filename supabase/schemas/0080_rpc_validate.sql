@@ -1,31 +1,30 @@
--- validate_task_steps: every problem that keeps a task from running, as the editor shows
--- it and as start_task_run refuses it. SECURITY INVOKER: the caller sees only what row
--- level security lets it see.
+-- Validation: every problem that keeps a task from running, as the editor shows it and
+-- as start_task_run refuses it. One set of rules, stepsync.step_problems, checks rows of
+-- task_steps wherever they come from: validate_task_steps gives it the task's live
+-- steps, validate_steps a list that is not saved (the editor's state, a draft), read by
+-- the parser save_task_steps uses. SECURITY INVOKER throughout: the caller sees only
+-- what row level security lets it see.
 
-create or replace function public.validate_task_steps(p_task_id uuid)
+create or replace function stepsync.step_problems(
+    p_task_id uuid, p_steps public.task_steps[]
+)
 returns jsonb
 language plpgsql
 stable
-security invoker
 set search_path = ''
 as $$
 declare
-    task_owner uuid;
+    task_owner uuid := (select t.user_id from public.agent_tasks as t where t.id = p_task_id);
     problems jsonb;
 begin
-    select t.user_id into task_owner from public.agent_tasks as t where t.id = p_task_id;
-    if not found then
-        raise exception 'task % not found', p_task_id using errcode = 'P0002';
-    end if;
-
     with steps as (
         select
             s.*,
             row_number() over (order by s.step_order, s.id) as position,
             count(*) over (partition by s.step_order) as sharing_order,
+            min(s.step_order) over (partition by s.id) as first_order_of_id,
             count(*) over () as live_count
-        from public.task_steps as s
-        where s.task_id = p_task_id and s.deleted_at is null
+        from unnest(p_steps) as s
     ),
 
     found_problems as (
@@ -145,6 +144,34 @@ begin
         inner join public.agents as a on steps.agent_id = a.id
         where a.user_id = task_owner and not a.active
         union all
+        -- Only a list that is not saved can name a step twice or a step that is not (or
+        -- no longer) one of the task's live steps.
+        select
+            'duplicate_step',
+            format('step %s is already listed at position %s', steps.id, steps.first_order_of_id),
+            steps.id,
+            steps.step_order,
+            'id'
+        from steps
+        where steps.id is not null and steps.step_order > steps.first_order_of_id
+        union all
+        select
+            'unknown_step',
+            format('step %s is not a live step of this task', steps.id),
+            steps.id,
+            steps.step_order,
+            'id'
+        from steps
+        where
+            steps.id is not null
+            and not exists (
+                select from public.task_steps as live
+                where
+                    live.id = steps.id
+                    and live.task_id = p_task_id
+                    and live.deleted_at is null
+            )
+        union all
         select
             'invalid_retry_backoff',
             'retry_backoff_max_seconds is below retry_backoff_seconds',
@@ -175,6 +202,38 @@ begin
 end
 $$;
 
+revoke all on function stepsync.step_problems(uuid, public.task_steps[]) from public;
+grant execute on function stepsync.step_problems(uuid, public.task_steps[])
+to authenticated, service_role;
+
+comment on function stepsync.step_problems(uuid, public.task_steps[]) is
+'The validation rules: every problem of the given rows as the task''s steps, in order, as '
+'a JSON array of {code, message, step_id, step_order, field}. Shared by '
+'validate_task_steps (live steps) and validate_steps (a list not saved).';
+
+create or replace function public.validate_task_steps(p_task_id uuid)
+returns jsonb
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+begin
+    perform from public.agent_tasks as t where t.id = p_task_id;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+    return stepsync.step_problems(
+        p_task_id,
+        array(
+            select s from public.task_steps as s
+            where s.task_id = p_task_id and s.deleted_at is null
+            order by s.step_order, s.id
+        )
+    );
+end
+$$;
+
 comment on function public.validate_task_steps(uuid) is
 'Every problem that keeps the task from running, as a JSON array of {code, message, '
 'step_id, step_order, field}; [] when the task is valid. Codes: no_steps, too_many_steps, '
@@ -184,3 +243,29 @@ comment on function public.validate_task_steps(uuid) is
 
 revoke all on function public.validate_task_steps(uuid) from public, anon;
 grant execute on function public.validate_task_steps(uuid) to authenticated, service_role;
+
+create or replace function public.validate_steps(p_task_id uuid, p_steps jsonb)
+returns jsonb
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+begin
+    perform from public.agent_tasks as t where t.id = p_task_id;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+    return stepsync.step_problems(p_task_id, stepsync.parse_steps(p_task_id, p_steps, false));
+end
+$$;
+
+comment on function public.validate_steps(uuid, jsonb) is
+'Every problem of a step list that is not saved (save_task_steps'' p_steps: the editor''s '
+'state, a draft) as the task''s steps, writing nothing: the JSON array and codes of '
+'validate_task_steps, plus duplicate_step and unknown_step (an id listed twice, an id '
+'that is not a live step of the task). A list that is not one (not an array, an item '
+'not an object, a value of the wrong type, an unknown field) is an error (22023).';
+
+revoke all on function public.validate_steps(uuid, jsonb) from public, anon;
+grant execute on function public.validate_steps(uuid, jsonb) to authenticated, service_role;

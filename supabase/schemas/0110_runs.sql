@@ -16,7 +16,32 @@
 -- functions keeps a tiny table's sequential scan out of a plan that outlives the tiny
 -- table. tests/test_hot_path_plans.py holds every hot statement to this.
 
--- Run rows: owner (for RLS without a join), step progress and cancellation.
+-- How a finished run turned out, beyond the legacy status the app reads: a run whose
+-- failed steps all said `continue` is `completed` there, and `partial` here.
+create type public.task_run_outcome as enum ('succeeded', 'partial', 'failed', 'cancelled');
+
+comment on type public.task_run_outcome is
+'How a finished run turned out: succeeded (every step completed or was skipped by its '
+'skip_if), partial (completed, but steps marked continue failed), failed, cancelled.';
+
+-- Where a stopped run's compensation stands (see 0175_compensation.sql).
+create type public.run_compensation_status as enum (
+    'running', 'completed', 'failed', 'cancelled'
+);
+
+comment on type public.run_compensation_status is
+'Compensation of a stopped run: running, completed (every compensation step completed), '
+'failed (some failed for good), cancelled (the run was cancelled while compensating).';
+
+-- A step execution runs a step of the workflow, or undoes one (compensation).
+create type public.step_execution_kind as enum ('step', 'compensation');
+
+comment on type public.step_execution_kind is
+'step: a step of the workflow; compensation: the compensate_instructions of a completed '
+'step, run after its run stopped.';
+
+-- Run rows: owner (for RLS without a join), step progress and cancellation, outcome,
+-- compensation, and the run a resumed run continues.
 alter table public.agent_task_executions
 add column if not exists user_id uuid references auth.users (id) on delete cascade,
 add column if not exists step_count integer not null default 0,
@@ -24,7 +49,11 @@ add column if not exists steps_completed integer not null default 0,
 add column if not exists steps_failed integer not null default 0,
 add column if not exists steps_skipped integer not null default 0,
 add column if not exists cancelled_at timestamptz,
-add column if not exists cancelled_by uuid;
+add column if not exists cancelled_by uuid,
+add column if not exists outcome public.task_run_outcome,
+add column if not exists compensation public.run_compensation_status,
+add column if not exists resumed_from_run_id uuid
+references public.agent_task_executions (id) on delete set null;
 
 update public.agent_task_executions as r
 set user_id = t.user_id
@@ -45,6 +74,16 @@ comment on column public.agent_task_executions.cancelled_at is
 'When the run was cancelled (cancel_task_run).';
 comment on column public.agent_task_executions.cancelled_by is
 'Who cancelled the run (auth.uid() of the caller; null for the service).';
+comment on column public.agent_task_executions.outcome is
+'How the run turned out, set when it ends (null before): succeeded, partial (status '
+'completed, but steps marked continue failed: steps_failed > 0), failed, cancelled. '
+'Also in metadata.outcome.';
+comment on column public.agent_task_executions.compensation is
+'Compensation of the run after it stopped: null (none was needed), running, completed, '
+'failed or cancelled. Also in metadata.compensation once the run ends.';
+comment on column public.agent_task_executions.resumed_from_run_id is
+'The run this run resumes (resume_task_run): the steps before its first executed step '
+'reuse that run''s recorded outcomes. Null for a run started afresh.';
 
 create or replace function stepsync.fill_run_owner()
 returns trigger
@@ -82,6 +121,13 @@ comment on index public.agent_task_executions_user_id_idx is
 comment on index public.agent_task_executions_task_created_idx is
 'Latest run of a task (preview, definition snapshot).';
 
+create index if not exists agent_task_executions_resumed_from_idx
+on public.agent_task_executions (resumed_from_run_id)
+where resumed_from_run_id is not null;
+
+comment on index public.agent_task_executions_resumed_from_idx is
+'The resumes of a run; serves on delete set null when a run is removed.';
+
 -- Fencing tokens: every claim takes a new one, so a stale holder can be told apart.
 create sequence if not exists stepsync.lease_token_seq as bigint;
 revoke all on sequence stepsync.lease_token_seq from public;
@@ -99,8 +145,9 @@ create table if not exists public.task_step_executions (
     task_id uuid not null,
     user_id uuid not null,
     step_id uuid,
-    -- Snapshot of the definition at run start.
-    step_order integer not null check (step_order between 1 and 50),
+    kind public.step_execution_kind not null default 'step',
+    -- Snapshot of the definition at run start. Compensations follow the steps.
+    step_order integer not null check (step_order between 1 and 100),
     step_name text not null,
     instructions text not null,
     agent_id uuid not null references public.agents (id) on delete cascade,
@@ -116,6 +163,9 @@ create table if not exists public.task_step_executions (
     retry_backoff_seconds integer not null check (retry_backoff_seconds >= 0),
     retry_backoff_max_seconds integer not null check (retry_backoff_max_seconds >= 0),
     timeout_seconds integer not null check (timeout_seconds > 0),
+    compensate_instructions text,
+    compensates_step_order integer,
+    reused_from uuid,
     -- Execution state.
     status public.task_step_status not null default 'pending',
     attempt integer not null default 0 check (attempt >= 0),
@@ -145,6 +195,10 @@ create table if not exists public.task_step_executions (
     constraint task_step_executions_running_has_lease check (
         status <> 'running'
         or (lease_owner is not null and lease_expires_at is not null and lease_token is not null)
+    ),
+    constraint task_step_executions_kind_shape check (
+        (kind = 'step' and step_order <= 50 and compensates_step_order is null)
+        or (kind = 'compensation' and compensates_step_order between 1 and 50)
     )
 );
 
@@ -188,7 +242,19 @@ comment on column public.task_step_executions.user_id is
 comment on column public.task_step_executions.step_id is
 'The task_steps row this was snapshotted from (a plain reference: the step may since '
 'have been purged); null for a task run from its legacy instructions.';
-comment on column public.task_step_executions.step_order is '1-based position in the run.';
+comment on column public.task_step_executions.kind is
+'step (a step of the workflow, step_order 1..50) or compensation (undoes the step at '
+'compensates_step_order; placed after the steps, newest step first).';
+comment on column public.task_step_executions.step_order is
+'1-based position in the run: the steps, then any compensations.';
+comment on column public.task_step_executions.compensate_instructions is
+'Snapshot of task_steps.compensate_instructions: what a compensation of this step runs.';
+comment on column public.task_step_executions.compensates_step_order is
+'For a compensation: the step_order of the completed step it undoes.';
+comment on column public.task_step_executions.reused_from is
+'For a step of a resumed run that was not executed again: the step execution of the '
+'earlier run whose recorded outcome (status, output, timings) it carries. A plain '
+'reference (the earlier run may be gone).';
 comment on column public.task_step_executions.step_name is 'Snapshot of task_steps.step_name.';
 comment on column public.task_step_executions.instructions is
 'Snapshot of task_steps.instructions.';
@@ -262,6 +328,9 @@ comment on constraint task_step_executions_queued_has_run_after
 on public.task_step_executions is 'A queued step always says when it is due.';
 comment on constraint task_step_executions_running_has_lease
 on public.task_step_executions is 'A running step always has a lease and a fencing token.';
+comment on constraint task_step_executions_kind_shape
+on public.task_step_executions is
+'Steps take positions 1..50; a compensation names the step it undoes.';
 comment on index public.task_step_executions_claim_idx is
 'claim_steps and queue_depth: queued steps by due time.';
 comment on index public.task_step_executions_lease_idx is

@@ -299,7 +299,9 @@ parallel safe
 set search_path = ''
 as $$
 declare
-    rest text := p_template;
+    -- No template renders as nothing (an unfinished draft step may have none); a null
+    -- here would never reach the end of the loop below.
+    rest text := coalesce(p_template, '');
     rendered text := '';
     open_at integer;
     close_at integer;

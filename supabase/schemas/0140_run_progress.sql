@@ -16,6 +16,37 @@
 -- statement for all the runs it is given (complete_steps hands it every run its batch
 -- ended), with one audit statement each; every changed row still gets its own audit row.
 -- finish_run is finish_runs for one run, so both follow one code path.
+--
+-- A run's legacy status (what the app's UI reads) keeps its five values; how the run
+-- turned out is in its outcome: a completed run whose failed steps all said `continue`
+-- is `partial`, not `succeeded`. A run that stopped with compensations to run stays
+-- running until they are over (0175_compensation.sql); advance_runs then ends it failed
+-- (or cancelled, when a cancel asked for them) with its compensation outcome.
+
+create or replace function stepsync.run_outcome(
+    p_status public.task_execution_status_enum, p_steps_failed integer
+)
+returns public.task_run_outcome
+language sql
+immutable
+set search_path = ''
+as $$
+    select case p_status
+        when 'completed' then
+            case when p_steps_failed > 0 then 'partial' else 'succeeded' end
+        when 'failed' then 'failed'
+        when 'cancelled' then 'cancelled'
+    end::public.task_run_outcome
+$$;
+
+comment on function stepsync.run_outcome(public.task_execution_status_enum, integer) is
+'The outcome of a run ending with p_status after p_steps_failed of its steps failed: '
+'partial when it completed all the same, else its status (null while it goes on).';
+
+revoke all on function stepsync.run_outcome(public.task_execution_status_enum, integer)
+from public;
+grant execute on function stepsync.run_outcome(public.task_execution_status_enum, integer)
+to service_role;
 
 create or replace function stepsync.finish_runs(
     p_run_ids uuid[],
@@ -48,10 +79,18 @@ begin
     end if;
 
     -- A run's output is the output of its last completed step (text, as the app shows
-    -- it: a JSON string verbatim, anything else as JSON).
+    -- it: a JSON string verbatim, anything else as JSON); its outcome and compensation
+    -- go into metadata too, for readers that know only the legacy columns.
     update public.agent_task_executions as r
     set
         status = p_status,
+        outcome = stepsync.run_outcome(p_status, r.steps_failed),
+        metadata = coalesce(r.metadata, '{}'::jsonb) || jsonb_strip_nulls(
+            jsonb_build_object(
+                'outcome', stepsync.run_outcome(p_status, r.steps_failed),
+                'compensation', r.compensation
+            )
+        ),
         completed_at = now(),
         duration_ms = (extract(epoch from now() - coalesce(r.started_at, r.created_at)) * 1000)::integer,
         output = (
@@ -61,7 +100,7 @@ begin
                     else s.output::text
                 end
             from public.task_step_executions as s
-            where s.run_id = r.id and s.status = 'completed'
+            where s.run_id = r.id and s.status = 'completed' and s.kind = 'step'
             order by s.step_order desc
             limit 1
         ),
@@ -140,6 +179,7 @@ begin
         where
             s.run_id = any(latest)
             and s.step_id is not null
+            and s.kind = 'step'
             and s.status in ('completed', 'failed', 'skipped', 'cancelled')
     )
 
@@ -158,7 +198,8 @@ $$;
 
 comment on function stepsync.finish_runs(uuid[], public.task_execution_status_enum, text) is
 'Ends the given pending/running runs with p_status, one statement per write for all of '
-'them: each run''s output from its last completed step and its timings, the tasks'' '
+'them: each run''s outcome (partial when completed with failed steps), output from its '
+'last completed step and its timings, the tasks'' '
 'execution counters (completed and failed runs only) and, for runs no newer run of their '
 'task exists for, the definitions'' latest-run snapshot (task_steps.status, '
 'execution_result). Runs already over are left alone.';
@@ -213,6 +254,9 @@ declare
     ended uuid[] := '{}';
     ready_now uuid[];
     ended_now uuid[];
+    ended_plainly uuid[];
+    ended_compensated uuid[];
+    ended_cancelled uuid[];
 begin
     -- Lock order: runs in id order, then their steps.
     select array_agg(open_run.id) into moving
@@ -291,7 +335,38 @@ begin
     end loop;
 
     if cardinality(ended) > 0 then
-        perform stepsync.finish_runs(ended, 'completed');
+        -- A run that was compensating ends failed, or cancelled when a cancel asked for
+        -- the compensation, with the compensation's outcome; any other run completed.
+        select
+            array_agg(run.id) filter (where run.compensation is null),
+            array_agg(run.id) filter (
+                where run.compensation is not null and run.cancelled_at is null
+            ),
+            array_agg(run.id) filter (
+                where run.compensation is not null and run.cancelled_at is not null
+            )
+        into ended_plainly, ended_compensated, ended_cancelled
+        from unnest(ended) as finished (id)
+        cross join lateral (
+            select r.id, r.compensation, r.cancelled_at
+            from public.agent_task_executions as r
+            where r.id = finished.id
+            limit 1
+        ) as run;
+        if ended_compensated is not null or ended_cancelled is not null then
+            update public.agent_task_executions as r
+            set compensation = case
+                when exists (
+                    select from public.task_step_executions as s
+                    where s.run_id = r.id and s.kind = 'compensation' and s.status = 'failed'
+                ) then 'failed'
+                else 'completed'
+            end::public.run_compensation_status
+            where r.id = any(coalesce(ended_compensated, '{}') || ended_cancelled);
+            perform stepsync.finish_runs(ended_compensated, 'failed');
+            perform stepsync.finish_runs(ended_cancelled, 'cancelled');
+        end if;
+        perform stepsync.finish_runs(ended_plainly, 'completed');
     end if;
     if p_worker is null then
         queueing := queueing || coalesce(handing_off, '{}');
@@ -314,7 +389,8 @@ comment on function stepsync.advance_runs(uuid[], text, integer) is
 'Moves the given running runs forward, set-based: each run''s next pending step is '
 'queued, or with p_worker, when it is plainly due (no skip_if), leased to that worker for '
 'p_lease_seconds (returned: the hand-off); steps whose skip_if holds are skipped on the '
-'way; a run with no step left is completed. A run with a step in flight is left alone. '
+'way; a run with no step left is completed, or when it was compensating, failed (or '
+'cancelled) with its compensation outcome. A run with a step in flight is left alone. '
 'Service only.';
 
 revoke all on function stepsync.advance_runs(uuid[], text, integer)
@@ -343,7 +419,7 @@ $$;
 
 comment on function stepsync.on_step_status_change() is
 'Trigger: after a step execution reaches a counted final status (completed, failed, '
-'skipped), add it to its run''s step counters.';
+'skipped), add it to its run''s step counters. Compensations are not counted there.';
 
 revoke all on function stepsync.on_step_status_change() from public;
 grant execute on function stepsync.on_step_status_change() to service_role;
@@ -354,6 +430,7 @@ for each row
 when (
     old.status is distinct from new.status
     and new.status in ('completed', 'failed', 'skipped')
+    and new.kind = 'step'
 )
 execute function stepsync.on_step_status_change();
 

@@ -1,4 +1,8 @@
 -- start_task_run: snapshot a task's steps into a new run and make its first step ready.
+--
+-- stepsync.open_run makes the run and its snapshot; start_task_run and resume_task_run
+-- (0185_resume.sql) both open their runs through it, so a resumed run is checked and
+-- snapshotted exactly like a new one.
 
 create or replace function stepsync.step_definitions(p_task_id uuid)
 returns table (
@@ -18,7 +22,8 @@ returns table (
     retry_backoff_seconds integer,
     retry_backoff_max_seconds integer,
     timeout_seconds integer,
-    max_lost_leases integer
+    max_lost_leases integer,
+    compensate_instructions text
 )
 language sql
 stable
@@ -28,7 +33,8 @@ as $$
         s.id, s.step_order, s.step_name, s.instructions, coalesce(s.agent_id, t.agent_id),
         s.include_previous_context, s.context_mode, s.context_paths, s.context_template,
         s.context_data, s.skip_if, s.on_failure, s.max_attempts, s.retry_backoff_seconds,
-        s.retry_backoff_max_seconds, s.timeout_seconds, s.max_lost_leases
+        s.retry_backoff_max_seconds, s.timeout_seconds, s.max_lost_leases,
+        s.compensate_instructions
     from public.task_steps as s
     inner join public.agent_tasks as t on s.task_id = t.id
     where s.task_id = p_task_id and s.deleted_at is null
@@ -36,7 +42,8 @@ as $$
     -- A task without live steps is a one-step workflow made of its instructions.
     select
         null, 1, coalesce(nullif(left(btrim(t.name), 200), ''), 'Step 1'), t.instructions,
-        t.agent_id, false, 'previous', '{}', null, '{}'::jsonb, null, 'stop', 1, 5, 600, 300, 3
+        t.agent_id, false, 'previous', '{}', null, '{}'::jsonb, null, 'stop', 1, 5, 600, 300, 3,
+        null
     from public.agent_tasks as t
     where t.id = p_task_id
         and not exists (
@@ -53,36 +60,24 @@ comment on function stepsync.step_definitions(uuid) is
 revoke all on function stepsync.step_definitions(uuid) from public;
 grant execute on function stepsync.step_definitions(uuid) to service_role;
 
-create or replace function stepsync.start_task_run(
-    p_task_id uuid,
-    p_trigger_type text default 'manual',
-    p_trigger_data jsonb default '{}'::jsonb
+create or replace function stepsync.open_run(
+    p_task public.agent_tasks,
+    p_trigger_type text,
+    p_trigger_data jsonb,
+    p_resumed_from_run_id uuid default null
 )
 returns uuid
 language plpgsql
 volatile
-security definer
 set enable_seqscan = off
 set search_path = ''
 as $$
 declare
-    task public.agent_tasks;
+    task public.agent_tasks := p_task;
     live_steps integer;
     problems jsonb;
     new_run_id uuid;
 begin
-    if p_trigger_type is null or p_trigger_type not in ('manual', 'scheduled', 'event') then
-        raise exception 'trigger type must be manual, scheduled or event, not %',
-            coalesce(quote_literal(p_trigger_type), 'null')
-            using errcode = '22023';
-    end if;
-    if p_trigger_data is not null and jsonb_typeof(p_trigger_data) <> 'object' then
-        raise exception 'trigger data must be a JSON object, not %', jsonb_typeof(p_trigger_data)
-            using errcode = '22023';
-    end if;
-
-    task := stepsync.authorized_task(p_task_id);
-
     if not stepsync.flag_enabled_for('multi_step_workflows', task.user_id) then
         raise exception 'multi-step workflows are not enabled for the owner of task %', task.id
             using errcode = '55000',
@@ -123,7 +118,7 @@ begin
 
     insert into public.agent_task_executions (
         task_id, agent_id, user_id, status, trigger_type, trigger_data, instructions_used,
-        started_at, conversation_id, step_count, metadata
+        started_at, conversation_id, step_count, metadata, resumed_from_run_id
     )
     values (
         task.id,
@@ -137,6 +132,11 @@ begin
         task.conversation_id,
         greatest(live_steps, 1),
         jsonb_build_object('engine', 'stepsync', 'task_name', task.name)
+        || case
+            when p_resumed_from_run_id is null then '{}'::jsonb
+            else jsonb_build_object('resumed_from_run_id', p_resumed_from_run_id)
+        end,
+        p_resumed_from_run_id
     )
     returning id into new_run_id;
 
@@ -144,14 +144,14 @@ begin
         run_id, task_id, user_id, step_id, step_order, step_name, instructions, agent_id,
         include_previous_context, context_mode, context_paths, context_template,
         context_data, skip_if, on_failure, max_attempts, retry_backoff_seconds,
-        retry_backoff_max_seconds, timeout_seconds, max_lost_leases
+        retry_backoff_max_seconds, timeout_seconds, max_lost_leases, compensate_instructions
     )
     select
         new_run_id, task.id, task.user_id, d.step_id, d.step_order, d.step_name,
         d.instructions, d.agent_id, d.include_previous_context, d.context_mode,
         d.context_paths, d.context_template, d.context_data, d.skip_if, d.on_failure,
         d.max_attempts, d.retry_backoff_seconds, d.retry_backoff_max_seconds,
-        d.timeout_seconds, d.max_lost_leases
+        d.timeout_seconds, d.max_lost_leases, d.compensate_instructions
     from stepsync.step_definitions(task.id) as d;
 
     -- What the run was asked to do, in the legacy column the app shows.
@@ -168,7 +168,48 @@ begin
         where s.run_id = r.id
     )
     where r.id = new_run_id;
+    return new_run_id;
+end
+$$;
 
+comment on function stepsync.open_run(public.agent_tasks, text, jsonb, uuid) is
+'Opens a run of p_task: checks the multi_step_workflows flag and validate_task_steps, '
+'inserts the run (linked to p_resumed_from_run_id, if given) and snapshots the live steps '
+'(or the legacy instructions as one step), all pending. Moving it on is the caller''s '
+'(advance_runs). The caller has checked who may run the task.';
+
+revoke all on function stepsync.open_run(public.agent_tasks, text, jsonb, uuid) from public;
+grant execute on function stepsync.open_run(public.agent_tasks, text, jsonb, uuid)
+to service_role;
+
+create or replace function stepsync.start_task_run(
+    p_task_id uuid,
+    p_trigger_type text default 'manual',
+    p_trigger_data jsonb default '{}'::jsonb
+)
+returns uuid
+language plpgsql
+volatile
+security definer
+set enable_seqscan = off
+set search_path = ''
+as $$
+declare
+    new_run_id uuid;
+begin
+    if p_trigger_type is null or p_trigger_type not in ('manual', 'scheduled', 'event') then
+        raise exception 'trigger type must be manual, scheduled or event, not %',
+            coalesce(quote_literal(p_trigger_type), 'null')
+            using errcode = '22023';
+    end if;
+    if p_trigger_data is not null and jsonb_typeof(p_trigger_data) <> 'object' then
+        raise exception 'trigger data must be a JSON object, not %', jsonb_typeof(p_trigger_data)
+            using errcode = '22023';
+    end if;
+
+    new_run_id := stepsync.open_run(
+        stepsync.authorized_task(p_task_id), p_trigger_type, p_trigger_data
+    );
     perform from stepsync.advance_runs(array[new_run_id]);
     return new_run_id;
 end

@@ -251,6 +251,8 @@ begin
         updated_at = now()
     where s.id = step.id;
 
+    -- A compensation always says continue: one failing does not keep the others from
+    -- running.
     if step.on_failure = 'continue' then
         perform from stepsync.advance_runs(array[step.run_id]);
     else
@@ -261,11 +263,14 @@ begin
             completed_at = now(),
             updated_at = now()
         where s.run_id = step.run_id and s.status in ('pending', 'queued');
-        perform stepsync.finish_runs(
-            array[step.run_id],
-            'failed',
-            format('step %s (%s) failed: %s', step.step_order, step.step_name, reason)
-        );
+        reason := format('step %s (%s) failed: %s', step.step_order, step.step_name, reason);
+        -- Completed steps with compensate_instructions are undone first; the run ends
+        -- failed once they are over (advance_runs).
+        if stepsync.start_compensation(step.run_id, reason) > 0 then
+            perform from stepsync.advance_runs(array[step.run_id]);
+        else
+            perform stepsync.finish_runs(array[step.run_id], 'failed', reason);
+        end if;
     end if;
     return 'failed';
 end
@@ -275,8 +280,9 @@ comment on function stepsync.record_step_failure(uuid, bigint, text, boolean, bo
 'Shared by fail_step and reap_expired_leases. A lost lease (p_lease_expired: the worker '
 'died, not the step) queues the step again at once and gives its attempt back, up to '
 'max_lost_leases times. A failed attempt with attempts left (and p_retryable) is queued '
-'again after its backoff. Otherwise the step fails and its on_failure decides: stop (run '
-'failed, remaining steps skipped) or continue.';
+'again after its backoff. Otherwise the step fails and its on_failure decides: stop '
+'(remaining steps skipped; the completed steps'' compensations run, then the run fails) '
+'or continue.';
 
 revoke all on function stepsync.record_step_failure(uuid, bigint, text, boolean, boolean)
 from public, anon, authenticated;

@@ -1,6 +1,10 @@
 -- Cancelling a run (owner or service) and reaping expired leases (service).
 
-create or replace function stepsync.cancel_task_run(p_run_id uuid)
+-- One signature each, with p_compensate defaulted: a second overload beside the
+-- one-argument form would make PostgREST's call with p_run_id alone ambiguous.
+create or replace function stepsync.cancel_task_run(
+    p_run_id uuid, p_compensate boolean default false
+)
 returns boolean
 language plpgsql
 volatile
@@ -24,6 +28,11 @@ begin
     if run.status not in ('pending', 'running') then
         return false;
     end if;
+    -- Asking again for the compensation under way changes nothing; a plain cancel
+    -- stops it.
+    if coalesce(p_compensate, false) and run.compensation = 'running' then
+        return false;
+    end if;
 
     -- A running step is cancelled too: its worker's late complete or fail no longer
     -- matches a running step and is rejected.
@@ -36,40 +45,61 @@ begin
         updated_at = now()
     where s.run_id = p_run_id and s.status in ('pending', 'queued', 'running');
 
+    -- Compensations asked for run before the run ends cancelled (advance_runs); the run
+    -- stays running meanwhile, and its cancellation is announced at once (0200_notify.sql)
+    -- so that the step that was running stops.
+    if coalesce(p_compensate, false)
+        and stepsync.start_compensation(p_run_id, 'run cancelled') > 0 then
+        update public.agent_task_executions as r
+        set cancelled_at = now(), cancelled_by = auth.uid()
+        where r.id = p_run_id;
+        perform from stepsync.advance_runs(array[p_run_id]);
+        return true;
+    end if;
     update public.agent_task_executions as r
     set
         cancelled_at = now(),
-        cancelled_by = auth.uid()
+        cancelled_by = auth.uid(),
+        compensation = case
+            when r.compensation = 'running' then 'cancelled'
+            else r.compensation
+        end
     where r.id = p_run_id;
     perform stepsync.finish_run(p_run_id, 'cancelled', 'cancelled');
     return true;
 end
 $$;
 
-comment on function stepsync.cancel_task_run(uuid) is
+comment on function stepsync.cancel_task_run(uuid, boolean) is
 'Cancels a pending or running run and its unfinished steps, for the run''s owner or the '
-'service. Use public.cancel_task_run.';
+'service; with p_compensate, the completed steps'' compensations run first. Use '
+'public.cancel_task_run.';
 
-revoke all on function stepsync.cancel_task_run(uuid) from public;
-grant execute on function stepsync.cancel_task_run(uuid) to authenticated, service_role;
+revoke all on function stepsync.cancel_task_run(uuid, boolean) from public;
+grant execute on function stepsync.cancel_task_run(uuid, boolean) to authenticated, service_role;
 
-create or replace function public.cancel_task_run(p_run_id uuid)
+create or replace function public.cancel_task_run(
+    p_run_id uuid, p_compensate boolean default false
+)
 returns boolean
 language sql
 volatile
 security invoker
 set search_path = ''
 as $$
-    select stepsync.cancel_task_run(p_run_id)
+    select stepsync.cancel_task_run(p_run_id, p_compensate)
 $$;
 
-comment on function public.cancel_task_run(uuid) is
+comment on function public.cancel_task_run(uuid, boolean) is
 'Cancels the run: true if it was pending or running, false if it had already ended. For '
 'the run''s owner and the service; a worker''s later complete of a cancelled step is '
-'rejected.';
+'rejected. With p_compensate, the completed steps that have compensate_instructions are '
+'undone first (newest first): the run stays running until they are over, then ends '
+'cancelled with its compensation outcome; false if its compensation was already under '
+'way.';
 
-revoke all on function public.cancel_task_run(uuid) from public, anon;
-grant execute on function public.cancel_task_run(uuid) to authenticated, service_role;
+revoke all on function public.cancel_task_run(uuid, boolean) from public, anon;
+grant execute on function public.cancel_task_run(uuid, boolean) to authenticated, service_role;
 
 create or replace function stepsync.reap_expired_leases(p_grace_seconds integer default 0)
 returns integer

@@ -3,8 +3,12 @@
 --
 --   stepsync_step_ready   payload: the step execution id; a step became queued and due.
 --                         A retry with a delay is not announced: pollers find it.
---   stepsync_run_changed  payload: {"run_id": ..., "status": ...}; a run was created or
---                         changed status.
+--   stepsync_run_changed  payload: {"run_id": ..., "status": ..., "outcome": ...,
+--                         "cancelling": ...}; a run was created, changed status, or
+--                         was cancelled while its compensations are still to run
+--                         (status still running, cancelling true: its running step
+--                         must stop now). outcome is set once the run has ended
+--                         (succeeded, partial, failed, cancelled).
 
 create or replace function stepsync.notify_step_ready()
 returns trigger
@@ -39,14 +43,19 @@ as $$
 begin
     perform pg_notify(
         'stepsync_run_changed',
-        json_build_object('run_id', new.id, 'status', new.status)::text
+        json_build_object(
+            'run_id', new.id,
+            'status', new.status,
+            'outcome', new.outcome,
+            'cancelling', new.status = 'running' and new.cancelled_at is not null
+        )::text
     );
     return null;
 end
 $$;
 
 comment on function stepsync.notify_run_changed() is
-'Trigger: announces a run''s new status on channel stepsync_run_changed.';
+'Trigger: announces a run''s new status (and outcome) on channel stepsync_run_changed.';
 
 revoke all on function stepsync.notify_run_changed() from public;
 
@@ -56,12 +65,21 @@ for each row
 execute function stepsync.notify_run_changed();
 
 create or replace trigger agent_task_executions_notify_status
-after update of status on public.agent_task_executions
+after update of status, cancelled_at on public.agent_task_executions
 for each row
-when (old.status is distinct from new.status)
+when (
+    old.status is distinct from new.status
+    or (
+        new.status = 'running'
+        and new.compensation = 'running'
+        and old.cancelled_at is null
+        and new.cancelled_at is not null
+    )
+)
 execute function stepsync.notify_run_changed();
 
 comment on trigger agent_task_executions_notify_insert on public.agent_task_executions is
 'Announces a new run on stepsync_run_changed.';
 comment on trigger agent_task_executions_notify_status on public.agent_task_executions is
-'Announces a run''s status change on stepsync_run_changed.';
+'Announces a run''s status change, or its cancellation while compensations are still to '
+'run, on stepsync_run_changed.';

@@ -12,7 +12,8 @@ select columns_are(
         'include_previous_context', 'context_data', 'status', 'execution_result',
         'created_at', 'updated_at', 'context_mode', 'context_paths', 'context_template',
         'skip_if', 'on_failure', 'max_attempts', 'retry_backoff_seconds',
-        'retry_backoff_max_seconds', 'timeout_seconds', 'agent_id', 'deleted_at', 'deleted_by'
+        'retry_backoff_max_seconds', 'timeout_seconds', 'agent_id', 'deleted_at', 'deleted_by',
+        'max_lost_leases', 'compensate_instructions'
     ],
     'task_steps has exactly the contract columns'
 );

@@ -63,7 +63,7 @@ select function_privs_are(
     '{}'::text[], 'authenticated cannot fail steps'
 );
 select function_privs_are(
-    'stepsync', 'reap_expired_leases', array[]::text[], 'service_role', array['EXECUTE'],
+    'stepsync', 'reap_expired_leases', array['integer'], 'service_role', array['EXECUTE'],
     'service_role can reap'
 );
 select function_privs_are(
@@ -82,11 +82,11 @@ select ok(
     )
     and not (
         select prosecdef from pg_proc
-        where oid = 'public.cancel_task_run(uuid)'::regprocedure
+        where oid = 'public.cancel_task_run(uuid, boolean)'::regprocedure
     )
     and not (
         select prosecdef from pg_proc
-        where oid = 'public.preview_task_run(uuid)'::regprocedure
+        where oid = 'public.preview_task_run(uuid, jsonb, boolean)'::regprocedure
     )
     and not (
         select prosecdef from pg_proc
@@ -113,7 +113,7 @@ select is(
                 p.pronamespace = 'stepsync'::regnamespace
                 or p.oid in (
                     'public.start_task_run(uuid, text, jsonb)'::regprocedure,
-                    'public.cancel_task_run(uuid)'::regprocedure
+                    'public.cancel_task_run(uuid, boolean)'::regprocedure
                 )
             )
             and p.proconfig is null

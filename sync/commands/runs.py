@@ -1,4 +1,5 @@
-"""``stepsync run`` / ``runs`` / ``show``: start a run, follow it live, inspect history."""
+"""``stepsync run`` / ``resume`` / ``runs`` / ``show`` / ``cancel``: start or resume a run,
+follow it live, inspect history, cancel."""
 
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ T = TypeVar("T")
 APPLICATION_NAME = "stepsync-cli"
 REDRAW_SECONDS = 0.5
 
+OUTCOME_STYLE = {
+    "succeeded": "green",
+    "partial": "bold yellow",
+    "failed": "bold red",
+    "cancelled": "magenta",
+}
+
 STATUS_STYLE = {
     "pending": "dim",
     "queued": "cyan",
@@ -47,6 +55,7 @@ STATUS_STYLE = {
 
 def register(app: typer.Typer) -> None:
     app.command(name="run")(run)
+    app.command(name="resume")(resume)
     app.command(name="runs")(runs)
     app.command(name="show")(show)
     app.command(name="cancel")(cancel)
@@ -68,8 +77,55 @@ def run(
         raise fail("--trigger-data must be a JSON object")
     with user_errors():
         database = connector(database_url_option, application_name=APPLICATION_NAME, migrate=True)
+
+    async def start(db: Database) -> uuid.UUID:
+        try:
+            return await db.start_task_run(task, "manual", data)
+        except psycopg.Error as exc:
+            raise fail(
+                f"cannot start a run of task {task}: {_pg_message(exc)}",
+                "task ids are agent_tasks.id; `stepsync runs` lists recent runs",
+            ) from None
+
     status = asyncio.run(
-        _with_db(database, lambda db: _start_and_follow(db, database, task, data, wait))
+        _with_db(database, lambda db: _start_and_follow(db, database, start, "started", wait))
+    )
+    if status in ("failed", "cancelled"):
+        raise typer.Exit(code=1)
+
+
+def resume(
+    run_id: str = typer.Argument(..., help="The ended run to resume."),
+    from_step: int | None = typer.Option(
+        None,
+        "--from",
+        help="First step to run again; the steps before it keep their recorded outcomes "
+        "(default: the first step that did not complete).",
+        show_default=False,
+    ),
+    start_over: bool = typer.Option(
+        False, "--start-over", help="Run every step again (when the steps changed shape)."
+    ),
+    wait: bool = typer.Option(False, "--wait", help="Follow the new run live until it ends."),
+    database_url_option: str | None = DatabaseUrlOption,
+) -> None:
+    """Resume an ended run (resume_task_run): a new run of its task with the current steps
+    that reuses the outcomes of the steps before --from instead of running them again."""
+    run_uuid = _uuid(run_id, "run id")
+    with user_errors():
+        database = connector(database_url_option, application_name=APPLICATION_NAME, migrate=True)
+
+    async def start(db: Database) -> uuid.UUID:
+        try:
+            return await db.resume_task_run(run_uuid, from_step=from_step, start_over=start_over)
+        except psycopg.Error as exc:
+            raise fail(f"cannot resume run {run_uuid}: {_pg_message(exc)}", _pg_hint(exc)) from None
+
+    status = asyncio.run(
+        _with_db(
+            database,
+            lambda db: _start_and_follow(db, database, start, f"resumes run {run_uuid}", wait),
+        )
     )
     if status in ("failed", "cancelled"):
         raise typer.Exit(code=1)
@@ -89,13 +145,14 @@ def runs(
         return await db.recent_runs(task_id=task_id, limit=limit)
 
     rows = asyncio.run(_with_db(database, fetch))
-    table = Table("task", "status", "trigger", "created", "steps", "duration")
+    table = Table("task", "status", "outcome", "trigger", "created", "steps", "duration")
     table.columns.insert(0, Column("run", no_wrap=True, min_width=36))
     for row in rows:
         table.add_row(
             str(row["id"]),
             row["task_name"],
             _status(row["status"]),
+            _outcome(row),
             row["trigger_type"] or "",
             _time(row["created_at"]),
             f"{row['steps_done']}/{row['steps']}",
@@ -138,6 +195,11 @@ def show(
 
 def cancel(
     run_id: str = typer.Argument(..., help="The run to cancel."),
+    compensate: bool = typer.Option(
+        False,
+        "--compensate",
+        help="Undo the completed steps first (their compensate_instructions, newest first).",
+    ),
     database_url_option: str | None = DatabaseUrlOption,
 ) -> None:
     """Cancel a pending or running run: its running step is stopped, nothing runs after."""
@@ -147,30 +209,29 @@ def cancel(
 
     async def go(db: Database) -> bool:
         try:
-            return await db.cancel_task_run(run_uuid)
+            return await db.cancel_task_run(run_uuid, compensate=compensate)
         except psycopg.Error as exc:
             raise fail(f"cannot cancel run {run_uuid}: {_pg_message(exc)}") from None
 
     if asyncio.run(_with_db(database, go)):
         console.print(f"run {run_uuid} cancelled")
     else:
-        raise fail(f"run {run_uuid} was not cancelled (already finished?)")
+        already = "already finished, or compensating?" if compensate else "already finished?"
+        raise fail(f"run {run_uuid} was not cancelled ({already})")
 
 
 # --- following a run --------------------------------------------------------------------
 
 
 async def _start_and_follow(
-    db: Database, database: Connector, task_id: uuid.UUID, data: dict, wait: bool
+    db: Database,
+    database: Connector,
+    start: Callable[[Database], Awaitable[uuid.UUID]],
+    started: str,
+    wait: bool,
 ) -> str:
-    try:
-        run_id = await db.start_task_run(task_id, "manual", data)
-    except psycopg.Error as exc:
-        raise fail(
-            f"cannot start a run of task {task_id}: {_pg_message(exc)}",
-            "task ids are agent_tasks.id; `stepsync runs` lists recent runs",
-        ) from None
-    console.print(f"run {run_id} started")
+    run_id = await start(db)
+    console.print(f"run {run_id} {started}")
     if not wait:
         return "running"
     if not database.listen_allowed:
@@ -210,15 +271,25 @@ def _render(run_row: dict, steps: list[dict]) -> Group:
         (run_row["task_name"], "bold"),
         "  ",
         _status(run_row["status"]),
+        "  " if run_row["outcome"] or run_row["compensation"] else "",
+        _outcome(run_row),
         f"  {_ms(run_row['duration_ms'])}" if run_row["duration_ms"] is not None else "",
     )
+    parts: list[Any] = [header]
+    if run_row["resumed_from_run_id"]:
+        parts.append(Text(f"resumes run {run_row['resumed_from_run_id']}", style="dim"))
     table = Table("#", "step", "status", "attempt", "started", "duration", "error / output")
     for step in steps:
         detail = step["error_message"] or _short(step["output"])
         if step["status"] == "queued" and step["attempt"] and step["run_after"]:
             detail = f"retry after {_time(step['run_after'])}; {detail}"
+        if step["reused_from"]:
+            detail = f"reused from the resumed run; {detail}"
+        position = str(step["step_order"])
+        if step["kind"] == "compensation":
+            position = f"{position} (undoes {step['compensates_step_order']})"
         table.add_row(
-            str(step["step_order"]),
+            position,
             step["step_name"],
             _status(step["status"]),
             f"{step['attempt']}/{step['max_attempts']}",
@@ -226,7 +297,7 @@ def _render(run_row: dict, steps: list[dict]) -> Group:
             _ms(step["duration_ms"]),
             detail,
         )
-    parts: list[Any] = [header, table]
+    parts.append(table)
     if run_row["error_message"]:
         parts.append(Text(f"error: {run_row['error_message']}", style="red"))
     return Group(*parts)
@@ -260,8 +331,26 @@ def _pg_message(exc: psycopg.Error) -> str:
     return f"{text} ({diag.message_detail})" if diag.message_detail else text
 
 
+def _pg_hint(exc: psycopg.Error) -> str | None:
+    return exc.diag.message_hint
+
+
 def _status(status: str | None) -> Text:
     return Text(status or "", style=STATUS_STYLE.get(status or "", ""))
+
+
+def _outcome(run_row: dict) -> Text:
+    """How a run turned out, beyond its status: ``partial (2 steps failed)``, and where
+    its compensation stands (``compensation completed``)."""
+    outcome = run_row["outcome"]
+    text = Text(outcome or "", style=OUTCOME_STYLE.get(outcome or "", ""))
+    if outcome == "partial":
+        failed = run_row["steps_failed"]
+        text.append(f" ({failed} step{'s' if failed != 1 else ''} failed)")
+    if run_row["compensation"]:
+        text.append(", " if outcome else "")
+        text.append(f"compensation {run_row['compensation']}")
+    return text
 
 
 def _time(value: datetime | None) -> str:

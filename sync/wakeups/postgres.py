@@ -83,12 +83,15 @@ def wake_reason(channel: str, payload: str) -> str | None:
     """What a notification means to the service, or None when it means nothing.
 
     A run starting or finishing makes nothing claimable by itself (its ready step has
-    its own notification); a cancelled run matters because its running step must stop.
+    its own notification); a cancelled run matters because its running step must stop,
+    also when the run stays running for the compensations its cancel asked for
+    (``cancelling``).
     """
     if channel != RUN_CHANGED:
         return "step_ready"
     try:
-        status = json.loads(payload).get("status")
+        change = json.loads(payload)
+        cancelled = change.get("status") == "cancelled" or change.get("cancelling") is True
     except (ValueError, AttributeError):
         return "run_changed"  # an unexpected payload: look rather than miss something
-    return "run_cancelled" if status == "cancelled" else None
+    return "run_cancelled" if cancelled else None
