@@ -553,3 +553,41 @@ def test_stepsync_schedules_lists_upcoming_fire_times_in_local_and_utc_time(
     assert "legacy" in lines[1] and "Old" in lines[1]
     # Across the change the local time stays 09:00 and UTC moves an hour.
     assert lines[3].startswith("2025-10-26 08:00:00 UTC  2025-10-26 09:00:00 CET Europe/Paris")
+
+
+# --- inside stepsync serve --------------------------------------------------------------
+
+
+def test_the_service_fires_a_due_task_and_runs_it_without_being_asked(
+    conn: psycopg.Connection, db_url: str, owner: tuple
+) -> None:
+    """The scheduler is part of `stepsync serve`: a task due now is started by the running
+    service on its own and its step executed, and `--no-scheduler` leaves it alone."""
+    from tests.workers import serving, wait_until
+
+    due = datetime.now(UTC) - timedelta(seconds=1)
+    task = scheduled_task(conn, *owner, cron="0 9 * * *", next_run_at=due)
+    seen: list[dict] = []
+
+    def step(request):
+        seen.append(request.trigger_data)
+        return {"text": "done"}
+
+    async def serve(timeout: float, **overrides) -> None:
+        async with serving(db_url, step, schedule_interval_seconds=0.2, **overrides):
+            await asyncio.to_thread(
+                wait_until,
+                lambda: task_row(conn, task)["total_executions"] == 1,
+                timeout,
+                "the scheduled run to finish",
+            )
+
+    # Ten scheduler intervals without a scheduler: nothing starts.
+    with pytest.raises(AssertionError, match="timed out"):
+        asyncio.run(serve(2, scheduler=False))
+    assert runs_of(conn, task) == []
+    asyncio.run(serve(20))
+    [run] = runs_of(conn, task)
+    assert (run["trigger_type"], run["status"]) == ("scheduled", "completed")
+    assert seen == [run["trigger_data"]] and seen[0]["fire_at"] == due.isoformat()
+    assert task_row(conn, task)["next_run_at"] > datetime.now(UTC)
