@@ -3807,6 +3807,7 @@ begin
         else
             queueing := queueing || coalesce(ready_now, '{}');
         end if;
+        exit when skipping is null;
         update public.task_step_executions as s
         set
             status = 'skipped',
@@ -3856,13 +3857,16 @@ begin
     if p_worker is null then
         queueing := queueing || coalesce(handing_off, '{}');
     end if;
-    update public.task_step_executions as s
-    set
-        status = 'queued',
-        run_after = now(),
-        queued_at = now(),
-        updated_at = now()
-    where s.id = any(queueing);
+    -- Only with steps to queue: most calls hand every step off or end the run.
+    if cardinality(queueing) > 0 then
+        update public.task_step_executions as s
+        set
+            status = 'queued',
+            run_after = now(),
+            queued_at = now(),
+            updated_at = now()
+        where s.id = any(queueing);
+    end if;
     if p_worker is not null and cardinality(handing_off) > 0 then
         return query
         select * from stepsync.lease_steps(handing_off, p_worker, p_lease_seconds);
