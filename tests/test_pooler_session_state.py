@@ -168,13 +168,11 @@ def test_the_service_pool_sets_its_role_once_per_connection_when_direct(
             what="the run to complete",
         )
 
-    session_roles = [
-        t for _, t in statements() if t.lower().startswith('set role "service_role"')
-    ]
+    session_roles = [t for _, t in statements() if t.lower().startswith('set role "service_role"')]
     assert 1 <= len(session_roles) <= Settings().pool_size
     # The connection runs under the statement timeout, set with its role.
     assert {t.lower() for t in session_roles} == {
-        'set role "service_role"; set statement_timeout = \'30000ms\''
+        "set role \"service_role\"; set statement_timeout = '30000ms'"
     }
 
 
