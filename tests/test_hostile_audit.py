@@ -88,13 +88,13 @@ def test_a_finished_run_records_its_outputs_by_digest(conn: psycopg.Connection) 
     )
     run_id = start_run(conn, task_id)
     mark = last_id(conn)
-    outputs = [{"text": str(n) * 200_000} for n in range(3)]
+    outputs = [{"text": str(n) * 60_000} for n in range(3)]
     for output in outputs:
         (step,) = claim(conn)
         assert complete(conn, step, output)
 
     rows = audit_since(conn, mark)
-    assert sum(size for *_, size in rows) < 10_000  # 3 × 200 KB of outputs, not copied
+    assert sum(size for *_, size in rows) < 10_000  # 3 × 60 KB of outputs, not copied
     snapshots = {record_id: new for table, _, record_id, _, new, _ in rows if table == "task_steps"}
     assert set(snapshots) == set(step_ids)
     for step_id, output in zip(step_ids, outputs, strict=True):

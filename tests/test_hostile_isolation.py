@@ -79,7 +79,7 @@ def test_a_completion_batch_completes_the_good_outputs_and_fails_the_refused_one
     steps = {step["run_id"]: step for step in claim(conn, batch=10)}
     outputs = [
         '{"ok": true}',
-        '{"text": "' + "x" * 300_000 + '"}',
+        '{"text": "' + "x" * 70_000 + '"}',
         deep_json(40),
     ]
     with as_service(conn):
@@ -95,13 +95,13 @@ def test_a_completion_batch_completes_the_good_outputs_and_fails_the_refused_one
 
     assert [(completed, refused) for _, completed, refused in rows] == [
         (True, None),
-        (False, "is 300012 bytes of JSON, more than the limit of 262144"),
+        (False, "is 70012 bytes of JSON, more than the limit of 65536"),
         (False, "nests deeper than 32 levels"),
     ]
     normal, large, deep = (step_rows(conn, run) for run in runs)
     assert [row["status"] for row in normal] == ["completed", "queued"]
     for refused_rows, reason in (
-        (large, "output refused: it is 300012 bytes of JSON, more than the limit of 262144"),
+        (large, "output refused: it is 70012 bytes of JSON, more than the limit of 65536"),
         (deep, "output refused: it nests deeper than 32 levels"),
     ):
         assert [row["status"] for row in refused_rows] == ["failed", "skipped"]
@@ -200,7 +200,7 @@ def test_the_service_fails_a_step_whose_output_is_too_deep_and_completes_the_oth
         shallow_but_deep = {"a": shallow_but_deep}
     answers = {
         str(runs[0]): deep,
-        str(runs[1]): {"text": "x" * 300_000},
+        str(runs[1]): {"text": "x" * 70_000},
         str(runs[2]): shallow_but_deep,
         str(runs[3]): {"ok": True},
     }
@@ -217,7 +217,7 @@ def test_the_service_fails_a_step_whose_output_is_too_deep_and_completes_the_oth
     errors = [step_rows(conn, run)[0]["error_message"] for run in runs]
     assert errors == [
         "executor output nests too deep to be stored as JSON",
-        "executor output is 300012 bytes of JSON, more than the limit of 262144",
+        "executor output is 70012 bytes of JSON, more than the limit of 65536",
         "output refused: it nests deeper than 32 levels",
         None,
     ]

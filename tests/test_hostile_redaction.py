@@ -128,3 +128,56 @@ def test_a_step_receives_the_earlier_output_redacted(conn: psycopg.Connection) -
         "reply": "call with Bearer [redacted]",
     }
     assert context["run"]["trigger_data"] == {"Pwd": "[redacted]", "note": "use [redacted]"}
+
+
+def test_a_selection_is_redacted_and_a_path_naming_a_secret_selects_nothing_of_it(
+    conn: psycopg.Connection,
+) -> None:
+    # Paths run over the context as it is; what they select is redacted as it is shown.
+    _, task_id, _ = make_workflow(
+        conn,
+        [
+            {},
+            {
+                "include_previous_context": True,
+                "context_mode": "selective",
+                "context_paths": [
+                    "$.previous.output.accounts[*]",
+                    "$.previous.output.accounts[0].password",
+                    '$.previous.output.accounts ? (@.password == "hunter2").name',
+                    "$.previous.output.note",
+                ],
+            },
+        ],
+    )
+    start_run(conn, task_id)
+    output = {
+        "accounts": [{"name": "ada", "password": "hunter2"}],
+        "note": f"session {JWT}",
+    }
+    assert complete(conn, claim_one(conn), output)
+    selected = claim_one(conn)["context"]["selected"]
+    assert selected == {
+        '$."previous"."output"."accounts"[*]': {"name": "ada", "password": "[redacted]"},
+        '$."previous"."output"."accounts"[0]."password"': "[redacted]",
+        '$."previous"."output"."accounts"?(@."password" == "hunter2")."name"': "[redacted]",
+        '$."previous"."output"."note"': "session [redacted]",
+    }
+
+
+def test_a_cut_output_is_redacted_in_what_is_kept(conn: psycopg.Connection) -> None:
+    _, task_id, _ = make_workflow(
+        conn, [{}, {"include_previous_context": True, "context_mode": "previous"}]
+    )
+    start_run(conn, task_id)
+    # Too large to be shown whole: cut to the context's size, then redacted as text.
+    output = {
+        "pwd": "hunter2",
+        "creds": {"user": "ada", "pin": "1234"},
+        "filler_text": "x" * 65_300,
+    }
+    assert complete(conn, claim_one(conn), output)
+    shown = claim_one(conn)["context"]["previous"]["output"]
+    assert isinstance(shown, str) and "[truncated" in shown
+    assert shown.startswith('{"pwd": "[redacted]", "creds": "[redacted]"…')
+    assert "hunter2" not in shown and "1234" not in shown and "xxx" not in shown

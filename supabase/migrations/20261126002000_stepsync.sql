@@ -63,7 +63,9 @@ comment on type public.step_failure_action is
 -- literal on one side (two sequences compare pairwise), and inside a filter paths start
 -- at @ (a $ path there is walked again for every candidate). Each step of a path then
 -- maps a set of distinct nodes to distinct nodes, so a path costs at most its length
--- times the size of the document.
+-- times the size of the document. No .* either: a value is reached through the keys a
+-- path names, so a path naming no secret-looking key selects no secret's value by it
+-- (paths run before redaction, see build_step_context).
 
 create or replace function stepsync.input_limits()
 returns jsonb
@@ -79,7 +81,7 @@ as $$
         'context_data_bytes', 16384,
         'context_template_bytes', 20000,
         'template_placeholders', 100,
-        'context_paths', 20,
+        'context_paths', 10,
         'jsonpath_chars', 500,
         'skip_if_chars', 1000,
         'jsonpath_filters', 4,
@@ -87,7 +89,7 @@ as $$
         -- what a run is given and what its steps return
         'json_levels', 32,
         'trigger_data_bytes', 65536,
-        'output_bytes', 262144,
+        'output_bytes', 65536,
         'error_chars', 10000,
         -- what a step receives
         'context_chars', 65536,
@@ -258,7 +260,8 @@ begin
         kind := case
             when token ~ '^\$"' then 'variables ($name) are not allowed'
             when token ~ '^\.\*\*' then '.** (every level) is not allowed'
-            when token ~ '^\."' or token in ('.*', '[*]') then 'step'
+            when token ~ '^\."' or token = '[*]' then 'step'
+            when token = '.*' then '.* (every member) is not allowed: name the keys'
             when token ~ '^"' then 'literal'
             when token ~ '^\[' then case
                 when token ~ '^\[\s*([0-9]+|last(\s*-\s*[0-9]+)?)\s*\]$' then 'step'
@@ -3355,33 +3358,28 @@ comment on function stepsync.is_secret_key(text) is
 revoke all on function stepsync.is_secret_key(text) from public;
 grant execute on function stepsync.is_secret_key(text) to service_role;
 
-create or replace function stepsync.redact_secret_values(p_value jsonb)
-returns jsonb
+create or replace function stepsync.redact_secret_text(p_text text)
+returns text
 language plpgsql
 immutable
 parallel safe
 set search_path = ''
 as $$
 declare
-    original text;
     redacted text;
 begin
-    if p_value is null then
-        return null;
-    end if;
-    original := p_value::text;
-    -- One search for the shapes' common parts spares the replacements in most values.
-    if original !~* (
+    -- One search for the shapes' common parts spares the replacements in most texts.
+    if p_text is null or p_text !~* (
         'eyj|sk-|sk_|rk_|gh[pousr]_|github_pat_|glpat-|xox[abprs]-|akia|aiza|sbp_|'
         || 'private key|bearer|basic|://[^/@"]*@'
     ) then
-        return p_value;
+        return p_text;
     end if;
     -- Each shape is made of letters, digits and -_.~+/= only and may not follow a
-    -- backslash or a letter, so a match lies inside one JSON string, never across an
-    -- escape or a quote, and replacing it keeps the text valid JSON.
+    -- backslash or a letter, so in JSON text a match lies inside one string, never across
+    -- an escape or a quote, and replacing it keeps the text valid JSON.
     redacted := regexp_replace(
-        original,
+        p_text,
         '(?<![A-Za-z0-9_\\-])(eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*'
         || '|sk-(proj-|live-|test-|ant-)?[A-Za-z0-9_-]{20,}|[sr]k_(live|test)_[A-Za-z0-9]{16,}'
         || '|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|glpat-[A-Za-z0-9_-]{20,}'
@@ -3398,12 +3396,39 @@ begin
         'gi'
     );
     -- Credentials in a URL: scheme://user:password@host.
-    redacted := regexp_replace(
+    return regexp_replace(
         redacted,
         '([a-z][a-z0-9+.-]*://[^/:@ "\\]+:)[^/@ "\\]+@',
         '\1[redacted]@',
         'gi'
     );
+end
+$$;
+
+comment on function stepsync.redact_secret_text(text) is
+'Replaces secret-shaped values in a (JSON) text with [redacted]: JWTs, Bearer/Basic '
+'credentials, API keys of common shapes (OpenAI, Anthropic, Stripe, GitHub, GitLab, Slack, '
+'AWS, Google, Supabase), PEM private keys, passwords in URLs. Best effort; linear.';
+
+revoke all on function stepsync.redact_secret_text(text) from public;
+grant execute on function stepsync.redact_secret_text(text) to service_role;
+
+create or replace function stepsync.redact_secret_values(p_value jsonb)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    original text;
+    redacted text;
+begin
+    if p_value is null then
+        return null;
+    end if;
+    original := p_value::text;
+    redacted := stepsync.redact_secret_text(original);
     if redacted = original then
         return p_value;
     end if;
@@ -3412,10 +3437,8 @@ end
 $$;
 
 comment on function stepsync.redact_secret_values(jsonb) is
-'Replaces secret-shaped values inside every string with [redacted]: JWTs, Bearer/Basic '
-'credentials, API keys of common shapes (OpenAI, Anthropic, Stripe, GitHub, GitLab, Slack, '
-'AWS, Google, Supabase), PEM private keys, passwords in URLs. Best effort; one pass over '
-'the text.';
+'A JSON value with the secret-shaped values inside its strings replaced by [redacted] '
+'(redact_secret_text).';
 
 revoke all on function stepsync.redact_secret_values(jsonb) from public;
 grant execute on function stepsync.redact_secret_values(jsonb) to service_role;
@@ -3429,6 +3452,8 @@ immutable
 parallel safe
 set search_path = ''
 as $$
+declare
+    searched text;
 begin
     if p_value is null or jsonb_typeof(p_value) not in ('object', 'array') then
         return p_value;
@@ -3441,15 +3466,20 @@ begin
             2 * stepsync.input_limit('json_levels')
             using errcode = '54001';
     end if;
-    -- Every key is_secret_key matches holds one of these once folded; most values hold
-    -- none, and one search of their text spares the walk.
-    if not p_searched
-        and translate(lower(stepsync.fold_lookalikes(p_value::text)), '@$013457', 'asoieast')
-        !~ (
-            'pass|pwd|secret|token|key|auth|cred|cookie|session|bearer|signature|jwt|otp|'
-            || 'dsn|conn|database.?url|db.?url'
-        ) then
-        return p_value;
+    -- Every key is_secret_key matches holds one of these (in any case, digits and symbols
+    -- read as letters), or a letter outside ASCII that may fold into one; most values hold
+    -- neither, and one search of their text spares the walk.
+    if not p_searched then
+        searched := p_value::text;
+        if searched !~* (
+            'p[a@4][s$5][s$5]|pwd|[s$5][e3]cr[e3][t7]|[t7][o0]k[e3]n|k[e3]y|[a@4]u[t7]h|'
+            || 'cr[e3]d|c[o0][o0]k[i1][e3]|[s$5][e3][s$5][s$5][i1][o0]n|b[e3][a@4]r[e3]r|'
+            || '[s$5][i1]gn|jw[t7]|[o0][t7]p|d[s$5]n|c[o0]nn|'
+            || 'd[a@4][t7][a@4]b[a@4][s$5][e3].?url|db.?url'
+        )
+            and searched !~ '[^\x01-\x7f]' then
+            return p_value;
+        end if;
     end if;
     if jsonb_typeof(p_value) = 'object' then
         return coalesce(
@@ -3509,7 +3539,57 @@ comment on function stepsync.redact_secrets(jsonb) is
 revoke all on function stepsync.redact_secrets(jsonb) from public;
 grant execute on function stepsync.redact_secrets(jsonb) to service_role;
 
-create or replace function stepsync.truncate_json(p_value jsonb, p_max_chars integer)
+create or replace function stepsync.redact_fragment(p_text text)
+returns text
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    redacted text := stepsync.redact_secret_text(p_text);
+    secret text;
+    quoted text;
+    container_at integer;
+begin
+    -- The start of a JSON text, cut: what redact_secrets does to a value, done to its
+    -- text. A private key whose end was cut off goes too.
+    redacted := regexp_replace(redacted, '-----BEGIN [A-Z ]*PRIVATE KEY-----[^"]*$', '[redacted]');
+    for secret in
+        select distinct m.found[1]
+        from regexp_matches(redacted, '"((?:[^"\\]|\\.)*)": ', 'g') as m (found)
+        where stepsync.is_secret_key(m.found[1])
+    loop
+        quoted := '"' || regexp_replace(secret, '([][\\^$.*+?(){}|-])', '\\\1', 'g') || '": ';
+        -- A secret key's scalar value, whole or cut off by the end of the text.
+        redacted := regexp_replace(
+            redacted,
+            '(' || quoted || ')("(?:[^"\\]|\\.)*"?|-?[0-9][0-9.eE+-]*|true|false|null)',
+            '\1"[redacted]"',
+            'g'
+        );
+        -- A secret key's object or array: nothing after it is kept (its end cannot be
+        -- told from text without parsing it).
+        container_at := regexp_instr(redacted, quoted || '[[{]');
+        if container_at > 0 then
+            redacted := left(redacted, container_at - 1) || '"' || secret || '": "[redacted]"';
+        end if;
+    end loop;
+    return redacted;
+end
+$$;
+
+comment on function stepsync.redact_fragment(text) is
+'Redaction of the start of a JSON text (a value cut to fit a context): secret shapes, the '
+'scalar values of secret-looking keys, and everything from a secret-looking key''s '
+'object or array on. Linear in the text.';
+
+revoke all on function stepsync.redact_fragment(text) from public;
+grant execute on function stepsync.redact_fragment(text) to service_role;
+
+create or replace function stepsync.cut_json_text(
+    p_whole text, p_max_chars integer, p_redact boolean
+)
 returns jsonb
 language plpgsql
 immutable
@@ -3517,27 +3597,23 @@ parallel safe
 set search_path = ''
 as $$
 declare
-    whole text;
-    kept integer;
+    kept integer := greatest(p_max_chars - 40, 0);
+    fragment text;
     cut jsonb;
     over integer;
 begin
-    if p_value is null then
-        return null;
-    end if;
-    whole := p_value::text;
-    if length(whole) <= p_max_chars then
-        return p_value;
-    end if;
-    -- The cut becomes a JSON string, whose quotes and escapes lengthen it: shorten the
-    -- kept part until the string's JSON text fits (one or two rounds).
-    kept := greatest(p_max_chars - 40, 0);
+    -- The cut becomes a JSON string, whose quotes and escapes lengthen it (and the
+    -- redaction may): shorten the kept part until the string's JSON text fits.
     for attempt in 1 .. 10 loop
+        fragment := left(p_whole, kept);
+        if p_redact then
+            fragment := stepsync.redact_fragment(fragment);
+        end if;
         cut := to_jsonb(
-            left(whole, kept)
+            fragment
             || format(
                 '…[truncated %s bytes]',
-                octet_length(whole) - octet_length(left(whole, kept))
+                octet_length(p_whole) - octet_length(left(p_whole, kept))
             )
         );
         over := length(cut::text) - p_max_chars;
@@ -3548,6 +3624,35 @@ begin
 end
 $$;
 
+comment on function stepsync.cut_json_text(text, integer, boolean) is
+'The start of a JSON text as a string "…[truncated N bytes]" of at most p_max_chars '
+'characters of JSON text (p_max_chars of 64 or more), redacted (redact_fragment) when '
+'p_redact.';
+
+revoke all on function stepsync.cut_json_text(text, integer, boolean) from public;
+grant execute on function stepsync.cut_json_text(text, integer, boolean) to service_role;
+
+create or replace function stepsync.truncate_json(p_value jsonb, p_max_chars integer)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    whole text;
+begin
+    if p_value is null then
+        return null;
+    end if;
+    whole := p_value::text;
+    if length(whole) <= p_max_chars then
+        return p_value;
+    end if;
+    return stepsync.cut_json_text(whole, p_max_chars, false);
+end
+$$;
+
 comment on function stepsync.truncate_json(jsonb, integer) is
 'A value whose JSON text is longer than p_max_chars becomes a string: its first '
 'characters and a marker "…[truncated N bytes]", at most p_max_chars characters of JSON '
@@ -3555,6 +3660,64 @@ comment on function stepsync.truncate_json(jsonb, integer) is
 
 revoke all on function stepsync.truncate_json(jsonb, integer) from public;
 grant execute on function stepsync.truncate_json(jsonb, integer) to service_role;
+
+create or replace function stepsync.fit_value(p_value jsonb, p_max_chars integer)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    whole text;
+    redacted jsonb;
+begin
+    if p_value is null then
+        return null;
+    end if;
+    -- What a step is shown, redacted and cut to its share: a value that fits is
+    -- redacted whole; a larger one is cut first and only what is kept is redacted, so
+    -- the work never grows with the run's data beyond reading it once.
+    whole := p_value::text;
+    if length(whole) <= p_max_chars then
+        redacted := stepsync.redact_secrets(p_value);
+        if length(redacted::text) <= p_max_chars then
+            return redacted;
+        end if;
+        return stepsync.cut_json_text(redacted::text, p_max_chars, false);
+    end if;
+    return stepsync.cut_json_text(whole, p_max_chars, true);
+end
+$$;
+
+comment on function stepsync.fit_value(jsonb, integer) is
+'A value as a step is shown it: redacted, and cut to at most p_max_chars characters of '
+'JSON text (see truncate_json) with only the kept part redacted.';
+
+revoke all on function stepsync.fit_value(jsonb, integer) from public;
+grant execute on function stepsync.fit_value(jsonb, integer) to service_role;
+
+create or replace function stepsync.jsonpath_names_secret(p_path jsonpath)
+returns boolean
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+    -- A member a path names (."key"), anywhere in it, filters included.
+    select exists (
+        select
+        from regexp_matches(p_path::text, '\."((?:[^"\\]|\\.)*)"', 'g') as m (found)
+        where stepsync.is_secret_key(m.found[1])
+    )
+$$;
+
+comment on function stepsync.jsonpath_names_secret(jsonpath) is
+'Whether a path names a secret-looking key: what it selects is then shown as "[redacted]" '
+'(paths are evaluated before redaction; the subset has no .* to reach a key unnamed).';
+
+revoke all on function stepsync.jsonpath_names_secret(jsonpath) from public;
+grant execute on function stepsync.jsonpath_names_secret(jsonpath) to service_role;
 
 create or replace function stepsync.fit_text(p_text text, p_max_chars integer)
 returns text
@@ -3953,7 +4116,7 @@ declare
         when p_include_previous_context then p_context_mode::text else 'none'
     end;
     task jsonb := stepsync.redact_secrets(p_run_context -> 'task');
-    run jsonb := stepsync.redact_secrets(p_run_context -> 'run');
+    run jsonb := p_run_context -> 'run';
     context_data jsonb;
     base jsonb;
     parts jsonb;
@@ -3964,8 +4127,8 @@ declare
     level integer;
     fitted jsonb;
     built jsonb;
-    redacted jsonb;
     visible jsonb;
+    shown jsonb;
     template_level integer;
 begin
     -- The task name is the one fixed part a user writes without a limit (legacy tasks).
@@ -3988,19 +4151,21 @@ begin
     base := jsonb_build_object(
         'mode', mode,
         'task', task,
-        'run', run - 'trigger_data',
+        'run', stepsync.redact_secrets(run - 'trigger_data'),
         'step', jsonb_build_object('order', p_step_order),
         'context_data', context_data
     );
 
-    -- What the mode shows, split into fixed parts and the values that can be large
-    -- (trigger data, outputs, errors, selections, the rendered template): those share
-    -- what the fixed parts leave of p_max_bytes.
+    -- What the mode shows, split into small fixed parts (redacted here) and the values
+    -- that can be large (trigger data, outputs, errors, selections, the rendered
+    -- template): those share what the fixed parts leave of p_max_bytes, and each is
+    -- redacted as it is cut to its share (fit_value), so redaction never reads more than
+    -- the step is shown.
     case mode
         when 'none' then
             shared := jsonb_build_array(run -> 'trigger_data');
         when 'metadata' then
-            parts := coalesce(
+            parts := stepsync.redact_secrets(coalesce(
                 (
                     select jsonb_agg(
                         jsonb_build_object(
@@ -4017,25 +4182,23 @@ begin
                     from jsonb_array_elements(earlier) with ordinality as e (step, position)
                 ),
                 '[]'::jsonb
-            );
+            ));
             shared := jsonb_build_array(run -> 'trigger_data');
         when 'previous' then
-            redacted := stepsync.redact_secrets(earlier -> -1);
             parts := case
-                when redacted is null then 'null'::jsonb
-                else jsonb_build_object(
-                    'order', redacted -> 'order',
-                    'name', redacted -> 'name',
-                    'status', redacted -> 'status'
-                )
+                when earlier -> -1 is null then 'null'::jsonb
+                else stepsync.redact_secrets(jsonb_build_object(
+                    'order', earlier #> '{-1,order}',
+                    'name', earlier #> '{-1,name}',
+                    'status', earlier #> '{-1,status}'
+                ))
             end;
             shared := jsonb_build_array(
-                run -> 'trigger_data', redacted -> 'output', redacted -> 'error'
+                run -> 'trigger_data', earlier #> '{-1,output}', earlier #> '{-1,error}'
             );
         when 'full' then
-            redacted := stepsync.redact_secrets(earlier);
             select
-                coalesce(
+                stepsync.redact_secrets(coalesce(
                     jsonb_agg(
                         jsonb_build_object(
                             'order', e.step -> 'order',
@@ -4045,25 +4208,27 @@ begin
                         order by e.position
                     ),
                     '[]'::jsonb
-                ),
+                )),
                 jsonb_build_array(run -> 'trigger_data')
                 || coalesce(jsonb_agg(e.step -> 'output' order by e.position), '[]'::jsonb)
                 || coalesce(jsonb_agg(e.step -> 'error' order by e.position), '[]'::jsonb)
             into parts, shared
-            from jsonb_array_elements(redacted) with ordinality as e (step, position);
+            from jsonb_array_elements(earlier) with ordinality as e (step, position);
         when 'selective' then
-            -- Each path is evaluated once over the untruncated (redacted) context: no
-            -- result is null, one result is the value, several are an array.
-            visible := stepsync.redact_secrets(
-                stepsync.context_before(p_run_context, p_step_order)
-            ) || jsonb_build_object('context_data', context_data);
+            -- Each path is evaluated once over the whole context as it is (the subset
+            -- keeps that linear): no result is null, one result is the value, several are
+            -- an array. A path that names a secret-looking key selects "[redacted]"; what
+            -- the others select is redacted as it is fitted.
+            visible := stepsync.context_before(p_run_context, p_step_order)
+                || jsonb_build_object('context_data', context_data);
             select
                 coalesce(jsonb_agg(p.path::text order by p.position), '[]'::jsonb),
                 jsonb_build_array(run -> 'trigger_data') || coalesce(
                     jsonb_agg(
-                        case jsonb_array_length(p.items)
-                            when 0 then 'null'::jsonb
-                            when 1 then p.items -> 0
+                        case
+                            when stepsync.jsonpath_names_secret(p.path) then '"[redacted]"'::jsonb
+                            when jsonb_array_length(p.items) = 0 then 'null'::jsonb
+                            when jsonb_array_length(p.items) = 1 then p.items -> 0
                             else p.items
                         end
                         order by p.position
@@ -4080,22 +4245,23 @@ begin
                     with ordinality as c (path, position)
             ) as p;
         else
-            -- custom: the template sees the whole context, each earlier step's output
-            -- and error cut to an equal share (at least 256 characters).
+            -- custom: the template sees the task, the run, context_data and every earlier
+            -- step, each output and error fitted to an equal share (at least 256
+            -- characters), all redacted.
             template_level := greatest(
                 256, p_max_bytes / greatest(1, jsonb_array_length(earlier) + 1)
             );
-            redacted := coalesce(
+            shown := coalesce(
                 (
                     select jsonb_agg(
-                        e.step || jsonb_build_object(
-                            'output', stepsync.truncate_json(e.step -> 'output', template_level),
-                            'error', stepsync.truncate_json(e.step -> 'error', template_level)
+                        stepsync.redact_secrets(e.step - 'output' - 'error')
+                        || jsonb_build_object(
+                            'output', stepsync.fit_value(e.step -> 'output', template_level),
+                            'error', stepsync.fit_value(e.step -> 'error', template_level)
                         )
                         order by e.position
                     )
-                    from jsonb_array_elements(stepsync.redact_secrets(earlier))
-                        with ordinality as e (step, position)
+                    from jsonb_array_elements(earlier) with ordinality as e (step, position)
                 ),
                 '[]'::jsonb
             );
@@ -4103,10 +4269,11 @@ begin
                 run -> 'trigger_data',
                 to_jsonb(stepsync.render_template(
                     p_context_template,
-                    stepsync.redact_secrets(stepsync.context_before(p_run_context, p_step_order))
-                    || jsonb_build_object(
-                        'steps', redacted,
-                        'previous', redacted -> -1,
+                    jsonb_build_object(
+                        'task', task,
+                        'run', stepsync.redact_secrets(run),
+                        'steps', shown,
+                        'previous', shown -> -1,
                         'context_data', context_data
                     )
                 ))
@@ -4125,10 +4292,12 @@ begin
     level := stepsync.share_budget(sizes, p_max_bytes - fixed_size);
     select jsonb_agg(
         case
-            when length(s.value::text) <= level then s.value
-            when mode = 'custom' and s.position = 2
-                then to_jsonb(stepsync.fit_text(s.value #>> '{}', level))
-            else stepsync.truncate_json(s.value, level)
+            -- The rendered template comes from redacted values: it is only cut.
+            when mode = 'custom' and s.position = 2 then case
+                when length(s.value::text) <= level then s.value
+                else to_jsonb(stepsync.fit_text(s.value #>> '{}', level))
+            end
+            else stepsync.fit_value(s.value, level)
         end
         order by s.position
     )

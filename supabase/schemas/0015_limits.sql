@@ -15,7 +15,9 @@
 -- literal on one side (two sequences compare pairwise), and inside a filter paths start
 -- at @ (a $ path there is walked again for every candidate). Each step of a path then
 -- maps a set of distinct nodes to distinct nodes, so a path costs at most its length
--- times the size of the document.
+-- times the size of the document. No .* either: a value is reached through the keys a
+-- path names, so a path naming no secret-looking key selects no secret's value by it
+-- (paths run before redaction, see build_step_context).
 
 create or replace function stepsync.input_limits()
 returns jsonb
@@ -31,7 +33,7 @@ as $$
         'context_data_bytes', 16384,
         'context_template_bytes', 20000,
         'template_placeholders', 100,
-        'context_paths', 20,
+        'context_paths', 10,
         'jsonpath_chars', 500,
         'skip_if_chars', 1000,
         'jsonpath_filters', 4,
@@ -39,7 +41,7 @@ as $$
         -- what a run is given and what its steps return
         'json_levels', 32,
         'trigger_data_bytes', 65536,
-        'output_bytes', 262144,
+        'output_bytes', 65536,
         'error_chars', 10000,
         -- what a step receives
         'context_chars', 65536,
@@ -210,7 +212,8 @@ begin
         kind := case
             when token ~ '^\$"' then 'variables ($name) are not allowed'
             when token ~ '^\.\*\*' then '.** (every level) is not allowed'
-            when token ~ '^\."' or token in ('.*', '[*]') then 'step'
+            when token ~ '^\."' or token = '[*]' then 'step'
+            when token = '.*' then '.* (every member) is not allowed: name the keys'
             when token ~ '^"' then 'literal'
             when token ~ '^\[' then case
                 when token ~ '^\[\s*([0-9]+|last(\s*-\s*[0-9]+)?)\s*\]$' then 'step'

@@ -12,7 +12,7 @@ from sync.executors.base import PermanentStepError
 
 # The database's output_bytes limit (stepsync.input_limits(); tests/test_hostile_limits.py
 # holds the two equal). complete_steps refuses a larger output, and its nesting, by itself.
-OUTPUT_BYTES = 262_144
+OUTPUT_BYTES = 65_536
 
 
 def json_output(value: Any) -> Any:
