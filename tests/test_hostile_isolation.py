@@ -222,3 +222,39 @@ def test_the_service_fails_a_step_whose_output_is_too_deep_and_completes_the_oth
         None,
     ]
     assert step_rows(conn, runs[3])[0]["output"] == {"ok": True}
+
+
+def test_a_step_whose_context_takes_longer_than_the_statement_timeout_fails_alone(
+    conn: psycopg.Connection,
+) -> None:
+    _, slow_task, _ = make_workflow(conn, [{}, {}], name="Slow")
+    _, quick_task, _ = make_workflow(conn, [{}], name="Quick")
+    slow_run = start_run(conn, slow_task)
+    quick_run = start_run(conn, quick_task)
+    # Past every write check (as data from before the limits): step 2 of the slow run
+    # has 200 filtering paths to walk over an output of 100,000 items, seconds of work.
+    conn.execute(
+        "update public.task_step_executions set status = 'completed', attempt = 1,"
+        " output = (select jsonb_agg(repeat('v', 10)) from generate_series(1, 100000)),"
+        " started_at = now(), completed_at = now() where run_id = %s and step_order = 1",
+        [slow_run],
+    )
+    paths = "{" + ",".join(f'"$.steps[*].output[*] ? (@ == \\"v{k}\\")"' for k in range(200)) + "}"
+    conn.execute(
+        "update public.task_step_executions set status = 'queued', run_after = now(),"
+        " fair_at = now() - interval '1 minute', include_previous_context = true,"
+        " context_mode = 'selective', context_paths = %s where run_id = %s and step_order = 2",
+        [paths, slow_run],
+    )
+    with as_service(conn):
+        conn.execute("set local statement_timeout = '200ms'")
+        claimed = conn.execute("select run_id from stepsync.claim_steps('w', 10, 60)").fetchall()
+    assert claimed == [(quick_run,)]
+    slow = step_states(conn, slow_run)
+    assert slow[1][:3] == (
+        "failed",
+        "the step's input context could not be built: building it took longer than the "
+        "statement timeout",
+        "building it took longer than the statement timeout",
+    )
+    assert run_row(conn, slow_run)["status"] == "failed"

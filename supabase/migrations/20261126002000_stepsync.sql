@@ -4377,6 +4377,72 @@ grant execute on function stepsync.step_input(
     jsonb, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb
 ) to service_role;
 
+create or replace function stepsync.run_step_input(
+    p_run_id uuid,
+    p_step_order integer,
+    p_include_previous_context boolean,
+    p_context_mode public.step_context_mode,
+    p_context_paths jsonpath[],
+    p_context_template text,
+    p_context_data jsonb
+)
+returns jsonb
+language plpgsql
+volatile
+set enable_seqscan = off
+set search_path = ''
+as $$
+declare
+    run_context jsonb;
+begin
+    -- The run's context is read here, inside the guard: with large outputs, reading it
+    -- is part of what may take long. The head by the run's key, the earlier steps by
+    -- (run_id, step_order), through the views of the run context.
+    select h.head || jsonb_build_object(
+        'steps', coalesce(
+            (
+                select jsonb_agg(e.entry order by e.step_order)
+                from stepsync.run_context_entries as e
+                where e.run_id = p_run_id and e.step_order < p_step_order
+            ),
+            '[]'::jsonb
+        )
+    )
+    into run_context
+    from stepsync.run_context_heads as h
+    where h.run_id = p_run_id;
+    return stepsync.build_step_context(
+        run_context, p_step_order, p_include_previous_context, p_context_mode,
+        p_context_paths, p_context_template, p_context_data,
+        stepsync.input_limit('context_chars')
+    );
+exception
+    when query_canceled then
+        if sqlerrm like '%statement timeout%' then
+            return jsonb_build_object(
+                'context_error', 'building it took longer than the statement timeout'
+            );
+        end if;
+        raise;
+    when others then
+        return jsonb_build_object('context_error', stepsync.excerpt(sqlerrm, 500));
+end
+$$;
+
+comment on function stepsync.run_step_input(
+    uuid, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb
+) is
+'The input of step p_step_order of run p_run_id (its run context read and built by '
+'build_step_context, at the context_chars limit), or {"context_error": why} when it cannot '
+'be built in time or at all: what lease_steps stores, failing that step alone.';
+
+revoke all on function stepsync.run_step_input(
+    uuid, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb
+) from public;
+grant execute on function stepsync.run_step_input(
+    uuid, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb
+) to service_role;
+
 -- Run progress: how a run moves forward between steps, the bookkeeping every step
 -- transition does (run counters), and what a finished run leaves behind (the task's
 -- counters, the definition's latest-run snapshot).
@@ -5122,7 +5188,7 @@ to authenticated, service_role;
 -- type of a leased step, stepsync.leased_step.
 --
 -- One step never fails a lease of several: a step whose context cannot be built
--- (stepsync.step_input says why) fails alone, for good, with that reason, and the others
+-- (stepsync.run_step_input says why) fails alone, for good, with that reason, and the others
 -- are leased. The claim takes due steps in their fair order (fair_at: each user's queued
 -- steps spaced apart), so a user with many queued steps takes turns with the others.
 
@@ -5150,8 +5216,9 @@ begin
 
     -- The caller holds the steps: row locks from its claim, or the run lock under which
     -- a pending step cannot change. Only waiting steps (pending, queued) are leased. The
-    -- context a step sees is read from its own run's rows: the head by the run's key, the
-    -- earlier steps by (run_id, step_order).
+    -- context a step sees is read from its own run's rows (run_step_input: the head by
+    -- the run's key, the earlier steps by (run_id, step_order)), inside a guard that
+    -- turns any failure of that step's build into its own failure.
     return query
     with leased as (
         update public.task_step_executions as s
@@ -5164,18 +5231,8 @@ begin
             run_after = coalesce(s.run_after, now()),
             queued_at = coalesce(s.queued_at, now()),
             started_at = now(),
-            input_context = stepsync.step_input(
-                (select h.head from stepsync.run_context_heads as h where h.run_id = s.run_id)
-                || jsonb_build_object(
-                    'steps', coalesce(
-                        (
-                            select jsonb_agg(e.entry order by e.step_order)
-                            from stepsync.run_context_entries as e
-                            where e.run_id = s.run_id and e.step_order < s.step_order
-                        ),
-                        '[]'::jsonb
-                    )
-                ),
+            input_context = stepsync.run_step_input(
+                s.run_id,
                 s.step_order,
                 s.include_previous_context,
                 s.context_mode,

@@ -13,7 +13,7 @@
 -- type of a leased step, stepsync.leased_step.
 --
 -- One step never fails a lease of several: a step whose context cannot be built
--- (stepsync.step_input says why) fails alone, for good, with that reason, and the others
+-- (stepsync.run_step_input says why) fails alone, for good, with that reason, and the others
 -- are leased. The claim takes due steps in their fair order (fair_at: each user's queued
 -- steps spaced apart), so a user with many queued steps takes turns with the others.
 
@@ -41,8 +41,9 @@ begin
 
     -- The caller holds the steps: row locks from its claim, or the run lock under which
     -- a pending step cannot change. Only waiting steps (pending, queued) are leased. The
-    -- context a step sees is read from its own run's rows: the head by the run's key, the
-    -- earlier steps by (run_id, step_order).
+    -- context a step sees is read from its own run's rows (run_step_input: the head by
+    -- the run's key, the earlier steps by (run_id, step_order)), inside a guard that
+    -- turns any failure of that step's build into its own failure.
     return query
     with leased as (
         update public.task_step_executions as s
@@ -55,18 +56,8 @@ begin
             run_after = coalesce(s.run_after, now()),
             queued_at = coalesce(s.queued_at, now()),
             started_at = now(),
-            input_context = stepsync.step_input(
-                (select h.head from stepsync.run_context_heads as h where h.run_id = s.run_id)
-                || jsonb_build_object(
-                    'steps', coalesce(
-                        (
-                            select jsonb_agg(e.entry order by e.step_order)
-                            from stepsync.run_context_entries as e
-                            where e.run_id = s.run_id and e.step_order < s.step_order
-                        ),
-                        '[]'::jsonb
-                    )
-                ),
+            input_context = stepsync.run_step_input(
+                s.run_id,
                 s.step_order,
                 s.include_previous_context,
                 s.context_mode,
