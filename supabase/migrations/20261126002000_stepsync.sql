@@ -822,9 +822,10 @@ comment on trigger task_steps_check_update on public.task_steps is
 -- guard trigger.
 --
 -- The history is complete without repeating itself: an INSERT records the whole new row
--- and a DELETE the whole old one, an UPDATE every changed column (old and new value) and,
--- for readability, the unchanged columns of up to 256 bytes; a large unchanged value
--- (instructions, context_data) is already in the row's earlier history. Columns that copy
+-- and a DELETE the whole old one, an UPDATE of a small row (both versions within 4 KB)
+-- the whole old and new row, and of a larger one every changed column (old and new
+-- value) and, for readability, the unchanged columns of up to 256 bytes; a large
+-- unchanged value (instructions, context_data) is already in the row's earlier history. Columns that copy
 -- data kept elsewhere (task_steps.execution_result, the latest run's result, which
 -- task_step_executions holds) are recorded with their members over 256 bytes replaced by
 -- a digest {"md5", "bytes"}, so a finished run does not copy its outputs into the audit.
@@ -1100,32 +1101,56 @@ begin
             offset 0
         ) as owned
         cross join lateral (
+            -- A small row (both versions within 4 KB of storage) is recorded whole; a
+            -- larger one by what changed, with its small unchanged columns.
             select
-                jsonb_object_agg(
-                    field.key,
-                    case
-                        when field.key = any(digest_columns) and field.changed
-                            then stepsync.audit_digest(field.old_value)
-                        else field.old_value
-                    end
-                ) as old_part,
-                jsonb_object_agg(
-                    field.key,
-                    case
-                        when field.key = any(digest_columns) and field.changed
-                            then stepsync.audit_digest(field.new_value)
-                        else field.new_value
-                    end
-                ) as new_part
-            from (
-                select
-                    n.key,
-                    owned.old_record -> n.key as old_value,
-                    n.value as new_value,
-                    n.value is distinct from owned.old_record -> n.key as changed
-                from jsonb_each(owned.new_record) as n (key, value)
-            ) as field
-            where field.changed or pg_catalog.pg_column_size(field.new_value) <= 256
+                case
+                    when pg_catalog.pg_column_size(owned.old_record)
+                        + pg_catalog.pg_column_size(owned.new_record) <= 4096
+                        then owned.old_record
+                    else (
+                        select jsonb_object_agg(
+                            field.key,
+                            case
+                                when field.key = any(digest_columns) and field.changed
+                                    then stepsync.audit_digest(field.old_value)
+                                else field.old_value
+                            end
+                        )
+                        from (
+                            select
+                                n.key,
+                                owned.old_record -> n.key as old_value,
+                                n.value is distinct from owned.old_record -> n.key as changed,
+                                n.value as new_value
+                            from jsonb_each(owned.new_record) as n (key, value)
+                        ) as field
+                        where field.changed or pg_catalog.pg_column_size(field.new_value) <= 256
+                    )
+                end as old_part,
+                case
+                    when pg_catalog.pg_column_size(owned.old_record)
+                        + pg_catalog.pg_column_size(owned.new_record) <= 4096
+                        then owned.new_record
+                    else (
+                        select jsonb_object_agg(
+                            field.key,
+                            case
+                                when field.key = any(digest_columns) and field.changed
+                                    then stepsync.audit_digest(field.new_value)
+                                else field.new_value
+                            end
+                        )
+                        from (
+                            select
+                                n.key,
+                                n.value is distinct from owned.old_record -> n.key as changed,
+                                n.value as new_value
+                            from jsonb_each(owned.new_record) as n (key, value)
+                        ) as field
+                        where field.changed or pg_catalog.pg_column_size(field.new_value) <= 256
+                    )
+                end as new_part
         ) as kept;
     else
         insert into public.audit_log (
@@ -1183,7 +1208,8 @@ revoke all on function stepsync.audit_statement() from public;
 
 comment on function stepsync.audit_statement() is
 'Statement trigger: writes one audit_log row per changed row with one static INSERT … SELECT '
-'from the transition table (UPDATE: changed columns, and unchanged ones up to 256 bytes). '
+'from the transition table (UPDATE of a row over 4 KB: changed columns, and unchanged ones '
+'up to 256 bytes). '
 'TG_ARGV[0] = column holding the task id (default task_id); TG_ARGV[1] = comma-separated '
 'columns recorded as digests of their large members (stepsync.audit_digest).';
 
@@ -3524,12 +3550,40 @@ grant execute on function stepsync.redact_secret_keys(jsonb, integer, boolean) t
 
 create or replace function stepsync.redact_secrets(p_value jsonb)
 returns jsonb
-language sql
+language plpgsql
 immutable
 parallel safe
 set search_path = ''
 as $$
-    select stepsync.redact_secret_keys(stepsync.redact_secret_values(p_value), 0)
+declare
+    original text;
+    redacted text;
+    value jsonb := p_value;
+begin
+    if p_value is null then
+        return null;
+    end if;
+    -- One conversion to text serves both kinds (redact_secret_values, then the search
+    -- that opens redact_secret_keys).
+    original := p_value::text;
+    redacted := stepsync.redact_secret_text(original);
+    if redacted <> original then
+        value := redacted::jsonb;
+    end if;
+    if jsonb_typeof(value) not in ('object', 'array')
+        or (
+            redacted !~* (
+                'p[a@4][s$5][s$5]|pwd|[s$5][e3]cr[e3][t7]|[t7][o0]k[e3]n|k[e3]y|[a@4]u[t7]h|'
+                || 'cr[e3]d|c[o0][o0]k[i1][e3]|[s$5][e3][s$5][s$5][i1][o0]n|b[e3][a@4]r[e3]r|'
+                || '[s$5][i1]gn|jw[t7]|[o0][t7]p|d[s$5]n|c[o0]nn|'
+                || 'd[a@4][t7][a@4]b[a@4][s$5][e3].?url|db.?url'
+            )
+            and redacted !~ '[^\x01-\x7f]'
+        ) then
+        return value;
+    end if;
+    return stepsync.redact_secret_keys(value, 0, true);
+end
 $$;
 
 comment on function stepsync.redact_secrets(jsonb) is
@@ -4280,6 +4334,19 @@ begin
             );
     end case;
 
+    -- A small run context (its stored size, six times which its JSON text cannot
+    -- exceed, well within the budget) needs nothing cut: the shared values are redacted
+    -- in one go and the input built once, unless selections repeat it past the budget.
+    if (pg_catalog.pg_column_size(p_run_context) + pg_catalog.pg_column_size(context_data)) * 6
+        + 4096 <= p_max_bytes then
+        built := stepsync.assemble_step_context(
+            mode, base, parts, stepsync.redact_secrets(shared)
+        );
+        if length(built::text) <= p_max_bytes then
+            return built;
+        end if;
+    end if;
+
     -- Measure the fixed parts with every shared value null (4 characters each), share
     -- what is left, then build.
     select
@@ -4658,7 +4725,6 @@ declare
     ended uuid[] := '{}';
     ready_now uuid[];
     ended_now uuid[];
-    spacing interval;
     head_user uuid;
     head_fair_at timestamptz;
     unfair uuid[];
@@ -4742,7 +4808,6 @@ begin
     if cardinality(ended) > 0 then
         perform stepsync.finish_runs(ended, 'completed');
     end if;
-    spacing := make_interval(secs => stepsync.setting('user_step_spacing_ms') / 1000.0);
     -- Fairness: a hand-off jumps the queue, so it is made only when the queue would give
     -- the step to this user now anyway: nothing is due, the first due step is the same
     -- user's, or this step's place (after the user's last queued step) comes before it.
@@ -4764,7 +4829,11 @@ begin
                     step.user_id = head_user or greatest(
                         now(),
                         (
-                            select last_queued.fair_at + spacing
+                            select last_queued.fair_at + (
+                                select make_interval(secs => setting.value / 1000.0)
+                                from stepsync.settings as setting
+                                where setting.name = 'user_step_spacing_ms'
+                            )
                             from public.task_step_executions as last_queued
                             where last_queued.user_id = step.user_id
                                 and last_queued.status = 'queued'
@@ -4795,7 +4864,13 @@ begin
         fair_at = greatest(
             now(),
             (
-                select last_queued.fair_at + spacing
+                -- The setting is read once per statement, and only when a user has steps
+                -- queued already.
+                select last_queued.fair_at + (
+                    select make_interval(secs => setting.value / 1000.0)
+                    from stepsync.settings as setting
+                    where setting.name = 'user_step_spacing_ms'
+                )
                 from public.task_step_executions as last_queued
                 where last_queued.user_id = s.user_id and last_queued.status = 'queued'
                 order by last_queued.fair_at desc

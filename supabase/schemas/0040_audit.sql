@@ -10,9 +10,10 @@
 -- guard trigger.
 --
 -- The history is complete without repeating itself: an INSERT records the whole new row
--- and a DELETE the whole old one, an UPDATE every changed column (old and new value) and,
--- for readability, the unchanged columns of up to 256 bytes; a large unchanged value
--- (instructions, context_data) is already in the row's earlier history. Columns that copy
+-- and a DELETE the whole old one, an UPDATE of a small row (both versions within 4 KB)
+-- the whole old and new row, and of a larger one every changed column (old and new
+-- value) and, for readability, the unchanged columns of up to 256 bytes; a large
+-- unchanged value (instructions, context_data) is already in the row's earlier history. Columns that copy
 -- data kept elsewhere (task_steps.execution_result, the latest run's result, which
 -- task_step_executions holds) are recorded with their members over 256 bytes replaced by
 -- a digest {"md5", "bytes"}, so a finished run does not copy its outputs into the audit.
@@ -288,32 +289,56 @@ begin
             offset 0
         ) as owned
         cross join lateral (
+            -- A small row (both versions within 4 KB of storage) is recorded whole; a
+            -- larger one by what changed, with its small unchanged columns.
             select
-                jsonb_object_agg(
-                    field.key,
-                    case
-                        when field.key = any(digest_columns) and field.changed
-                            then stepsync.audit_digest(field.old_value)
-                        else field.old_value
-                    end
-                ) as old_part,
-                jsonb_object_agg(
-                    field.key,
-                    case
-                        when field.key = any(digest_columns) and field.changed
-                            then stepsync.audit_digest(field.new_value)
-                        else field.new_value
-                    end
-                ) as new_part
-            from (
-                select
-                    n.key,
-                    owned.old_record -> n.key as old_value,
-                    n.value as new_value,
-                    n.value is distinct from owned.old_record -> n.key as changed
-                from jsonb_each(owned.new_record) as n (key, value)
-            ) as field
-            where field.changed or pg_catalog.pg_column_size(field.new_value) <= 256
+                case
+                    when pg_catalog.pg_column_size(owned.old_record)
+                        + pg_catalog.pg_column_size(owned.new_record) <= 4096
+                        then owned.old_record
+                    else (
+                        select jsonb_object_agg(
+                            field.key,
+                            case
+                                when field.key = any(digest_columns) and field.changed
+                                    then stepsync.audit_digest(field.old_value)
+                                else field.old_value
+                            end
+                        )
+                        from (
+                            select
+                                n.key,
+                                owned.old_record -> n.key as old_value,
+                                n.value is distinct from owned.old_record -> n.key as changed,
+                                n.value as new_value
+                            from jsonb_each(owned.new_record) as n (key, value)
+                        ) as field
+                        where field.changed or pg_catalog.pg_column_size(field.new_value) <= 256
+                    )
+                end as old_part,
+                case
+                    when pg_catalog.pg_column_size(owned.old_record)
+                        + pg_catalog.pg_column_size(owned.new_record) <= 4096
+                        then owned.new_record
+                    else (
+                        select jsonb_object_agg(
+                            field.key,
+                            case
+                                when field.key = any(digest_columns) and field.changed
+                                    then stepsync.audit_digest(field.new_value)
+                                else field.new_value
+                            end
+                        )
+                        from (
+                            select
+                                n.key,
+                                n.value is distinct from owned.old_record -> n.key as changed,
+                                n.value as new_value
+                            from jsonb_each(owned.new_record) as n (key, value)
+                        ) as field
+                        where field.changed or pg_catalog.pg_column_size(field.new_value) <= 256
+                    )
+                end as new_part
         ) as kept;
     else
         insert into public.audit_log (
@@ -371,7 +396,8 @@ revoke all on function stepsync.audit_statement() from public;
 
 comment on function stepsync.audit_statement() is
 'Statement trigger: writes one audit_log row per changed row with one static INSERT … SELECT '
-'from the transition table (UPDATE: changed columns, and unchanged ones up to 256 bytes). '
+'from the transition table (UPDATE of a row over 4 KB: changed columns, and unchanged ones '
+'up to 256 bytes). '
 'TG_ARGV[0] = column holding the task id (default task_id); TG_ARGV[1] = comma-separated '
 'columns recorded as digests of their large members (stepsync.audit_digest).';
 

@@ -283,12 +283,40 @@ grant execute on function stepsync.redact_secret_keys(jsonb, integer, boolean) t
 
 create or replace function stepsync.redact_secrets(p_value jsonb)
 returns jsonb
-language sql
+language plpgsql
 immutable
 parallel safe
 set search_path = ''
 as $$
-    select stepsync.redact_secret_keys(stepsync.redact_secret_values(p_value), 0)
+declare
+    original text;
+    redacted text;
+    value jsonb := p_value;
+begin
+    if p_value is null then
+        return null;
+    end if;
+    -- One conversion to text serves both kinds (redact_secret_values, then the search
+    -- that opens redact_secret_keys).
+    original := p_value::text;
+    redacted := stepsync.redact_secret_text(original);
+    if redacted <> original then
+        value := redacted::jsonb;
+    end if;
+    if jsonb_typeof(value) not in ('object', 'array')
+        or (
+            redacted !~* (
+                'p[a@4][s$5][s$5]|pwd|[s$5][e3]cr[e3][t7]|[t7][o0]k[e3]n|k[e3]y|[a@4]u[t7]h|'
+                || 'cr[e3]d|c[o0][o0]k[i1][e3]|[s$5][e3][s$5][s$5][i1][o0]n|b[e3][a@4]r[e3]r|'
+                || '[s$5][i1]gn|jw[t7]|[o0][t7]p|d[s$5]n|c[o0]nn|'
+                || 'd[a@4][t7][a@4]b[a@4][s$5][e3].?url|db.?url'
+            )
+            and redacted !~ '[^\x01-\x7f]'
+        ) then
+        return value;
+    end if;
+    return stepsync.redact_secret_keys(value, 0, true);
+end
 $$;
 
 comment on function stepsync.redact_secrets(jsonb) is
@@ -1038,6 +1066,19 @@ begin
                 ))
             );
     end case;
+
+    -- A small run context (its stored size, six times which its JSON text cannot
+    -- exceed, well within the budget) needs nothing cut: the shared values are redacted
+    -- in one go and the input built once, unless selections repeat it past the budget.
+    if (pg_catalog.pg_column_size(p_run_context) + pg_catalog.pg_column_size(context_data)) * 6
+        + 4096 <= p_max_bytes then
+        built := stepsync.assemble_step_context(
+            mode, base, parts, stepsync.redact_secrets(shared)
+        );
+        if length(built::text) <= p_max_bytes then
+            return built;
+        end if;
+    end if;
 
     -- Measure the fixed parts with every shared value null (4 characters each), share
     -- what is left, then build.

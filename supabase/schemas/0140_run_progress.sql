@@ -213,7 +213,6 @@ declare
     ended uuid[] := '{}';
     ready_now uuid[];
     ended_now uuid[];
-    spacing interval;
     head_user uuid;
     head_fair_at timestamptz;
     unfair uuid[];
@@ -297,7 +296,6 @@ begin
     if cardinality(ended) > 0 then
         perform stepsync.finish_runs(ended, 'completed');
     end if;
-    spacing := make_interval(secs => stepsync.setting('user_step_spacing_ms') / 1000.0);
     -- Fairness: a hand-off jumps the queue, so it is made only when the queue would give
     -- the step to this user now anyway: nothing is due, the first due step is the same
     -- user's, or this step's place (after the user's last queued step) comes before it.
@@ -319,7 +317,11 @@ begin
                     step.user_id = head_user or greatest(
                         now(),
                         (
-                            select last_queued.fair_at + spacing
+                            select last_queued.fair_at + (
+                                select make_interval(secs => setting.value / 1000.0)
+                                from stepsync.settings as setting
+                                where setting.name = 'user_step_spacing_ms'
+                            )
                             from public.task_step_executions as last_queued
                             where last_queued.user_id = step.user_id
                                 and last_queued.status = 'queued'
@@ -350,7 +352,13 @@ begin
         fair_at = greatest(
             now(),
             (
-                select last_queued.fair_at + spacing
+                -- The setting is read once per statement, and only when a user has steps
+                -- queued already.
+                select last_queued.fair_at + (
+                    select make_interval(secs => setting.value / 1000.0)
+                    from stepsync.settings as setting
+                    where setting.name = 'user_step_spacing_ms'
+                )
                 from public.task_step_executions as last_queued
                 where last_queued.user_id = s.user_id and last_queued.status = 'queued'
                 order by last_queued.fair_at desc
