@@ -13,10 +13,11 @@
 -- and a DELETE the whole old one, an UPDATE of a small row (both versions within 4 KB)
 -- the whole old and new row, and of a larger one every changed column (old and new
 -- value) and, for readability, the unchanged columns of up to 256 bytes; a large
--- unchanged value (instructions, context_data) is already in the row's earlier history. Columns that copy
--- data kept elsewhere (task_steps.execution_result, the latest run's result, which
--- task_step_executions holds) are recorded with their members over 256 bytes replaced by
--- a digest {"md5", "bytes"}, so a finished run does not copy its outputs into the audit.
+-- unchanged value (instructions, context_data) is already in the row's earlier history.
+-- Columns that copy data kept elsewhere (task_steps.execution_result, the latest run's
+-- result, which task_step_executions holds) are recorded with their members over 256
+-- bytes replaced by a digest {"md5", "bytes"}, so a finished run does not copy its
+-- outputs into the audit.
 --
 -- Any table with a uuid id and a task_id (or run_id) column joins with one call:
 --     select stepsync.attach_audit('public.task_step_executions');
