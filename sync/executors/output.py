@@ -29,7 +29,7 @@ def json_output(value: Any) -> Any:
         raise PermanentStepError(
             f"executor output is not JSON-serialisable ({type(value).__name__}): {exc}"
         ) from None
-    size = len(text.encode())
+    size = len(text.encode(errors="surrogatepass"))  # a lone surrogate is the database's to refuse
     if size > OUTPUT_BYTES:
         raise PermanentStepError(
             f"executor output is {size} bytes of JSON, more than the limit of {OUTPUT_BYTES}"
