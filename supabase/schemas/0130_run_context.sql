@@ -902,7 +902,7 @@ declare
     mode text := case
         when p_include_previous_context then p_context_mode::text else 'none'
     end;
-    task jsonb := stepsync.redact_secrets(p_run_context -> 'task');
+    task jsonb := p_run_context -> 'task';
     run jsonb := p_run_context -> 'run';
     context_data jsonb;
     base jsonb;
@@ -924,10 +924,7 @@ begin
             'name', left(task ->> 'name', stepsync.input_limit('task_name_chars'))
         );
     end if;
-    context_data := case
-        when p_context_data is null or p_context_data = '{}'::jsonb then '{}'::jsonb
-        else stepsync.redact_secrets(p_context_data)
-    end;
+    context_data := coalesce(p_context_data, '{}'::jsonb);
     -- Within its limit the static part takes a quarter of the budget at most; one
     -- written before the limits fails the step instead of crowding out the rest.
     if length(context_data::text) > p_max_bytes / 4 then
@@ -938,7 +935,7 @@ begin
     base := jsonb_build_object(
         'mode', mode,
         'task', task,
-        'run', stepsync.redact_secrets(run - 'trigger_data'),
+        'run', run - 'trigger_data',
         'step', jsonb_build_object('order', p_step_order),
         'context_data', context_data
     );
@@ -952,7 +949,7 @@ begin
         when 'none' then
             shared := jsonb_build_array(run -> 'trigger_data');
         when 'metadata' then
-            parts := stepsync.redact_secrets(coalesce(
+            parts := coalesce(
                 (
                     select jsonb_agg(
                         jsonb_build_object(
@@ -969,23 +966,23 @@ begin
                     from jsonb_array_elements(earlier) with ordinality as e (step, position)
                 ),
                 '[]'::jsonb
-            ));
+            );
             shared := jsonb_build_array(run -> 'trigger_data');
         when 'previous' then
             parts := case
                 when earlier -> -1 is null then 'null'::jsonb
-                else stepsync.redact_secrets(jsonb_build_object(
+                else jsonb_build_object(
                     'order', earlier #> '{-1,order}',
                     'name', earlier #> '{-1,name}',
                     'status', earlier #> '{-1,status}'
-                ))
+                )
             end;
             shared := jsonb_build_array(
                 run -> 'trigger_data', earlier #> '{-1,output}', earlier #> '{-1,error}'
             );
         when 'full' then
             select
-                stepsync.redact_secrets(coalesce(
+                coalesce(
                     jsonb_agg(
                         jsonb_build_object(
                             'order', e.step -> 'order',
@@ -995,7 +992,7 @@ begin
                         order by e.position
                     ),
                     '[]'::jsonb
-                )),
+                ),
                 jsonb_build_array(run -> 'trigger_data')
                 || coalesce(jsonb_agg(e.step -> 'output' order by e.position), '[]'::jsonb)
                 || coalesce(jsonb_agg(e.step -> 'error' order by e.position), '[]'::jsonb)
@@ -1057,28 +1054,32 @@ begin
                 to_jsonb(stepsync.render_template(
                     p_context_template,
                     jsonb_build_object(
-                        'task', task,
+                        'task', stepsync.redact_secrets(task),
                         'run', stepsync.redact_secrets(run),
                         'steps', shown,
                         'previous', shown -> -1,
-                        'context_data', context_data
+                        'context_data', stepsync.redact_secrets(context_data)
                     )
                 ))
             );
     end case;
 
     -- A small run context (its stored size, six times which its JSON text cannot
-    -- exceed, well within the budget) needs nothing cut: the shared values are redacted
-    -- in one go and the input built once, unless selections repeat it past the budget.
+    -- exceed, well within the budget) needs nothing cut: the input is built once and
+    -- redacted in one go (no key of its own structure looks secret, so that is the
+    -- redaction of each part), unless selections repeat it past the budget.
     if (pg_catalog.pg_column_size(p_run_context) + pg_catalog.pg_column_size(context_data)) * 6
         + 4096 <= p_max_bytes then
-        built := stepsync.assemble_step_context(
-            mode, base, parts, stepsync.redact_secrets(shared)
+        built := stepsync.redact_secrets(
+            stepsync.assemble_step_context(mode, base, parts, shared)
         );
         if length(built::text) <= p_max_bytes then
             return built;
         end if;
     end if;
+    -- Otherwise the fixed parts are redacted here, and each shared value as it is cut.
+    base := stepsync.redact_secrets(base);
+    parts := stepsync.redact_secrets(parts);
 
     -- Measure the fixed parts with every shared value null (4 characters each), share
     -- what is left, then build.
@@ -1189,7 +1190,6 @@ create or replace function stepsync.run_step_input(
 returns jsonb
 language plpgsql
 volatile
-set enable_seqscan = off
 set search_path = ''
 as $$
 declare
@@ -1197,7 +1197,8 @@ declare
 begin
     -- The run's context is read here, inside the guard: with large outputs, reading it
     -- is part of what may take long. The head by the run's key, the earlier steps by
-    -- (run_id, step_order), through the views of the run context.
+    -- (run_id, step_order), through the views of the run context (planned under
+    -- lease_steps' enable_seqscan = off, its only caller).
     select h.head || jsonb_build_object(
         'steps', coalesce(
             (
