@@ -5281,6 +5281,8 @@ set enable_seqscan = off
 set search_path = ''
 as $$
 declare
+    leased_steps stepsync.leased_step[];
+    broken_ids uuid[];
     broken record;
 begin
     if coalesce(btrim(p_worker), '') = '' then
@@ -5296,7 +5298,6 @@ begin
     -- context a step sees is read from its own run's rows (run_step_input: the head by
     -- the run's key, the earlier steps by (run_id, step_order)), inside a guard that
     -- turns any failure of that step's build into its own failure.
-    return query
     with leased as (
         update public.task_step_executions as s
         set
@@ -5323,44 +5324,50 @@ begin
     )
 
     select
-        l.id,
-        l.run_id,
-        l.lease_token,
-        l.task_id,
-        l.user_id,
-        l.agent_id,
-        l.step_order,
-        l.step_name,
-        l.instructions,
-        l.input_context,
-        l.attempt,
-        l.timeout_seconds,
-        l.idempotency_key,
-        run.conversation_id,
-        run.trigger_data
+        array_agg(
+            row(
+                l.id,
+                l.run_id,
+                l.lease_token,
+                l.task_id,
+                l.user_id,
+                l.agent_id,
+                l.step_order,
+                l.step_name,
+                l.instructions,
+                l.input_context,
+                l.attempt,
+                l.timeout_seconds,
+                l.idempotency_key,
+                run.conversation_id,
+                run.trigger_data
+            )::stepsync.leased_step
+            order by l.fair_at, l.id
+        ) filter (where not l.input_context ? 'context_error'),
+        array_agg(l.id) filter (where l.input_context ? 'context_error')
+    into leased_steps, broken_ids
     from leased as l
     cross join lateral (
         select r.conversation_id, r.trigger_data
         from public.agent_task_executions as r
         where r.id = l.run_id
         limit 1
-    ) as run
-    where not l.input_context ? 'context_error'
-    order by l.fair_at, l.id;
+    ) as run;
+
+    return query select * from unnest(leased_steps);
 
     -- The steps whose context could not be built fail, alone and for good (building it
     -- again would fail again). Failing one moves its run on, which locks the run: the
     -- hand-off holds it already, a claim (which holds only the step) takes it only if it
     -- is free, and otherwise hands the step back to be taken again shortly, so that it
     -- never waits on a lock in the wrong order (run, then step).
+    if broken_ids is null then
+        return;
+    end if;
     for broken in
         select s.id, s.lease_token, s.run_id, s.input_context ->> 'context_error' as reason
         from public.task_step_executions as s
-        where
-            s.id = any(p_step_execution_ids)
-            and s.status = 'running'
-            and s.lease_owner = p_worker
-            and s.input_context ? 'context_error'
+        where s.id = any(broken_ids)
     loop
         perform from public.agent_task_executions as r
         where r.id = broken.run_id
