@@ -36,6 +36,7 @@ CATEGORIES: dict[str, tuple[str, bool]] = {
     "marker_with_steps": ("multi-step marker, steps present", False),
     "marker_without_steps": ("multi-step marker, steps missing (not restorable)", True),
     "blank_instructions": ("empty or whitespace instructions (no step)", True),
+    "oversized_instructions": ("instructions over a step's size limit (no step)", True),
     "long_instructions": ("  of which very long instructions (>10,000 chars)", False),
     "unnamed": ("  of which blank task name (name derived)", False),
     "status_paused": ("  of which paused tasks (step pending)", False),

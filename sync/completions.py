@@ -83,20 +83,19 @@ class CompletionBatcher:
             )
         except (psycopg.OperationalError, OSError) as exc:
             _settle(batch, error=exc)
-        except psycopg.Error as exc:
+        except Exception as exc:
             if len(batch) == 1:
                 _settle(batch, error=exc)
                 return
-            # One output the database refuses (valid JSON that jsonb does not take) must
-            # not fail the others: write them one by one, so only that step gets the error.
+            # One result that cannot be written (valid JSON that jsonb does not take, a
+            # value that cannot be sent) must not fail the others: write them one by one,
+            # so only that step gets the error.
             log.warning(
                 "batch of results refused; writing them one by one",
                 extra={"error": str(exc).strip(), "steps": len(batch)},
             )
             for result in batch:
                 await self._write([result])
-        except Exception as exc:  # a bug, not the database: each step reports it
-            _settle(batch, error=exc)
         except BaseException:
             for result in batch:
                 result.done.cancel()

@@ -14,6 +14,11 @@ through a :class:`Connector`, so these rules hold everywhere:
 - The one session-level role switch is the service's pool on a direct connection: it sets
   the role once per connection (the steps' hot path then needs no extra statement per
   query). It is never made behind a pooler.
+- Every statement acting as the role runs under ``statement_timeout``
+  (``STEPSYNC_DB_STATEMENT_TIMEOUT_SECONDS``), set where the role is set and in the same
+  round trip: per transaction (``set local``), or once per connection for the service's
+  pool on a direct connection. A statement that hangs, or that a user's data makes slow,
+  ends with an error instead of holding a connection and the locks it took.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class Connector:
     role: str | None = "service_role"
     transaction_pooler: bool = False
     application_name: str = "stepsync"
+    # Applies to what runs as the role; None: the server's own setting.
+    statement_timeout_seconds: float | None = None
 
     @classmethod
     def from_settings(
@@ -67,6 +74,7 @@ class Connector:
             role=settings.db_role,
             transaction_pooler=settings.db_transaction_pooler and bool(settings.database_url),
             application_name=application_name,
+            statement_timeout_seconds=settings.db_statement_timeout_seconds,
         )
 
     def named(self, application_name: str) -> Connector:
@@ -74,8 +82,9 @@ class Connector:
         return replace(self, application_name=application_name)
 
     def as_login_role(self) -> Connector:
-        """The same connector acting as the login role (migrations, doctor's checks)."""
-        return replace(self, role=None)
+        """The same connector acting as the login role (migrations, doctor's checks), with
+        the server's own statement timeout (a migration may take long)."""
+        return replace(self, role=None, statement_timeout_seconds=None)
 
     @property
     def listen_allowed(self) -> bool:
@@ -94,10 +103,18 @@ class Connector:
         return options
 
     def set_role(self, *, local: bool = True) -> sql.Composed:
+        """``set [local] role``, and the statement timeout with it: two statements in one
+        round trip (no parameters, so psycopg sends them as one simple query)."""
         if self.role is None:
             raise ValueError("this connector acts as the login role; there is no role to set")
-        statement = "set local role {}" if local else "set role {}"
-        return sql.SQL(statement).format(sql.Identifier(self.role))
+        scope = sql.SQL("local ") if local else sql.SQL("")
+        statement = sql.SQL("set {}role {}").format(scope, sql.Identifier(self.role))
+        if self.statement_timeout_seconds is not None:
+            milliseconds = max(1, round(self.statement_timeout_seconds * 1000))
+            statement = sql.SQL("{}; set {}statement_timeout = {}").format(
+                statement, scope, sql.Literal(f"{milliseconds}ms")
+            )
+        return statement
 
     # --- blocking connections (commands) ---------------------------------------------------
 

@@ -35,7 +35,7 @@ select held from stepsync.heartbeat_steps(
 ) as held
 """
 COMPLETE_STEPS = """
-select done.step_execution_id as done_id, done.completed, (done.next_step).*
+select done.step_execution_id as done_id, done.completed, done.refused, (done.next_step).*
   from stepsync.complete_steps(
       %(ids)s::uuid[], %(tokens)s::bigint[], %(outputs)s::jsonb[], %(worker)s, %(lease_seconds)s
   ) as done
@@ -145,10 +145,13 @@ FailOutcome = Literal["retrying", "failed", "stale"]
 @dataclass(frozen=True)
 class Completion:
     """What completing one step did. ``completed`` False: the lease was no longer ours and
-    nothing changed. ``next_step``: the run's next step, leased to this worker (hand-off)."""
+    nothing changed, unless ``refused`` says why the database refused the output (over the
+    size or nesting limit): the step failed instead. ``next_step``: the run's next step,
+    leased to this worker (hand-off)."""
 
     completed: bool
     next_step: LeasedStep | None = None
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,13 +243,18 @@ class Database:
         transaction_pooler: bool = False,
         application_name: str = "stepsync-service",
         session_role: bool = True,
+        statement_timeout_seconds: float | None = None,
     ) -> None:
         self.url = url
         self.role = role
         # Behind a transaction-mode pooler every query runs in its own transaction that
         # sets the role locally, and nothing is prepared (see sync.connections).
         self.connector = Connector(
-            url, role=role, transaction_pooler=transaction_pooler, application_name=application_name
+            url,
+            role=role,
+            transaction_pooler=transaction_pooler,
+            application_name=application_name,
+            statement_timeout_seconds=statement_timeout_seconds,
         )
         # No check on checkout: it would cost a round trip per query (two per step).
         # A connection that broke while idle fails its first query instead; the
@@ -270,6 +278,7 @@ class Database:
             transaction_pooler=connector.transaction_pooler,
             application_name=connector.application_name,
             session_role=False,
+            statement_timeout_seconds=connector.statement_timeout_seconds,
         )
 
     async def open(self, timeout: float = 10.0) -> None:
@@ -374,7 +383,9 @@ class Database:
         )
         return {
             row["done_id"]: Completion(
-                row["completed"], leased_step(row) if row["step_execution_id"] else None
+                row["completed"],
+                leased_step(row) if row["step_execution_id"] else None,
+                row["refused"],
             )
             for row in rows
         }

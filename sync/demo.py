@@ -100,7 +100,11 @@ async def run_workflows(url: str, console: Console) -> dict[uuid.UUID, str]:
     service = build_service(settings, url)
     serving = asyncio.create_task(service.run())
     db = Database(
-        url, role=settings.db_role, size=2, transaction_pooler=settings.db_transaction_pooler
+        url,
+        role=settings.db_role,
+        size=2,
+        transaction_pooler=settings.db_transaction_pooler,
+        statement_timeout_seconds=settings.db_statement_timeout_seconds,
     )
     await db.open()
     try:

@@ -117,21 +117,33 @@ def push(
     *,
     up_to: str | None = None,
     on_apply: Callable[[Migration], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> list[Migration]:
     """Apply pending migrations in version order (through version ``up_to`` if given);
-    return the ones applied."""
+    return the ones applied. ``on_warning`` hears what a migration reports with ``raise
+    warning`` (data it found and left for an operator, such as tasks whose agent is not
+    their owner's), message, detail and hint on one line each."""
     pending = [
         m for m in status(database, directory).pending if up_to is None or m.version <= up_to
     ]
     if not pending:
         return []
     with connect(database) as conn:
+        if on_warning is not None:
+            conn.add_notice_handler(lambda notice: _report_warning(notice, on_warning))
         conn.execute(HISTORY_TABLE_DDL)
         for migration in pending:
             if on_apply:
                 on_apply(migration)
             apply_one(conn, migration)
     return pending
+
+
+def _report_warning(notice: psycopg.errors.Diagnostic, on_warning: Callable[[str], None]) -> None:
+    if notice.severity_nonlocalized != "WARNING":
+        return
+    parts = [notice.message_primary, notice.message_detail, notice.message_hint]
+    on_warning("\n".join(part for part in parts if part))
 
 
 def apply_one(conn: psycopg.Connection, migration: Migration) -> None:

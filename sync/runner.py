@@ -168,6 +168,16 @@ class StepRunner:
                 extra={**self.log_fields, "error": retrying.one_line(exc)},
             )
             return
+        except Exception as exc:
+            if isinstance(outcome, Completed):
+                # An output that cannot even be sent: the same output would fail again.
+                unsent = PermanentStepError(
+                    f"output could not be recorded: {type(exc).__name__}: {exc}"
+                )
+                await self.report(Failed(unsent))
+                return
+            log.exception("could not record the result", extra=self.log_fields)
+            return
         await self._account(outcome, written)
 
     async def _write(self, outcome: Outcome) -> Any:
@@ -190,7 +200,14 @@ class StepRunner:
         match outcome:
             case Completed():
                 completion: Completion = written
-                if completion.completed:
+                if completion.refused is not None:
+                    metrics.steps_failed.inc()
+                    metrics.step_duration.labels("failed").observe(duration)
+                    log.error(
+                        "step failed: output refused",
+                        extra={**fields, "error": f"output refused: it {completion.refused}"},
+                    )
+                elif completion.completed:
                     metrics.steps_completed.inc()
                     metrics.step_duration.labels("completed").observe(duration)
                     log.info("step completed", extra=fields)

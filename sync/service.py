@@ -403,6 +403,7 @@ def build_service(
         role=settings.db_role,
         size=settings.pool_size,
         transaction_pooler=settings.db_transaction_pooler,
+        statement_timeout_seconds=settings.db_statement_timeout_seconds,
     )
     sources: list[WakeupSource] = []
     if "postgres" in settings.listen:

@@ -73,6 +73,15 @@ class ConnectionSettings(BaseSettings):
         "refuses), and listen defaults to poll only.",
     )
 
+    db_statement_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest any statement of the service and the commands may run "
+        "(`statement_timeout`, set with the role: per transaction, or per connection for "
+        "the service's pool on a direct connection). Migrations keep the server's own.",
+    )
+
     @field_validator("db_role")
     @classmethod
     def _plain_role_name(cls, value: str) -> str:

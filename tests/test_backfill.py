@@ -62,6 +62,10 @@ def every_category(conn: psycopg.Connection, owner) -> dict[str, uuid.UUID]:
         "cancelled": legacy_task(conn, user_id, agent_id, status="cancelled"),
         "empty": legacy_task(conn, user_id, agent_id, instructions=""),
         "whitespace": legacy_task(conn, user_id, agent_id, instructions=" \n\t "),
+        # Unicode whitespace is blank too (a no-break and a zero-width space).
+        "unicode_blank": legacy_task(conn, user_id, agent_id, instructions="\u00a0\u200b "),
+        # More than a step may hold: no step, reported (a step would break its limit).
+        "oversized": legacy_task(conn, user_id, agent_id, instructions="y" * 100_001),
         "marker_missing": legacy_task(
             conn, user_id, agent_id, instructions="Multi-step task with 3 steps"
         ),
@@ -81,7 +85,8 @@ EXPECTED_COUNTS = {
     "already_has_steps": 1,
     "marker_with_steps": 1,
     "marker_without_steps": 1,
-    "blank_instructions": 2,
+    "blank_instructions": 3,
+    "oversized_instructions": 1,
     "long_instructions": 1,
     "unnamed": 1,
     "status_paused": 1,
@@ -98,7 +103,7 @@ def test_every_category_is_handled_and_reported(
     result = backfill_once(bf)
 
     assert result.status == "completed"
-    assert result.tasks_scanned == 12
+    assert result.tasks_scanned == 14
     assert result.counts == EXPECTED_COUNTS
     assert result.needs_attention
 
@@ -114,7 +119,7 @@ def test_every_category_is_handled_and_reported(
         ("cancelled", "cancelled"),
     ]:
         assert live_steps(conn, tasks[status])[0][3] == step_status
-    for untouched in ("empty", "whitespace", "marker_missing"):
+    for untouched in ("empty", "whitespace", "unicode_blank", "oversized", "marker_missing"):
         assert live_steps(conn, tasks[untouched]) == []
     assert [s[2] for s in live_steps(conn, tasks["marker_present"])] == ["Do part 1", "Do part 2"]
     assert live_steps(conn, tasks["has_steps"]) == [
@@ -125,6 +130,8 @@ def test_every_category_is_handled_and_reported(
     assert listed == {
         tasks["empty"]: "blank_instructions",
         tasks["whitespace"]: "blank_instructions",
+        tasks["unicode_blank"]: "blank_instructions",
+        tasks["oversized"]: "oversized_instructions",
         tasks["marker_missing"]: "marker_without_steps",
     }
 
@@ -140,12 +147,14 @@ def test_dry_run_reports_the_same_categories_and_writes_nothing(
 
     plan = backfill.plan(bf, SMALL, samples=3)
 
-    assert plan.tasks_scanned == 12
+    assert plan.tasks_scanned == 14
     assert {k: plan.counts.get(k, 0) for k in EXPECTED_COUNTS} == EXPECTED_COUNTS
     assert set(plan.samples["blank_instructions"]) == {
         every_category["empty"],
         every_category["whitespace"],
+        every_category["unicode_blank"],
     }
+    assert plan.samples["oversized_instructions"] == [every_category["oversized"]]
     assert plan.samples["marker_without_steps"] == [every_category["marker_missing"]]
     assert len(plan.samples["steps_created"]) == 3
     assert plan.needs_attention

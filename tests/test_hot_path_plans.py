@@ -237,11 +237,12 @@ def test_hot_statements_read_in_proportion_to_the_batch(
         [expired["step_execution_id"]],
     )
     problems["reap"] = explained.problems(engine.reap)
-    # A run taken to its end: its first step made the oldest due one, each next handed off.
+    # A run taken to its end: its first step made the first in the claim order (due and
+    # first in line), each next handed off.
     run_id = engine.start()
     conn.execute(
-        "update public.task_step_executions set run_after = now() - interval '1 day'"
-        " where run_id = %s and status = 'queued'",
+        "update public.task_step_executions set run_after = now() - interval '1 day',"
+        " fair_at = now() - interval '1 day' where run_id = %s and status = 'queued'",
         [run_id],
     )
     steps = engine.claim(1)

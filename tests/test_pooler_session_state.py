@@ -73,6 +73,15 @@ def roles_set_locally(logged: list[tuple[str, str]]) -> int:
     return sum(1 for _, text in logged if text.lower().startswith('set local role "service_role"'))
 
 
+def timeouts_with_local_roles(logged: list[tuple[str, str]]) -> set[str]:
+    """The statement timeout each ``set local role`` came with (in the same round trip)."""
+    return {
+        text.lower().partition(";")[2].strip()
+        for _, text in logged
+        if text.lower().startswith('set local role "service_role"')
+    }
+
+
 def test_every_command_sets_its_role_per_transaction_behind_a_pooler(
     conn: psycopg.Connection, db_url: str, statements, tmp_path
 ) -> None:
@@ -104,6 +113,8 @@ def test_every_command_sets_its_role_per_transaction_behind_a_pooler(
     logged = statements()
     assert session_state(logged) == []
     assert roles_set_locally(logged) > 20  # the service's queries and every command's
+    # Each transaction runs under the statement timeout, set with its role.
+    assert timeouts_with_local_roles(logged) == {"set local statement_timeout = '30000ms'"}
 
 
 def test_the_backfill_refuses_the_pooler_naming_what_to_use_instead(
@@ -157,8 +168,12 @@ def test_the_service_pool_sets_its_role_once_per_connection_when_direct(
             what="the run to complete",
         )
 
-    session_roles = [t for _, t in statements() if t.lower() == 'set role "service_role"']
+    session_roles = [t for _, t in statements() if t.lower().startswith('set role "service_role"')]
     assert 1 <= len(session_roles) <= Settings().pool_size
+    # The connection runs under the statement timeout, set with its role.
+    assert {t.lower() for t in session_roles} == {
+        "set role \"service_role\"; set statement_timeout = '30000ms'"
+    }
 
 
 def test_listen_defaults_to_poll_only_behind_a_transaction_pooler(monkeypatch) -> None:

@@ -70,7 +70,7 @@ def test_service_only_functions_are_not_callable_by_api_roles(conn: psycopg.Conn
         "select p.oid::regprocedure::text from pg_proc as p"
         " where p.oid = any(array['stepsync.purge_deleted_task_steps(interval, uuid)',"
         " 'stepsync.add_to_realtime_publication(regclass)',"
-        " 'stepsync.attach_audit(regclass, text)']::regprocedure[])"
+        " 'stepsync.attach_audit(regclass, text, text[])']::regprocedure[])"
         " and (has_function_privilege('anon', p.oid, 'execute')"
         " or has_function_privilege('authenticated', p.oid, 'execute'))"
     ).fetchall()

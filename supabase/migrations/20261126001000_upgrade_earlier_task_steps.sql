@@ -56,13 +56,24 @@ begin
             s.id,
             s.task_id,
             row_number() over (order by s.task_id, s.step_order) as position,
+            -- The rules of 0020_task_steps.sql and 0015_limits.sql (blank: nothing but
+            -- Unicode whitespace, as stepsync.is_blank, which does not exist yet here).
             case
                 when s.step_order is null or s.step_order not between 1 and 50
                     then format('step_order %s is outside 1..50', s.step_order)
-                when coalesce(char_length(btrim(s.step_name)), 0) not between 1 and 200
-                    then 'step_name must have 1 to 200 characters'
-                when coalesce(btrim(s.instructions), '') = ''
+                when coalesce(char_length(s.step_name), 0) not between 1 and 200
+                    or s.step_name !~ (
+                        '[^[:space:]\u0085\u00a0\u1680\u180e\u2000-\u200f\u2028\u2029'
+                        || '\u202f\u205f\u2060-\u2064\u3000\ufeff]'
+                    )
+                    then 'step_name must have 1 to 200 characters and not be blank'
+                when coalesce(s.instructions, '') !~ (
+                    '[^[:space:]\u0085\u00a0\u1680\u180e\u2000-\u200f\u2028\u2029'
+                    || '\u202f\u205f\u2060-\u2064\u3000\ufeff]'
+                )
                     then 'instructions are blank'
+                when octet_length(s.instructions) > 100000
+                    then 'instructions are longer than 100000 bytes'
             end as problem
         from public.task_steps as s
     ) as checked

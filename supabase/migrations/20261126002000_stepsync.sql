@@ -46,6 +46,474 @@ comment on type public.step_context_mode is
 comment on type public.step_failure_action is
 'When a step fails for good: stop the run (remaining steps skipped) or continue with the next.';
 
+-- Limits: what one user may put into the database and ask it to compute.
+--
+-- Every value a user writes or hands to a run has a size, a nesting depth or a count it
+-- cannot exceed, checked where it enters (the step rules of 0030_task_steps_rules.sql and
+-- save_task_steps, start_task_run for trigger data, complete_steps for step outputs); a
+-- refused value gets an error naming the limit and nothing is written. The limits live
+-- in one place, stepsync.input_limits(), so the checks, the error messages and the docs
+-- (docs/schema.md, "Limits") agree. The quotas on runs are settings an operator may
+-- change (stepsync.settings).
+--
+-- jsonpath expressions users write (skip_if, context_paths, template placeholders) are
+-- restricted to a checked subset whose evaluation is linear in the size of the context:
+-- no like_regex (backtracking), no .** (whole-tree walks), no ranges or lists in
+-- subscripts (they repeat the same node), no variables, no arithmetic, a comparison has a
+-- literal on one side (two sequences compare pairwise), and inside a filter paths start
+-- at @ (a $ path there is walked again for every candidate). Each step of a path then
+-- maps a set of distinct nodes to distinct nodes, so a path costs at most its length
+-- times the size of the document. No .* either: a value is reached through the keys a
+-- path names, so a path naming no secret-looking key selects no secret's value by it
+-- (paths run before redaction, see build_step_context).
+
+create or replace function stepsync.input_limits()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+    select jsonb_build_object(
+        -- a step's definition
+        'step_name_chars', 200,
+        'instructions_bytes', 100000,
+        'context_data_bytes', 16384,
+        'context_template_bytes', 20000,
+        'template_placeholders', 100,
+        'context_paths', 10,
+        'jsonpath_chars', 500,
+        'skip_if_chars', 1000,
+        'jsonpath_filters', 4,
+        'jsonpath_nesting', 8,
+        -- what a run is given and what its steps return
+        'json_levels', 32,
+        'trigger_data_bytes', 65536,
+        'output_bytes', 65536,
+        'error_chars', 10000,
+        -- what a step receives
+        'context_chars', 65536,
+        'task_name_chars', 200,
+        -- one call
+        'step_ids', 50
+    )
+$$;
+
+comment on function stepsync.input_limits() is
+'Every input limit, by name: sizes (bytes of UTF-8 text, of JSON text for JSON values), '
+'nesting levels and counts. The one definition the checks, messages and docs use.';
+
+revoke all on function stepsync.input_limits() from public;
+grant execute on function stepsync.input_limits() to authenticated, service_role;
+
+create or replace function stepsync.input_limit(p_name text)
+returns integer
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    found_limit integer := (stepsync.input_limits() ->> p_name)::integer;
+begin
+    -- A misspelt name must not read as "no limit".
+    if found_limit is null then
+        raise exception 'no input limit named %', coalesce(quote_literal(p_name), 'null')
+            using errcode = '22023';
+    end if;
+    return found_limit;
+end
+$$;
+
+comment on function stepsync.input_limit(text) is
+'One limit of stepsync.input_limits(); an unknown name is an error, never "unlimited".';
+
+revoke all on function stepsync.input_limit(text) from public;
+grant execute on function stepsync.input_limit(text) to authenticated, service_role;
+
+create or replace function stepsync.is_blank(p_text text)
+returns boolean
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+    -- Unicode whitespace and the invisible format characters (no-break, zero-width and
+    -- ideographic spaces, the byte order mark): a text of only these says nothing.
+    select p_text !~ (
+        '[^[:space:]\u0085\u00a0\u1680\u180e\u2000-\u200f\u2028\u2029\u202f\u205f'
+        || '\u2060-\u2064\u3000\ufeff]'
+    )
+$$;
+
+comment on function stepsync.is_blank(text) is
+'Whether a text holds nothing but whitespace (Unicode spaces, zero-width and format '
+'characters included): the not-blank rule of names, instructions and templates.';
+
+revoke all on function stepsync.is_blank(text) from public;
+grant execute on function stepsync.is_blank(text) to authenticated, service_role;
+
+create or replace function stepsync.excerpt(p_text text, p_chars integer default 80)
+returns text
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+    select case
+        when char_length(p_text) <= p_chars then p_text
+        else left(p_text, p_chars) || format('… (%s characters)', char_length(p_text))
+    end
+$$;
+
+comment on function stepsync.excerpt(text, integer) is
+'The start of a text for an error message, with its length when cut: errors quote what '
+'they refuse without growing with it.';
+
+revoke all on function stepsync.excerpt(text, integer) from public;
+grant execute on function stepsync.excerpt(text, integer) to authenticated, service_role;
+
+create or replace function stepsync.json_problem(
+    p_value jsonb, p_max_bytes integer, p_max_levels integer default null
+)
+returns text
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    levels integer := coalesce(p_max_levels, stepsync.input_limit('json_levels'));
+    bytes bigint;
+begin
+    if p_value is null then
+        return null;
+    end if;
+    -- JSON text can be at most six times the stored form (\u0001 escapes), so a small
+    -- value needs no conversion to text.
+    if pg_catalog.pg_column_size(p_value) * 6 > p_max_bytes then
+        bytes := octet_length(p_value::text);
+        if bytes > p_max_bytes then
+            return format('is %s bytes of JSON, more than the limit of %s', bytes, p_max_bytes);
+        end if;
+    end if;
+    -- Nesting: a value at level N + 1 (the top is level 0) exists. jsonpath walks the
+    -- levels itself, stopping at that level, so a value nested thousands deep costs no
+    -- deeper recursion than the limit; a value smaller than N + 1 containers is never
+    -- that deep.
+    if pg_catalog.pg_column_size(p_value) > 4 * levels
+        and jsonb_path_exists(p_value, format('strict $.**{%s}', levels + 1)::jsonpath) then
+        return format('nests deeper than %s levels', levels);
+    end if;
+    return null;
+end
+$$;
+
+comment on function stepsync.json_problem(jsonb, integer, integer) is
+'Why a JSON value breaks the limits (more than p_max_bytes of JSON text, or nested deeper '
+'than p_max_levels, default json_levels), or null. Linear, without recursion.';
+
+revoke all on function stepsync.json_problem(jsonb, integer, integer) from public;
+grant execute on function stepsync.json_problem(jsonb, integer, integer)
+to authenticated, service_role;
+
+create or replace function stepsync.jsonpath_problem(p_path jsonpath, p_max_chars integer)
+returns text
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    -- PostgreSQL prints a jsonpath in one canonical form (keys quoted, operators spaced),
+    -- so the checks read that text token by token.
+    canonical text := p_path::text;
+    tokens text[];
+    kinds text[];
+    token text;
+    kind text;
+    i integer;
+    open_kinds text[] := '{}';
+    filters integer := 0;
+    nesting integer := 0;
+begin
+    if p_path is null then
+        return null;
+    end if;
+    if char_length(canonical) > p_max_chars then
+        return format('is %s characters long, more than the limit of %s',
+            char_length(canonical), p_max_chars);
+    end if;
+    select array_agg(m.found[1] order by m.n)
+    into tokens
+    from regexp_matches(
+        canonical,
+        '(\$"(?:[^"\\]|\\.)*"|\.\*\*(?:\{[^}]*\})?|\."(?:[^"\\]|\\.)*"|"(?:[^"\\]|\\.)*"'
+        || '|\.\*|\[\*\]|\[[^]]*\]|\.[a-z_]+\((?:\))?|\?\(|[$@]|==|!=|<>|<=|>=|<|>|&&'
+        || '|\|\||!|[()]|-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|[A-Za-z_]+|\S)',
+        'g'
+    ) with ordinality as m (found, n);
+
+    kinds := array_fill(''::text, array[coalesce(cardinality(tokens), 0)]);
+    for i in 1 .. coalesce(cardinality(tokens), 0) loop
+        token := tokens[i];
+        kind := case
+            when token ~ '^\$"' then 'variables ($name) are not allowed'
+            when token ~ '^\.\*\*' then '.** (every level) is not allowed'
+            when token ~ '^\."' or token = '[*]' then 'step'
+            when token = '.*' then '.* (every member) is not allowed: name the keys'
+            when token ~ '^"' then 'literal'
+            when token ~ '^\[' then case
+                when token ~ '^\[\s*([0-9]+|last(\s*-\s*[0-9]+)?)\s*\]$' then 'step'
+                else format('subscript %s: only one index, last or last - n is allowed',
+                    token)
+            end
+            when token ~ '^\.[a-z_]+\(\)$' then case
+                when token in (
+                    '.size()', '.type()', '.double()', '.abs()', '.floor()', '.ceiling()',
+                    '.string()', '.boolean()', '.integer()', '.number()', '.bigint()'
+                ) then 'step'
+                else format('method %s is not allowed', token)
+            end
+            when token ~ '^\.[a-z_]+\($' then format('method %s…) is not allowed', token)
+            when token = '?(' then 'filter'
+            when token in ('$', '@') then 'root'
+            when token in ('==', '!=', '<>', '<', '<=', '>', '>=') then 'comparison'
+            when token in ('&&', '||', '!', '(', ')') then token
+            when token ~ '^-?[0-9]' then 'literal'
+            when token in ('true', 'false', 'null') then 'literal'
+            when token in ('exists', 'starts', 'with', 'is', 'unknown') then 'word'
+            when token in ('strict', 'lax') and i = 1 then 'word'
+            when token in ('like_regex', 'flag') then 'like_regex is not allowed'
+            else format('%s is not allowed', token)
+        end;
+        if kind not in (
+            'step', 'literal', 'filter', 'root', 'comparison', 'word',
+            '&&', '||', '!', '(', ')'
+        ) then
+            return kind;
+        end if;
+        kinds[i] := kind;
+        if kind in ('filter', '(') then
+            open_kinds := open_kinds || kind;
+            nesting := greatest(nesting, cardinality(open_kinds));
+            filters := filters + (kind = 'filter')::integer;
+        elsif kind = ')' then
+            open_kinds := open_kinds[1:cardinality(open_kinds) - 1];
+        elsif token = '$' and 'filter' = any(open_kinds) then
+            return 'inside a filter a path starts at @, not $';
+        end if;
+    end loop;
+
+    if filters > stepsync.input_limit('jsonpath_filters') then
+        return format('has %s filters, more than the limit of %s',
+            filters, stepsync.input_limit('jsonpath_filters'));
+    end if;
+    if nesting > stepsync.input_limit('jsonpath_nesting') then
+        return format('nests parentheses %s deep, more than the limit of %s',
+            nesting, stepsync.input_limit('jsonpath_nesting'));
+    end if;
+    -- A comparison walks every pair of its sides: one side must be a single literal.
+    for i in 1 .. coalesce(cardinality(tokens), 0) loop
+        if kinds[i] = 'comparison'
+            and kinds[i - 1] is distinct from 'literal'
+            and kinds[i + 1] is distinct from 'literal' then
+            return format('comparison %s: one side must be a literal (a string, number, '
+                'true, false or null)', tokens[i]);
+        end if;
+    end loop;
+    return null;
+end
+$$;
+
+comment on function stepsync.jsonpath_problem(jsonpath, integer) is
+'Why a user''s jsonpath falls outside the checked subset (see 0015_limits.sql: no '
+'like_regex, .**, ranges or lists in subscripts, variables, arithmetic or other methods '
+'than size, type and the number and string conversions; a literal on one side of every '
+'comparison; @ paths inside filters; at most p_max_chars characters, jsonpath_filters '
+'filters, jsonpath_nesting parentheses), or null when it is inside it.';
+
+revoke all on function stepsync.jsonpath_problem(jsonpath, integer) from public;
+grant execute on function stepsync.jsonpath_problem(jsonpath, integer)
+to authenticated, service_role;
+
+create or replace function stepsync.template_placeholders(p_template text)
+returns table (placeholder integer, expression text, literal_before text)
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+    -- {{ expr }} with the shortest match, found in one pass: the n-th placeholder and the
+    -- literal text before it (the text after the last one is the row with no expression).
+    with pieces as (
+        select p.piece, p.ordinality
+        from regexp_split_to_table(p_template, '\{\{.*?\}\}') with ordinality as p (piece)
+    ),
+
+    found as (
+        select btrim(m.match[1]) as expression, m.ordinality
+        from regexp_matches(p_template, '\{\{(.*?)\}\}', 'g') with ordinality as m (match)
+    )
+
+    select pieces.ordinality::integer, found.expression, pieces.piece
+    from pieces
+    left join found on pieces.ordinality = found.ordinality
+    order by pieces.ordinality
+$$;
+
+comment on function stepsync.template_placeholders(text) is
+'A template cut at its {{…}} placeholders, in one linear pass: each placeholder''s '
+'expression (trimmed) with the literal text before it; the last row has the text after '
+'the last placeholder and a null expression.';
+
+revoke all on function stepsync.template_placeholders(text) from public;
+grant execute on function stepsync.template_placeholders(text) to authenticated, service_role;
+
+create or replace function stepsync.placeholder_path(p_expression text)
+returns jsonpath
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+begin
+    return (
+        case when left(p_expression, 1) = '$' then p_expression else '$.' || p_expression end
+    )::jsonpath;
+exception when others then
+    return null;
+end
+$$;
+
+comment on function stepsync.placeholder_path(text) is
+'The jsonpath of a template placeholder (its expression, "$." added unless it starts '
+'with $), or null when it does not parse.';
+
+revoke all on function stepsync.placeholder_path(text) from public;
+grant execute on function stepsync.placeholder_path(text) to authenticated, service_role;
+
+create or replace function stepsync.template_problem(p_template text)
+returns text
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    placeholder record;
+    problem text;
+    count_found integer := 0;
+begin
+    if p_template is null then
+        return null;
+    end if;
+    if octet_length(p_template) > stepsync.input_limit('context_template_bytes') then
+        return format('is %s bytes, more than the limit of %s',
+            octet_length(p_template), stepsync.input_limit('context_template_bytes'));
+    end if;
+    for placeholder in
+        select t.placeholder, t.expression
+        from stepsync.template_placeholders(p_template) as t
+        where t.expression is not null
+    loop
+        count_found := count_found + 1;
+        if count_found > stepsync.input_limit('template_placeholders') then
+            return format('has more than %s placeholders',
+                stepsync.input_limit('template_placeholders'));
+        end if;
+        -- One that does not parse renders as "[invalid placeholder: …]" and costs nothing.
+        problem := stepsync.jsonpath_problem(
+            stepsync.placeholder_path(placeholder.expression),
+            stepsync.input_limit('jsonpath_chars')
+        );
+        if problem is not null then
+            return format('placeholder %s {{%s}}: %s',
+                placeholder.placeholder, stepsync.excerpt(placeholder.expression, 60), problem);
+        end if;
+    end loop;
+    return null;
+end
+$$;
+
+comment on function stepsync.template_problem(text) is
+'Why a custom template breaks the limits (size, placeholder count, a placeholder outside '
+'the jsonpath subset), or null.';
+
+revoke all on function stepsync.template_problem(text) from public;
+grant execute on function stepsync.template_problem(text) to authenticated, service_role;
+
+-- Run quotas: settings an operator changes (as the service role) without a migration.
+create table if not exists stepsync.settings (
+    name text primary key check (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    value integer not null check (value >= 0),
+    description text not null,
+    updated_at timestamptz not null default now()
+);
+
+alter table stepsync.settings enable row level security;
+revoke all on stepsync.settings from public, anon, authenticated;
+grant select, update on stepsync.settings to service_role;
+
+create policy "Service role manages settings" on stepsync.settings
+for all to service_role using (true) with check (true);
+
+comment on policy "Service role manages settings" on stepsync.settings is
+'Only the service role reads and changes the settings; the engine reads them as owner.';
+
+insert into stepsync.settings (name, value, description)
+values
+(
+    'max_active_runs_per_user',
+    20,
+    'Runs (pending or running) one user may have at once; start_task_run refuses more '
+    || 'for API callers (SQLSTATE 53400). 0: no limit.'
+),
+(
+    'max_active_runs_per_task',
+    5,
+    'Runs (pending or running) one task may have at once; start_task_run refuses more '
+    || 'for API callers (SQLSTATE 53400). 0: no limit.'
+),
+(
+    'user_step_spacing_ms',
+    1000,
+    'How far apart a user''s queued steps are placed in the claim order (milliseconds): '
+    || 'a user with many queued steps takes turns with the others instead of going first.'
+)
+on conflict (name) do nothing;
+
+comment on table stepsync.settings is
+'Operator settings of the run engine (quotas, fairness), by name; see docs/schema.md.';
+comment on column stepsync.settings.name is 'Setting name.';
+comment on column stepsync.settings.value is 'Its value (an integer; the unit is in the name).';
+comment on column stepsync.settings.description is 'What it does.';
+comment on column stepsync.settings.updated_at is 'When it was last changed.';
+
+create or replace function stepsync.setting(p_name text)
+returns integer
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    found_value integer;
+begin
+    select s.value into found_value from stepsync.settings as s where s.name = p_name;
+    if not found then
+        raise exception 'no setting named %', coalesce(quote_literal(p_name), 'null')
+            using errcode = '22023';
+    end if;
+    return found_value;
+end
+$$;
+
+comment on function stepsync.setting(text) is
+'The value of one stepsync.settings row; an unknown name is an error.';
+
+revoke all on function stepsync.setting(text) from public, anon, authenticated;
+grant execute on function stepsync.setting(text) to service_role;
+
 -- task_steps: the ordered steps of an agent task (the workflow definition).
 --
 -- Runs never write here except the latest-run snapshot (status, execution_result) the UI
@@ -91,15 +559,27 @@ add column if not exists deleted_by uuid;
 alter table public.task_steps
 add constraint task_steps_step_order_range check (step_order between 1 and 50),
 add constraint task_steps_step_name_length check (
-    char_length(btrim(step_name)) between 1 and 200
+    char_length(step_name) <= stepsync.input_limit('step_name_chars')
+    and not stepsync.is_blank(step_name)
 ),
-add constraint task_steps_instructions_not_blank check (btrim(instructions) <> ''),
+add constraint task_steps_instructions_not_blank check (
+    not stepsync.is_blank(instructions)
+),
+add constraint task_steps_instructions_size check (
+    octet_length(instructions) <= stepsync.input_limit('instructions_bytes')
+),
 add constraint task_steps_context_data_object check (jsonb_typeof(context_data) = 'object'),
 add constraint task_steps_custom_needs_template check (
-    context_mode <> 'custom' or coalesce(btrim(context_template), '') <> ''
+    context_mode <> 'custom' or not coalesce(stepsync.is_blank(context_template), true)
+),
+add constraint task_steps_context_template_size check (
+    octet_length(context_template) <= stepsync.input_limit('context_template_bytes')
 ),
 add constraint task_steps_selective_needs_paths check (
     context_mode <> 'selective' or cardinality(context_paths) > 0
+),
+add constraint task_steps_context_paths_count check (
+    cardinality(context_paths) <= stepsync.input_limit('context_paths')
 ),
 add constraint task_steps_max_attempts_range check (max_attempts between 1 and 20),
 add constraint task_steps_max_lost_leases_range check (max_lost_leases between 0 and 20),
@@ -130,11 +610,13 @@ comment on column public.task_steps.step_order is
 '1-based position among the task''s live steps; unique among live rows (deferrable).';
 comment on column public.task_steps.step_name is 'Short label shown in the UI.';
 comment on column public.task_steps.instructions is
-'What the agent is asked to do in this step. Unbounded, like agent_tasks.instructions.';
+'What the agent is asked to do in this step: not blank, at most instructions_bytes '
+'(stepsync.input_limits()).';
 comment on column public.task_steps.include_previous_context is
 'Whether the step receives context from earlier steps (shaped by context_mode).';
 comment on column public.task_steps.context_data is
-'Static JSON object always given to the step with its instructions.';
+'Static JSON object always given to the step with its instructions (at most '
+'context_data_bytes of JSON, json_levels deep: checked by stepsync.check_task_step).';
 comment on column public.task_steps.status is
 'Status of this step in the task''s latest run (a snapshot for the UI).';
 comment on column public.task_steps.execution_result is
@@ -142,11 +624,14 @@ comment on column public.task_steps.execution_result is
 comment on column public.task_steps.context_mode is
 'How earlier steps are summarised when include_previous_context is true.';
 comment on column public.task_steps.context_paths is
-'jsonpath expressions over the run context, for context_mode = selective.';
+'jsonpath expressions over the run context, for context_mode = selective; each inside '
+'the checked subset (stepsync.jsonpath_problem).';
 comment on column public.task_steps.context_template is
-'Template with {{…}} placeholders over the run context, for context_mode = custom.';
+'Template with {{…}} placeholders over the run context, for context_mode = custom; '
+'placeholders inside the checked jsonpath subset (stepsync.template_problem).';
 comment on column public.task_steps.skip_if is
-'jsonpath predicate over the run context; when true the step is skipped.';
+'jsonpath predicate over the run context, inside the checked subset; when true the step '
+'is skipped.';
 comment on column public.task_steps.on_failure is
 'What a failure (attempts exhausted) does to the run: stop or continue.';
 comment on column public.task_steps.max_attempts is
@@ -183,13 +668,20 @@ comment on column public.task_steps.task_id is 'The agent task this step belongs
 comment on constraint task_steps_step_order_range on public.task_steps is
 'Positions run 1..50: with unique live positions, at most 50 live steps per task.';
 comment on constraint task_steps_step_name_length on public.task_steps is
-'A step name has 1 to 200 characters (trimmed).';
+'A step name has at most step_name_chars (200) characters and is not blank (Unicode '
+'whitespace and invisible characters count as blank).';
 comment on constraint task_steps_instructions_not_blank on public.task_steps is
-'Every step says what to do.';
+'Every step says what to do (Unicode whitespace and invisible characters are blank).';
+comment on constraint task_steps_instructions_size on public.task_steps is
+'Instructions hold at most instructions_bytes (stepsync.input_limits()).';
+comment on constraint task_steps_context_template_size on public.task_steps is
+'A custom template holds at most context_template_bytes (stepsync.input_limits()).';
+comment on constraint task_steps_context_paths_count on public.task_steps is
+'A selective step names at most context_paths jsonpaths (stepsync.input_limits()).';
 comment on constraint task_steps_context_data_object on public.task_steps is
 'Static context is a JSON object.';
 comment on constraint task_steps_custom_needs_template on public.task_steps is
-'context_mode custom needs a template.';
+'context_mode custom needs a template that is not blank.';
 comment on constraint task_steps_selective_needs_paths on public.task_steps is
 'context_mode selective needs at least one jsonpath.';
 comment on constraint task_steps_max_attempts_range on public.task_steps is
@@ -211,6 +703,10 @@ comment on constraint task_steps_compensate_not_blank on public.task_steps is
 --   caller, so for an API user a foreign agent is invisible and reported the same way.
 -- - step_order 1..50 with a message about the 50-step limit; an insert without one
 --   appends the step.
+-- - The limits a column constraint cannot check cheaply (0015_limits.sql): context_data
+--   size and depth, skip_if and context_paths inside the jsonpath subset, the template's
+--   placeholders. They are checked when the value is written or changed, not again when
+--   the engine writes a step's latest-run snapshot.
 -- - updated_at follows every change.
 
 create or replace function stepsync.check_task_step()
@@ -218,6 +714,9 @@ returns trigger
 language plpgsql
 set search_path = ''
 as $$
+declare
+    problem text;
+    path_index integer;
 begin
     if tg_op = 'UPDATE' and new.task_id is distinct from old.task_id then
         raise exception 'task_id: a step cannot move to another task'
@@ -246,6 +745,37 @@ begin
             new.agent_id, new.task_id
             using errcode = '23514';
     end if;
+    if tg_op = 'INSERT' or new.context_data is distinct from old.context_data then
+        problem := stepsync.json_problem(
+            new.context_data, stepsync.input_limit('context_data_bytes')
+        );
+        if problem is not null then
+            raise exception 'context_data: %', problem using errcode = '23514';
+        end if;
+    end if;
+    if tg_op = 'INSERT' or new.skip_if::text is distinct from old.skip_if::text then
+        problem := stepsync.jsonpath_problem(new.skip_if, stepsync.input_limit('skip_if_chars'));
+        if problem is not null then
+            raise exception 'skip_if: %', problem using errcode = '23514';
+        end if;
+    end if;
+    if tg_op = 'INSERT' or new.context_paths::text is distinct from old.context_paths::text then
+        for path_index in 1 .. coalesce(cardinality(new.context_paths), 0) loop
+            problem := stepsync.jsonpath_problem(
+                new.context_paths[path_index], stepsync.input_limit('jsonpath_chars')
+            );
+            if problem is not null then
+                raise exception 'context_paths[%]: %', path_index - 1, problem
+                    using errcode = '23514';
+            end if;
+        end loop;
+    end if;
+    if tg_op = 'INSERT' or new.context_template is distinct from old.context_template then
+        problem := stepsync.template_problem(new.context_template);
+        if problem is not null then
+            raise exception 'context_template: %', problem using errcode = '23514';
+        end if;
+    end if;
     if tg_op = 'UPDATE' then
         new.updated_at := now();
     end if;
@@ -257,10 +787,13 @@ revoke all on function stepsync.check_task_step() from public;
 
 comment on function stepsync.check_task_step() is
 'Trigger: a step stays in its task, its agent override belongs to the task owner, '
-'its order is within 1..50 (appended when not given); keeps updated_at current.';
+'its order is within 1..50 (appended when not given), its context_data, skip_if, '
+'context_paths and template are within the limits (checked when written or changed); '
+'keeps updated_at current.';
 
 -- On INSERT the trigger only fires when there is something to check, so a bulk insert
--- of plain steps (a backfill batch) pays nothing for it.
+-- of plain steps (a backfill batch) pays nothing for it; the limits of plain columns are
+-- column constraints (0020_task_steps.sql).
 create trigger task_steps_check_insert
 before insert on public.task_steps
 for each row
@@ -268,6 +801,10 @@ when (
     new.agent_id is not null
     or new.step_order is null
     or new.step_order not between 1 and 50
+    or new.context_data <> '{}'::jsonb
+    or new.skip_if is not null
+    or cardinality(new.context_paths) > 0
+    or new.context_template is not null
 )
 execute function stepsync.check_task_step();
 
@@ -276,8 +813,8 @@ before update on public.task_steps
 for each row execute function stepsync.check_task_step();
 
 comment on trigger task_steps_check_insert on public.task_steps is
-'Checks a new step''s agent override and order (clear errors); appends it when no '
-'position is given.';
+'Checks a new step''s agent override, order and JSON/jsonpath/template limits (clear '
+'errors); appends it when no position is given.';
 comment on trigger task_steps_check_update on public.task_steps is
 'Checks a changed step''s task, agent override and order; keeps updated_at current.';
 
@@ -287,9 +824,20 @@ comment on trigger task_steps_check_update on public.task_steps is
 -- so a bulk write (a backfill batch) costs one extra statement, not one per row. Each row
 -- records who (auth.uid() and the database role), when, the operation, the old and new row,
 -- the task it belongs to and its owner, and an optional tag from the setting
--- stepsync.audit_tag (a backfill sets it to its run id). Owners read the rows of their own
--- tasks through the API; nobody updates or deletes them, not even the table owner without
--- first dropping the guard trigger.
+-- stepsync.audit_tag (a backfill sets it to its run id; only the service's tag counts, an
+-- API caller's is ignored). Owners read the rows of their own tasks through the API;
+-- nobody updates or deletes them, not even the table owner without first dropping the
+-- guard trigger.
+--
+-- The history is complete without repeating itself: an INSERT records the whole new row
+-- and a DELETE the whole old one, an UPDATE of a small row (both versions within 4 KB)
+-- the whole old and new row, and of a larger one every changed column (old and new
+-- value) and, for readability, the unchanged columns of up to 256 bytes; a large
+-- unchanged value (instructions, context_data) is already in the row's earlier history.
+-- Columns that copy data kept elsewhere (task_steps.execution_result, the latest run's
+-- result, which task_step_executions holds) are recorded with their members over 256
+-- bytes replaced by a digest {"md5", "bytes"}, so a finished run does not copy its
+-- outputs into the audit.
 --
 -- Any table with a uuid id and a task_id (or run_id) column joins with one call:
 --     select stepsync.attach_audit('public.task_step_executions');
@@ -345,6 +893,9 @@ comment on index public.audit_log_task_id_idx is 'History of one task, in order.
 alter table public.audit_log enable row level security;
 revoke all on public.audit_log from public, anon, authenticated, service_role;
 grant select on public.audit_log to authenticated, service_role;
+-- Its identity sequence too: setval by an API role would make every later audited write
+-- collide with an existing id, and with it every write of the workflow tables fail.
+revoke all on sequence public.audit_log_id_seq from public, anon, authenticated, service_role;
 
 create policy "Owners read the audit rows of their tasks" on public.audit_log
 for select to authenticated
@@ -388,6 +939,39 @@ comment on trigger audit_log_append_only on public.audit_log is
 comment on trigger audit_log_no_truncate on public.audit_log is
 'The audit log is never emptied.';
 
+create or replace function stepsync.audit_digest(p_value jsonb)
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+    -- Members (or the value itself) over 256 bytes become {"md5", "bytes"} of their JSON
+    -- text: the audit row says what changed and proves what it was, without the copy.
+    select case
+        when p_value is null or pg_catalog.pg_column_size(p_value) <= 256 then p_value
+        when jsonb_typeof(p_value) = 'object' then (
+            select jsonb_object_agg(
+                e.key,
+                case
+                    when pg_catalog.pg_column_size(e.value) <= 256 then e.value
+                    else jsonb_build_object(
+                        'md5', md5(e.value::text), 'bytes', octet_length(e.value::text)
+                    )
+                end
+            )
+            from jsonb_each(p_value) as e
+        )
+        else jsonb_build_object('md5', md5(p_value::text), 'bytes', octet_length(p_value::text))
+    end
+$$;
+
+revoke all on function stepsync.audit_digest(jsonb) from public;
+
+comment on function stepsync.audit_digest(jsonb) is
+'A copied value as the audit records it: members over 256 bytes (or the whole value) '
+'replaced by {"md5", "bytes"} of their JSON text.';
+
 -- SECURITY DEFINER so that the caller needs no privilege on audit_log (a trigger function
 -- cannot be called directly, and execute is revoked anyway). The database role comes
 -- from the role setting, which SET ROLE changes and a definer does not. TG_ARGV[0] names
@@ -421,7 +1005,13 @@ declare
     actor_role text := coalesce(
         nullif(current_setting('role', true), 'none'), session_user::text
     );
-    tag text := nullif(current_setting('stepsync.audit_tag', true), '');
+    -- Only the service's tag is recorded: an API caller can set any setting in its
+    -- own transaction, and must not be able to make its changes look like a backfill's.
+    tag text := case
+        when stepsync.caller_is_service()
+            then nullif(current_setting('stepsync.audit_tag', true), '')
+    end;
+    digest_columns text[] := string_to_array(coalesce(tg_argv[1], ''), ',');
 begin
     if tg_op = 'INSERT' then
         insert into public.audit_log (
@@ -494,8 +1084,8 @@ begin
             actor_id,
             actor_role,
             tag,
-            owned.old_record,
-            owned.new_record
+            kept.old_part,
+            kept.new_part
         from (
             select
                 changed.old_record,
@@ -518,7 +1108,59 @@ begin
             ) as changed
             where changed.old_record is distinct from changed.new_record
             offset 0
-        ) as owned;
+        ) as owned
+        cross join lateral (
+            -- A small row (both versions within 4 KB of storage) is recorded whole; a
+            -- larger one by what changed, with its small unchanged columns.
+            select
+                case
+                    when pg_catalog.pg_column_size(owned.old_record)
+                        + pg_catalog.pg_column_size(owned.new_record) <= 4096
+                        then owned.old_record
+                    else (
+                        select jsonb_object_agg(
+                            field.key,
+                            case
+                                when field.key = any(digest_columns) and field.changed
+                                    then stepsync.audit_digest(field.old_value)
+                                else field.old_value
+                            end
+                        )
+                        from (
+                            select
+                                n.key,
+                                owned.old_record -> n.key as old_value,
+                                n.value is distinct from owned.old_record -> n.key as changed,
+                                n.value as new_value
+                            from jsonb_each(owned.new_record) as n (key, value)
+                        ) as field
+                        where field.changed or pg_catalog.pg_column_size(field.new_value) <= 256
+                    )
+                end as old_part,
+                case
+                    when pg_catalog.pg_column_size(owned.old_record)
+                        + pg_catalog.pg_column_size(owned.new_record) <= 4096
+                        then owned.new_record
+                    else (
+                        select jsonb_object_agg(
+                            field.key,
+                            case
+                                when field.key = any(digest_columns) and field.changed
+                                    then stepsync.audit_digest(field.new_value)
+                                else field.new_value
+                            end
+                        )
+                        from (
+                            select
+                                n.key,
+                                n.value is distinct from owned.old_record -> n.key as changed,
+                                n.value as new_value
+                            from jsonb_each(owned.new_record) as n (key, value)
+                        ) as field
+                        where field.changed or pg_catalog.pg_column_size(field.new_value) <= 256
+                    )
+                end as new_part
+        ) as kept;
     else
         insert into public.audit_log (
             table_schema, table_name, operation, record_id, task_id, owner_id,
@@ -575,10 +1217,15 @@ revoke all on function stepsync.audit_statement() from public;
 
 comment on function stepsync.audit_statement() is
 'Statement trigger: writes one audit_log row per changed row with one static INSERT … SELECT '
-'from the transition table. TG_ARGV[0] = column holding the task id (default task_id).';
+'from the transition table (UPDATE of a row over 4 KB: changed columns, and unchanged ones '
+'up to 256 bytes). '
+'TG_ARGV[0] = column holding the task id (default task_id); TG_ARGV[1] = comma-separated '
+'columns recorded as digests of their large members (stepsync.audit_digest).';
 
 create or replace function stepsync.attach_audit(
-    p_table regclass, p_task_column text default 'task_id'
+    p_table regclass,
+    p_task_column text default 'task_id',
+    p_digest_columns text[] default '{}'
 )
 returns void
 language plpgsql
@@ -591,7 +1238,7 @@ begin
     foreach operation in array array['insert', 'update', 'delete'] loop
         execute format(
             'create or replace trigger %I after %s on %s referencing %s'
-            ' for each statement execute function stepsync.audit_statement(%L)',
+            ' for each statement execute function stepsync.audit_statement(%L, %L)',
             table_name || '_audit_' || operation,
             operation,
             p_table,
@@ -600,7 +1247,8 @@ begin
                 when 'update' then 'old table as old_rows new table as new_rows'
                 else 'old table as old_rows'
             end,
-            p_task_column
+            p_task_column,
+            array_to_string(coalesce(p_digest_columns, '{}'), ',')
         );
         execute format(
             'comment on trigger %I on %s is %L',
@@ -612,13 +1260,14 @@ begin
 end
 $$;
 
-revoke all on function stepsync.attach_audit(regclass, text) from public;
+revoke all on function stepsync.attach_audit(regclass, text, text[]) from public;
 
-comment on function stepsync.attach_audit(regclass, text) is
+comment on function stepsync.attach_audit(regclass, text, text[]) is
 'Audits a table: three statement triggers (insert, update, delete) into audit_log. '
-'For migrations; the table needs a uuid id column and a task id (or run_id) column.';
+'For migrations; the table needs a uuid id column and a task id (or run_id) column. '
+'p_digest_columns: columns that copy data kept elsewhere, recorded by digest on UPDATE.';
 
-select stepsync.attach_audit('public.task_steps');
+select stepsync.attach_audit('public.task_steps', 'task_id', array['execution_result']);
 select stepsync.attach_audit('public.agent_tasks', 'id');
 
 -- Soft delete of steps.
@@ -935,13 +1584,24 @@ for all to service_role
 using (true)
 with check (true);
 
--- agent_tasks: the legacy owner policy, rewritten in the recommended form.
+-- agent_tasks: the legacy owner policy, rewritten in the recommended form. It checked
+-- only user_id, so an owner could point their task at another user's agent, and every
+-- run of the task then executed that agent. A task's agent must now be one of its
+-- owner's agents: the policy checks it for API users, and stepsync.check_task_agent
+-- for every writer (the service included). Tasks written before are listed below and
+-- refused by start_task_run, never run.
 drop policy if exists "Users manage their own tasks" on public.agent_tasks;
 
 create policy "Owners manage their tasks" on public.agent_tasks
 for all to authenticated
 using (user_id = (select auth.uid()))
-with check (user_id = (select auth.uid()));
+with check (
+    user_id = (select auth.uid())
+    and agent_id in (
+        select a.id from public.agents as a
+        where a.user_id = (select auth.uid())
+    )
+);
 
 create policy "Service role manages tasks" on public.agent_tasks
 for all to service_role
@@ -959,7 +1619,7 @@ comment on policy "Owners delete the live steps of their tasks" on public.task_s
 comment on policy "Service role manages steps" on public.task_steps is
 'The service may do everything (it bypasses RLS; stated for clarity).';
 comment on policy "Owners manage their tasks" on public.agent_tasks is
-'Owners read and write their own tasks.';
+'Owners read and write their own tasks, whose agent must be one of their own agents.';
 comment on policy "Service role manages tasks" on public.agent_tasks is
 'The service may do everything (it bypasses RLS; stated for clarity).';
 
@@ -993,10 +1653,94 @@ comment on policy "Owners read the runs of their tasks" on public.agent_task_exe
 comment on policy "Service role manages runs" on public.agent_task_executions is
 'The service records and updates runs.';
 
+create or replace function stepsync.check_task_agent()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    -- Runs as the writer: for an API user another user's agent is invisible and reported
+    -- the same way as a missing one.
+    if not exists (
+        select from public.agents as a
+        where a.id = new.agent_id and a.user_id = new.user_id
+    ) then
+        raise exception 'agent_id: agent % does not belong to the task''s owner', new.agent_id
+            using errcode = '23514',
+            hint = 'A task runs with one of its owner''s agents.';
+    end if;
+    return new;
+end
+$$;
+
+revoke all on function stepsync.check_task_agent() from public;
+
+comment on function stepsync.check_task_agent() is
+'Trigger: a task''s agent belongs to the task''s owner (every writer, the service too).';
+
+create or replace trigger agent_tasks_check_agent
+before insert or update of agent_id, user_id on public.agent_tasks
+for each row execute function stepsync.check_task_agent();
+
+comment on trigger agent_tasks_check_agent on public.agent_tasks is
+'A task''s own agent must be its owner''s, as a step''s agent override must.';
+
+create or replace function stepsync.tasks_with_foreign_agents()
+returns table (task_id uuid, user_id uuid, agent_id uuid, agent_owner uuid)
+language sql
+stable
+set search_path = ''
+as $$
+    select t.id, t.user_id, t.agent_id, a.user_id
+    from public.agent_tasks as t
+    left join public.agents as a on t.agent_id = a.id
+    where a.user_id is distinct from t.user_id
+    order by t.id
+$$;
+
+revoke all on function stepsync.tasks_with_foreign_agents() from public, anon, authenticated;
+grant execute on function stepsync.tasks_with_foreign_agents() to service_role;
+
+comment on function stepsync.tasks_with_foreign_agents() is
+'Tasks whose agent is not their owner''s (written before the rule): start_task_run refuses '
+'them until the task is given one of its owner''s agents. Service only.';
+
+-- Reported when the migration runs, not fixed: which agent was meant is the owner's call.
+do $foreign_agents$
+declare
+    found_count bigint;
+    listed text;
+begin
+    select count(*), string_agg(
+        format('task %s (owner %s) uses agent %s', f.task_id, f.user_id, f.agent_id), '; '
+    ) filter (where f.n <= 20)
+    into found_count, listed
+    from (
+        select t.*, row_number() over (order by t.task_id) as n
+        from stepsync.tasks_with_foreign_agents() as t
+    ) as f;
+    if found_count > 0 then
+        raise warning '% task(s) name an agent their owner does not own: start_task_run '
+        'refuses them until each is given one of its owner''s agents', found_count
+            using
+                detail = listed,
+                hint = 'List them all with select * from stepsync.tasks_with_foreign_agents().';
+    end if;
+end
+$foreign_agents$;
+
+-- API roles reach these tables through PostgREST, which needs no more than select,
+-- insert, update and delete under RLS. TRUNCATE bypasses RLS (and the soft delete), and
+-- TRIGGER would let a role attach its own code to every writer's statements.
+revoke truncate, references, trigger
+on public.task_steps, public.agent_tasks, public.agents, public.agent_task_executions
+from public, anon, authenticated;
+
 -- RPCs the UI calls through PostgREST to edit a task's steps. All are SECURITY INVOKER in
 -- public: row level security decides what the caller may touch. Errors name the
--- offending item and field, and any error leaves nothing written (one statement, one
--- transaction).
+-- offending item and field (and the limit it breaks, 0015_limits.sql), quote at most a
+-- short excerpt of what was sent, and any error leaves nothing written (one statement,
+-- one transaction).
 
 -- A task_steps row holding the column defaults, read from the catalog so the defaults
 -- are defined only once, on the table.
@@ -1036,6 +1780,51 @@ grant execute on function stepsync.task_step_defaults() to authenticated, servic
 comment on function stepsync.task_step_defaults() is
 'A new task_steps row with every column default applied (id, timestamps, settings).';
 
+create or replace function stepsync.user_jsonpath(
+    p_text text, p_field text, p_max_chars integer
+)
+returns jsonpath
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+    parsed jsonpath;
+    problem text;
+begin
+    -- Its printed form may be longer than what was sent (keys get quoted), but never
+    -- many times longer: a text far over the limit is refused before it is parsed.
+    if char_length(p_text) > 4 * p_max_chars then
+        raise exception '%: % characters, more than the limit of %',
+            p_field, char_length(p_text), p_max_chars
+            using errcode = '22023';
+    end if;
+    begin
+        parsed := p_text::jsonpath;
+    exception when others then
+        raise exception '%: not a valid jsonpath: %', p_field, stepsync.excerpt(sqlerrm, 200)
+            using errcode = '22023';
+    end;
+    problem := stepsync.jsonpath_problem(parsed, p_max_chars);
+    if problem is not null then
+        raise exception '%: %', p_field, problem
+            using
+                errcode = '22023',
+                hint = 'Paths select with .key, [n], [last], [*], .* and filters ?(@… == '
+                || 'literal); see docs/schema.md, "Limits".';
+    end if;
+    return parsed;
+end
+$$;
+
+revoke all on function stepsync.user_jsonpath(text, text, integer) from public;
+grant execute on function stepsync.user_jsonpath(text, text, integer)
+to authenticated, service_role;
+
+comment on function stepsync.user_jsonpath(text, text, integer) is
+'A jsonpath a user wrote, parsed and held to the checked subset '
+'(stepsync.jsonpath_problem); errors (22023) name p_field.';
+
 -- Applies one JSON step object onto a row, checking every field; errors are
 -- 22023 "steps[<index>].<field>: <problem>". Not strict (p_strict false), a field of the
 -- right type is taken even when its content would keep the task from running (blank
@@ -1061,6 +1850,7 @@ declare
     paths jsonpath[];
     lowest integer;
     highest integer;
+    problem text;
 begin
     if jsonb_typeof(p_item) is distinct from 'object' then
         raise exception '%: must be a JSON object', item_name using errcode = '22023';
@@ -1082,12 +1872,26 @@ begin
                 elsif jsonb_typeof(value) <> 'string' then
                     raise exception '%.%: must be a string', item_name, field
                         using errcode = '22023';
-                elsif p_strict and field = 'step_name'
-                    and char_length(btrim(text_value)) not between 1 and 200 then
-                    raise exception '%.step_name: must have 1 to 200 characters', item_name
+                elsif p_strict and field = 'step_name' and (
+                    char_length(text_value) > stepsync.input_limit('step_name_chars')
+                    or stepsync.is_blank(text_value)
+                ) then
+                    raise exception '%.step_name: must have 1 to % characters and not be blank',
+                        item_name, stepsync.input_limit('step_name_chars')
                         using errcode = '22023';
-                elsif p_strict and field = 'instructions' and btrim(text_value) = '' then
+                elsif p_strict and field = 'instructions' and stepsync.is_blank(text_value) then
                     raise exception '%.instructions: must not be blank', item_name
+                        using errcode = '22023';
+                elsif field in ('instructions', 'compensate_instructions')
+                    and octet_length(text_value) > stepsync.input_limit('instructions_bytes') then
+                    raise exception '%.%: % bytes, more than the limit of %',
+                        item_name, field, octet_length(text_value),
+                        stepsync.input_limit('instructions_bytes')
+                        using errcode = '22023';
+                elsif field = 'context_template'
+                    and stepsync.template_problem(text_value) is not null then
+                    raise exception '%.context_template: %',
+                        item_name, stepsync.template_problem(text_value)
                         using errcode = '22023';
                 end if;
                 case field
@@ -1107,6 +1911,13 @@ begin
             when field = 'context_data' then
                 if jsonb_typeof(value) <> 'object' then
                     raise exception '%.context_data: must be a JSON object', item_name
+                        using errcode = '22023';
+                end if;
+                problem := stepsync.json_problem(
+                    value, stepsync.input_limit('context_data_bytes')
+                );
+                if problem is not null then
+                    raise exception '%.context_data: %', item_name, problem
                         using errcode = '22023';
                 end if;
                 step.context_data := value;
@@ -1133,18 +1944,20 @@ begin
                     raise exception '%.skip_if: must be a jsonpath string', item_name
                         using errcode = '22023';
                 else
-                    begin
-                        path_value := text_value::jsonpath;
-                    exception when others then
-                        raise exception '%.skip_if: not a valid jsonpath: %', item_name, sqlerrm
-                            using errcode = '22023';
-                    end;
+                    path_value := stepsync.user_jsonpath(
+                        text_value, item_name || '.skip_if', stepsync.input_limit('skip_if_chars')
+                    );
                     step.skip_if := path_value;
                 end if;
             when field = 'context_paths' then
                 if jsonb_typeof(value) <> 'array' then
                     raise exception '%.context_paths: must be an array of jsonpath strings',
                         item_name
+                        using errcode = '22023';
+                end if;
+                if jsonb_array_length(value) > stepsync.input_limit('context_paths') then
+                    raise exception '%.context_paths: % paths, more than the limit of %',
+                        item_name, jsonb_array_length(value), stepsync.input_limit('context_paths')
                         using errcode = '22023';
                 end if;
                 paths := '{}';
@@ -1157,13 +1970,11 @@ begin
                             item_name, number_value
                             using errcode = '22023';
                     end if;
-                    begin
-                        path_value := text_value::jsonpath;
-                    exception when others then
-                        raise exception '%.context_paths[%]: not a valid jsonpath: %',
-                            item_name, number_value, sqlerrm
-                            using errcode = '22023';
-                    end;
+                    path_value := stepsync.user_jsonpath(
+                        text_value,
+                        format('%s.context_paths[%s]', item_name, number_value),
+                        stepsync.input_limit('jsonpath_chars')
+                    );
                     paths := paths || path_value;
                 end loop;
                 step.context_paths := paths;
@@ -1205,7 +2016,7 @@ begin
                     step.agent_id := text_value::uuid;
                 end if;
             else
-                raise exception '%.%: unknown field', item_name, field
+                raise exception '%.%: unknown field', item_name, stepsync.excerpt(field, 40)
                     using errcode = '22023',
                     hint = 'Fields: step_name, instructions, include_previous_context, '
                     'context_data, context_mode, context_paths, context_template, skip_if, '
@@ -1227,7 +2038,8 @@ begin
         raise exception '%.instructions: required for a new step', item_name
             using errcode = '22023';
     end if;
-    if step.context_mode = 'custom' and coalesce(btrim(step.context_template), '') = '' then
+    if step.context_mode = 'custom'
+        and coalesce(stepsync.is_blank(step.context_template), true) then
         raise exception '%.context_template: required when context_mode is custom', item_name
             using errcode = '22023';
     end if;
@@ -1252,9 +2064,9 @@ grant execute on function stepsync.task_step_from_json(
 ) to authenticated, service_role;
 
 comment on function stepsync.task_step_from_json(public.task_steps, jsonb, integer, boolean) is
-'Applies a JSON step object to a row, checking each field; errors name '
-'steps[index].field. Not strict, content that validate_steps reports as a problem is '
-'taken as given.';
+'Applies a JSON step object to a row, checking each field and its limits '
+'(stepsync.input_limits()); errors name steps[index].field. Not strict, content that '
+'validate_steps reports as a problem is taken as given (the byte limits still hold).';
 
 -- A step list as save_task_steps receives it, read into task_steps rows in list order
 -- (step_order = position): items with an id start from that live step of the task,
@@ -1314,7 +2126,8 @@ begin
             begin
                 step_id := (item ->> 'id')::uuid;
             exception when invalid_text_representation then
-                raise exception 'steps[%].id: not a step id (uuid): %', item_index, item -> 'id'
+                raise exception 'steps[%].id: not a step id (uuid): %',
+                    item_index, stepsync.excerpt((item -> 'id')::text, 60)
                     using errcode = '22023';
             end;
             if p_strict and step_id = any(listed) then
@@ -1493,6 +2306,11 @@ begin
         raise exception 'p_step_ids: must be an array of step ids without nulls'
             using errcode = '22023';
     end if;
+    if cardinality(p_step_ids) > stepsync.input_limit('step_ids') then
+        raise exception 'p_step_ids: % ids, more than a task''s % steps',
+            cardinality(p_step_ids), stepsync.input_limit('step_ids')
+            using errcode = '22023';
+    end if;
     select x.id into repeated
     from unnest(p_step_ids) as x (id)
     group by x.id
@@ -1516,8 +2334,10 @@ begin
                 errcode = '22023',
                 detail = concat_ws(
                     '; ',
-                    'missing: ' || array_to_string(missing, ', '),
-                    'not live steps of this task: ' || array_to_string(unknown, ', ')
+                    'missing: ' || array_to_string(missing[1:10], ', ')
+                    || case when cardinality(missing) > 10 then ', …' else '' end,
+                    'not live steps of this task: ' || array_to_string(unknown[1:10], ', ')
+                    || case when cardinality(unknown) > 10 then ', …' else '' end
                 );
     end if;
 
@@ -1815,9 +2635,16 @@ stable
 set search_path = ''
 as $$
 declare
-    task_owner uuid := (select t.user_id from public.agent_tasks as t where t.id = p_task_id);
+    task_owner uuid;
+    task_agent uuid;
     problems jsonb;
 begin
+    select t.user_id, t.agent_id into task_owner, task_agent
+    from public.agent_tasks as t where t.id = p_task_id;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+
     with steps as (
         select
             s.*,
@@ -1836,6 +2663,19 @@ begin
             null::integer as step_order,
             null::text as field
         where not exists (select from steps)
+        union all
+        -- The task's own agent runs every step without an override: it is held to the
+        -- rule of an override.
+        select
+            'foreign_task_agent',
+            format('the task''s agent %s does not belong to the task owner', task_agent),
+            null::uuid,
+            null::integer,
+            'agent_id'
+        where not exists (
+            select from public.agents as a
+            where a.id = task_agent and a.user_id = task_owner
+        )
         union all
         select distinct
             'too_many_steps',
@@ -1883,7 +2723,7 @@ begin
             steps.step_order,
             'step_name'
         from steps
-        where btrim(steps.step_name) = ''
+        where stepsync.is_blank(steps.step_name)
         union all
         select
             'step_name_too_long',
@@ -1892,7 +2732,7 @@ begin
             steps.step_order,
             'step_name'
         from steps
-        where char_length(btrim(steps.step_name)) > 200
+        where char_length(steps.step_name) > 200
         union all
         select
             'blank_instructions',
@@ -1901,7 +2741,7 @@ begin
             steps.step_order,
             'instructions'
         from steps
-        where btrim(steps.instructions) = ''
+        where stepsync.is_blank(steps.instructions)
         union all
         select
             'custom_without_template',
@@ -1910,7 +2750,9 @@ begin
             steps.step_order,
             'context_template'
         from steps
-        where steps.context_mode = 'custom' and coalesce(btrim(steps.context_template), '') = ''
+        where
+            steps.context_mode = 'custom'
+            and coalesce(stepsync.is_blank(steps.context_template), true)
         union all
         select
             'selective_without_paths',
@@ -2037,7 +2879,8 @@ $$;
 
 comment on function public.validate_task_steps(uuid) is
 'Every problem that keeps the task from running, as a JSON array of {code, message, '
-'step_id, step_order, field}; [] when the task is valid. Codes: no_steps, too_many_steps, '
+'step_id, step_order, field}; [] when the task is valid. Codes: no_steps, '
+'foreign_task_agent, too_many_steps, '
 'duplicate_step_order, step_order_gap, step_order_out_of_range, blank_step_name, '
 'step_name_too_long, blank_instructions, custom_without_template, '
 'selective_without_paths, foreign_agent, inactive_agent, invalid_retry_backoff.';
@@ -2123,14 +2966,17 @@ declare
     in ('anon', 'authenticated')
     or coalesce(auth.role(), '') in ('anon', 'authenticated');
 begin
+    -- Ownership first, then the lock: waiting on another user's task would tell that
+    -- the id exists.
     select s.* into step from public.task_steps as s where s.id = p_step_id;
     select t.user_id into task_owner
     from public.agent_tasks as t
-    where t.id = step.task_id
-    for update;
+    where t.id = step.task_id;
     if step.id is null or (api_caller and task_owner is distinct from auth.uid()) then
         raise exception 'step % not found', p_step_id using errcode = 'P0002';
     end if;
+    perform from public.agent_tasks as t where t.id = step.task_id for update;
+    select s.* into step from public.task_steps as s where s.id = p_step_id;
     if step.deleted_at is null then
         raise exception 'step % is not deleted', p_step_id using errcode = '22023';
     end if;
@@ -2654,9 +3500,20 @@ create index if not exists agent_task_executions_user_id_idx
 on public.agent_task_executions (user_id);
 create index if not exists agent_task_executions_task_created_idx
 on public.agent_task_executions (task_id, created_at desc);
+-- The open-run quotas (start_task_run) count a user's open runs without reading their
+-- history. An open run is never cancelled, so `cancelled_at is null` changes nothing in
+-- what the index holds; it keeps the index out of the engine's statements that look runs
+-- up by id and status (status = 'running' alone does not imply this predicate), which a
+-- planner without statistics would otherwise send through every open run. For the same
+-- reason the status is not an index column (PostgreSQL 18 skip-scans a leading user_id).
+create index if not exists agent_task_executions_open_by_user_idx
+on public.agent_task_executions (user_id)
+where status in ('pending', 'running') and cancelled_at is null;
 
 comment on index public.agent_task_executions_user_id_idx is
 'Serves the cascade from auth.users and listings of a user''s runs.';
+comment on index public.agent_task_executions_open_by_user_idx is
+'Open runs of a user: the max_active_runs_per_user and max_active_runs_per_task quotas.';
 comment on index public.agent_task_executions_task_created_idx is
 'Latest run of a task (preview, definition snapshot).';
 
@@ -2710,6 +3567,7 @@ create table if not exists public.task_step_executions (
     attempt integer not null default 0 check (attempt >= 0),
     lost_leases integer not null default 0 check (lost_leases >= 0),
     run_after timestamptz,
+    fair_at timestamptz,
     queued_at timestamptz,
     lease_owner text,
     lease_expires_at timestamptz,
@@ -2729,7 +3587,7 @@ create table if not exists public.task_step_executions (
     updated_at timestamptz not null default now(),
     constraint task_step_executions_run_order_unique unique (run_id, step_order),
     constraint task_step_executions_queued_has_run_after check (
-        status <> 'queued' or run_after is not null
+        status <> 'queued' or (run_after is not null and fair_at is not null)
     ),
     constraint task_step_executions_running_has_lease check (
         status <> 'running'
@@ -2741,9 +3599,14 @@ create table if not exists public.task_step_executions (
     )
 );
 
--- The claim query: queued steps in due order.
+-- The claim query: queued steps in their fair order (fair_at: each user's queued steps
+-- spaced apart, so users take turns), the due ones taken as the walk meets them.
 create index if not exists task_step_executions_claim_idx
-on public.task_step_executions (run_after, id)
+on public.task_step_executions (fair_at, id)
+where status = 'queued';
+-- Where a user's next queued step goes: after the last one they already have queued.
+create index if not exists task_step_executions_user_queue_idx
+on public.task_step_executions (user_id, fair_at)
 where status = 'queued';
 -- The reaper: running steps by lease expiry.
 create index if not exists task_step_executions_lease_idx
@@ -2766,7 +3629,8 @@ comment on policy "Service role manages step runs" on public.task_step_execution
 'The service claims, completes and fails steps.';
 
 revoke all on public.task_step_executions from anon;
-revoke insert, update, delete, truncate on public.task_step_executions from authenticated;
+revoke insert, update, delete, truncate, references, trigger
+on public.task_step_executions from public, authenticated;
 
 comment on table public.task_step_executions is
 'One row per step of a run: the step definition as it was at run start, and the '
@@ -2832,6 +3696,10 @@ comment on column public.task_step_executions.lost_leases is
 'database); reaped and queued again without using an attempt, up to max_lost_leases.';
 comment on column public.task_step_executions.run_after is
 'A queued step is claimable from this time on (retry backoff).';
+comment on column public.task_step_executions.fair_at is
+'Place of a queued step in the claim order: when it was queued, or, when its user '
+'already had steps queued, user_step_spacing_ms after the last of them (never before '
+'run_after). Users with many queued steps take turns with the others.';
 comment on column public.task_step_executions.queued_at is
 'When the step last became queued.';
 comment on column public.task_step_executions.lease_owner is
@@ -2864,14 +3732,17 @@ comment on index public.task_step_executions_run_order_unique is
 comment on constraint task_step_executions_run_order_unique
 on public.task_step_executions is 'A run has one row per position.';
 comment on constraint task_step_executions_queued_has_run_after
-on public.task_step_executions is 'A queued step always says when it is due.';
+on public.task_step_executions is
+'A queued step always says when it is due and where it stands in the claim order.';
 comment on constraint task_step_executions_running_has_lease
 on public.task_step_executions is 'A running step always has a lease and a fencing token.';
 comment on constraint task_step_executions_kind_shape
 on public.task_step_executions is
 'Steps take positions 1..50; a compensation names the step it undoes.';
 comment on index public.task_step_executions_claim_idx is
-'claim_steps and queue_depth: queued steps by due time.';
+'claim_steps: queued steps in their fair order (fair_at, id).';
+comment on index public.task_step_executions_user_queue_idx is
+'The last queued step of a user (stepsync.fair_at), and queue_depth.';
 comment on index public.task_step_executions_lease_idx is
 'reap_expired_leases: running steps by lease expiry.';
 
@@ -2986,6 +3857,48 @@ grant execute on function stepsync.authorized_task(uuid) to service_role;
 --   key, and no key of the run context's own structure (task, run, steps and their
 --   fields) looks secret, so redacting a part gives what that part of the redacted whole
 --   would be. truncate_json and redact_secrets are called only for values that need them.
+--
+-- What one user writes must not cost others (0015_limits.sql):
+-- - the input is at most context_chars (64 KB) of JSON, whatever the step's mode: the
+--   parts a user writes have limits, and the values that can be large (trigger data,
+--   outputs, errors, selections, the rendered template) share what the rest leaves;
+-- - redaction recurses only into values that may hold a secret-looking key, at most
+--   twice json_levels deep (deeper data fails its step with a clear error, never the
+--   stack), and finds secret-shaped values in one pass over the text;
+-- - templates are rendered and selections made in one pass, each path evaluated once;
+-- - stepsync.step_input turns any error of one step's build into {"context_error"}, so
+--   the lease fails that step alone.
+
+create or replace function stepsync.fold_lookalikes(p_text text)
+returns text
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+    -- Compatibility forms to plain letters (full-width, ligatures, mathematical letters:
+    -- NFKC), invisible characters removed (soft hyphen, zero-width and format characters),
+    -- and the Cyrillic and Greek letters that look Latin made Latin.
+    select translate(
+        regexp_replace(
+            case
+                when p_text ~ '[^\x01-\x7f]' and pg_catalog.getdatabaseencoding() = 'UTF8'
+                    then normalize(p_text, nfkc)
+                else p_text
+            end,
+            '[\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]', '', 'g'
+        ),
+        'АВЕЅІЈКМНОРСТХУаеіјорсхуѕԁһӏԛԝΑΒΕΖΗΙΚΜΝΟΡΤΥΧαορικτυν',
+        'ABESIJKMHOPCTXYaeijopcxysdhlqwABEZHIKMNOPTYXaopiktuv'
+    )
+$$;
+
+comment on function stepsync.fold_lookalikes(text) is
+'A text with look-alike characters folded to plain Latin letters (NFKC, Cyrillic and '
+'Greek homoglyphs) and invisible characters removed: what secret detection reads.';
+
+revoke all on function stepsync.fold_lookalikes(text) from public;
+grant execute on function stepsync.fold_lookalikes(text) to service_role;
 
 create or replace function stepsync.is_secret_key(p_key text)
 returns boolean
@@ -2994,25 +3907,211 @@ immutable
 parallel safe
 set search_path = ''
 as $$
-    -- camelCase and kebab-case are folded to snake_case first, so apiKey, api-key and
-    -- API_KEY all match; the words must stand alone (total_tokens is not a secret).
-    select lower(
-        regexp_replace(
-            regexp_replace(p_key, '([a-z0-9])([A-Z])', '\1_\2', 'g'),
-            '[^A-Za-z0-9]+', '_', 'g'
-        )
-    ) ~ (
-        '(^|_)(password|passwd|passphrase|secret|token|api_?key|authorization|'
-        || 'access_?key|private_?key|client_secret|credentials?|cookie|session_?key|'
-        || 'bearer|signature)(_|$)'
+    -- Look-alikes folded, camelCase and kebab-case turned to snake_case, so apiKey,
+    -- api-key, API_KEY and ＡＰＩ＿ＫＥＹ all match; read once as written and once with
+    -- digits and symbols read as letters (passw0rd, p@ss, s3cret). The words must stand
+    -- alone (total_tokens, tokenizer and author are not secrets); a number may follow.
+    with folded as (
+        select
+            stepsync.fold_lookalikes(p_key) as plain,
+            translate(stepsync.fold_lookalikes(p_key), '@$013457', 'asoieast') as leet
+    ),
+
+    snake as (
+        select lower(regexp_replace(
+            regexp_replace(f.plain, '([a-z0-9])([A-Z])', '\1_\2', 'g'), '[^A-Za-z0-9]+', '_', 'g'
+        )) as plain,
+        lower(regexp_replace(
+            regexp_replace(f.leet, '([a-z0-9])([A-Z])', '\1_\2', 'g'), '[^A-Za-z0-9]+', '_', 'g'
+        )) as leet
+        from folded as f
     )
+
+    select
+        s.plain ~ w.pattern or s.leet ~ w.pattern
+    from snake as s
+    cross join (
+        select
+            '(^|_)(passwords?|passwd|passphrase|passcode|pass_?word|pwd|secrets?|'
+            || 'client_?secret|[a-z]*token|(api|access|secret|private|signing|encryption|'
+            || 'master|ssh|session|client|license|account)_?keys?|apikeys?|auth|'
+            || 'authorization|credentials?|creds|cookies?|session_?id|bearer|signature|'
+            || 'jwt|otp|totp|dsn|connection_?string|conn_?str|database_?url|db_?url)'
+            || '(_|[0-9]|$)' as pattern
+    ) as w
 $$;
 
 comment on function stepsync.is_secret_key(text) is
-'Whether a JSON key looks like it holds a secret (password, token, api_key, ...).';
+'Whether a JSON key looks like it holds a secret (password, pwd, secret(s), token, '
+'api_key, auth, jwt, credentials, cookie, session id, dsn, ...), after folding case, '
+'look-alike letters and digits read as letters. Best effort.';
 
 revoke all on function stepsync.is_secret_key(text) from public;
 grant execute on function stepsync.is_secret_key(text) to service_role;
+
+create or replace function stepsync.redact_secret_text(p_text text)
+returns text
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    redacted text;
+begin
+    -- One search for the shapes' common parts spares the replacements in most texts.
+    if p_text is null or p_text !~* (
+        'eyj|sk-|sk_|rk_|gh[pousr]_|github_pat_|glpat-|xox[abprs]-|akia|aiza|sbp_|'
+        || 'private key|bearer|basic|://[^/@"]*@'
+    ) then
+        return p_text;
+    end if;
+    -- Each shape is made of letters, digits and -_.~+/= only and may not follow a
+    -- backslash or a letter, so in JSON text a match lies inside one string, never across
+    -- an escape or a quote, and replacing it keeps the text valid JSON.
+    redacted := regexp_replace(
+        p_text,
+        '(?<![A-Za-z0-9_\\-])(eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*'
+        || '|sk-(proj-|live-|test-|ant-)?[A-Za-z0-9_-]{20,}|[sr]k_(live|test)_[A-Za-z0-9]{16,}'
+        || '|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|glpat-[A-Za-z0-9_-]{20,}'
+        || '|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35,}'
+        || '|sbp_[0-9a-f]{40}|-----BEGIN [A-Z ]*PRIVATE KEY-----[^"]*-----END [A-Z ]*PRIVATE '
+        || 'KEY-----)',
+        '[redacted]',
+        'g'
+    );
+    redacted := regexp_replace(
+        redacted,
+        '(?<![A-Za-z0-9_\\])(bearer|basic)[ ]+[A-Za-z0-9._~+/-]{8,}=*',
+        '\1 [redacted]',
+        'gi'
+    );
+    -- Credentials in a URL: scheme://user:password@host.
+    return regexp_replace(
+        redacted,
+        '([a-z][a-z0-9+.-]*://[^/:@ "\\]+:)[^/@ "\\]+@',
+        '\1[redacted]@',
+        'gi'
+    );
+end
+$$;
+
+comment on function stepsync.redact_secret_text(text) is
+'Replaces secret-shaped values in a (JSON) text with [redacted]: JWTs, Bearer/Basic '
+'credentials, API keys of common shapes (OpenAI, Anthropic, Stripe, GitHub, GitLab, Slack, '
+'AWS, Google, Supabase), PEM private keys, passwords in URLs. Best effort; linear.';
+
+revoke all on function stepsync.redact_secret_text(text) from public;
+grant execute on function stepsync.redact_secret_text(text) to service_role;
+
+create or replace function stepsync.redact_secret_values(p_value jsonb)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    original text;
+    redacted text;
+begin
+    if p_value is null then
+        return null;
+    end if;
+    original := p_value::text;
+    redacted := stepsync.redact_secret_text(original);
+    if redacted = original then
+        return p_value;
+    end if;
+    return redacted::jsonb;
+end
+$$;
+
+comment on function stepsync.redact_secret_values(jsonb) is
+'A JSON value with the secret-shaped values inside its strings replaced by [redacted] '
+'(redact_secret_text).';
+
+revoke all on function stepsync.redact_secret_values(jsonb) from public;
+grant execute on function stepsync.redact_secret_values(jsonb) to service_role;
+
+create or replace function stepsync.redact_secret_keys(
+    p_value jsonb, p_level integer, p_searched boolean default false
+)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    searched text;
+begin
+    if p_value is null or jsonb_typeof(p_value) not in ('object', 'array') then
+        return p_value;
+    end if;
+    -- Bounded recursion: values are at most json_levels deep where they enter, and one
+    -- deeper than this (written before the limits) fails with a clear error instead of
+    -- exhausting the stack.
+    if p_level > 2 * stepsync.input_limit('json_levels') then
+        raise exception 'JSON nests deeper than % levels: it cannot be checked for secrets',
+            2 * stepsync.input_limit('json_levels')
+            using errcode = '54001';
+    end if;
+    -- Every key is_secret_key matches holds one of these (in any case, digits and symbols
+    -- read as letters), or a letter outside ASCII that may fold into one; most values hold
+    -- neither, and one search of their text spares the walk.
+    if not p_searched then
+        searched := p_value::text;
+        if searched !~* (
+            'p[a@4][s$5][s$5]|pwd|[s$5][e3]cr[e3][t7]|[t7][o0]k[e3]n|k[e3]y|[a@4]u[t7]h|'
+            || 'cr[e3]d|c[o0][o0]k[i1][e3]|[s$5][e3][s$5][s$5][i1][o0]n|b[e3][a@4]r[e3]r|'
+            || '[s$5][i1]gn|jw[t7]|[o0][t7]p|d[s$5]n|c[o0]nn|'
+            || 'd[a@4][t7][a@4]b[a@4][s$5][e3].?url|db.?url'
+        )
+            and searched !~ '[^\x01-\x7f]' then
+            return p_value;
+        end if;
+    end if;
+    if jsonb_typeof(p_value) = 'object' then
+        return coalesce(
+            (
+                select jsonb_object_agg(
+                    e.key,
+                    case
+                        when stepsync.is_secret_key(e.key) then '"[redacted]"'::jsonb
+                        when jsonb_typeof(e.value) in ('object', 'array')
+                            then stepsync.redact_secret_keys(e.value, p_level + 1)
+                        else e.value
+                    end
+                )
+                from jsonb_each(p_value) as e
+            ),
+            '{}'::jsonb
+        );
+    end if;
+    return coalesce(
+        (
+            select jsonb_agg(
+                case
+                    when jsonb_typeof(e.value) in ('object', 'array')
+                        then stepsync.redact_secret_keys(e.value, p_level + 1)
+                    else e.value
+                end
+                order by e.position
+            )
+            from jsonb_array_elements(p_value) with ordinality as e (value, position)
+        ),
+        '[]'::jsonb
+    );
+end
+$$;
+
+comment on function stepsync.redact_secret_keys(jsonb, integer, boolean) is
+'Replaces the value of every secret-looking key (is_secret_key), at any depth up to twice '
+'json_levels, with "[redacted]"; p_searched skips the first text search.';
+
+revoke all on function stepsync.redact_secret_keys(jsonb, integer, boolean) from public;
+grant execute on function stepsync.redact_secret_keys(jsonb, integer, boolean) to service_role;
 
 create or replace function stepsync.redact_secrets(p_value jsonb)
 returns jsonb
@@ -3021,74 +4120,284 @@ immutable
 parallel safe
 set search_path = ''
 as $$
+declare
+    original text;
+    redacted text;
+    value jsonb := p_value;
 begin
-    -- Every key is_secret_key matches holds one of these, in any case, whatever its
-    -- separators (apiKey, api-key, API_KEY all hold "key"); most values hold none, and
-    -- one search of their text spares the walk.
-    if p_value is null
-        or p_value::text !~* 'pass|secret|token|key|authori|credential|cookie|bearer|signature' then
-        return p_value;
+    if p_value is null then
+        return null;
     end if;
-    case jsonb_typeof(p_value)
-        when 'object' then
-            return coalesce(
-                (
-                    select jsonb_object_agg(
-                        e.key,
-                        case
-                            when stepsync.is_secret_key(e.key) then '"[redacted]"'::jsonb
-                            else stepsync.redact_secrets(e.value)
-                        end
-                    )
-                    from jsonb_each(p_value) as e
-                ),
-                '{}'::jsonb
-            );
-        when 'array' then
-            return coalesce(
-                (
-                    select jsonb_agg(stepsync.redact_secrets(e.value) order by e.position)
-                    from jsonb_array_elements(p_value) with ordinality as e (value, position)
-                ),
-                '[]'::jsonb
-            );
-        else
-            return p_value;
-    end case;
+    -- One conversion to text serves both kinds (redact_secret_values, then the search
+    -- that opens redact_secret_keys).
+    original := p_value::text;
+    redacted := stepsync.redact_secret_text(original);
+    if redacted <> original then
+        value := redacted::jsonb;
+    end if;
+    if jsonb_typeof(value) not in ('object', 'array')
+        or (
+            redacted !~* (
+                'p[a@4][s$5][s$5]|pwd|[s$5][e3]cr[e3][t7]|[t7][o0]k[e3]n|k[e3]y|[a@4]u[t7]h|'
+                || 'cr[e3]d|c[o0][o0]k[i1][e3]|[s$5][e3][s$5][s$5][i1][o0]n|b[e3][a@4]r[e3]r|'
+                || '[s$5][i1]gn|jw[t7]|[o0][t7]p|d[s$5]n|c[o0]nn|'
+                || 'd[a@4][t7][a@4]b[a@4][s$5][e3].?url|db.?url'
+            )
+            and redacted !~ '[^\x01-\x7f]'
+        ) then
+        return value;
+    end if;
+    return stepsync.redact_secret_keys(value, 0, true);
 end
 $$;
 
 comment on function stepsync.redact_secrets(jsonb) is
-'Replaces the value of every secret-looking key, at any depth, with "[redacted]".';
+'Best-effort redaction: secret-shaped values (redact_secret_values) and the values of '
+'secret-looking keys at any depth (redact_secret_keys) become "[redacted]".';
 
 revoke all on function stepsync.redact_secrets(jsonb) from public;
 grant execute on function stepsync.redact_secrets(jsonb) to service_role;
 
+create or replace function stepsync.redact_fragment(p_text text)
+returns text
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    redacted text := stepsync.redact_secret_text(p_text);
+    secret text;
+    quoted text;
+    container_at integer;
+begin
+    -- The start of a JSON text, cut: what redact_secrets does to a value, done to its
+    -- text. A private key whose end was cut off goes too.
+    redacted := regexp_replace(redacted, '-----BEGIN [A-Z ]*PRIVATE KEY-----[^"]*$', '[redacted]');
+    for secret in
+        select distinct m.found[1]
+        from regexp_matches(redacted, '"((?:[^"\\]|\\.)*)": ', 'g') as m (found)
+        where stepsync.is_secret_key(m.found[1])
+    loop
+        quoted := '"' || regexp_replace(secret, '([][\\^$.*+?(){}|-])', '\\\1', 'g') || '": ';
+        -- A secret key's scalar value, whole or cut off by the end of the text.
+        redacted := regexp_replace(
+            redacted,
+            '(' || quoted || ')("(?:[^"\\]|\\.)*"?|-?[0-9][0-9.eE+-]*|true|false|null)',
+            '\1"[redacted]"',
+            'g'
+        );
+        -- A secret key's object or array: nothing after it is kept (its end cannot be
+        -- told from text without parsing it).
+        container_at := regexp_instr(redacted, quoted || '[[{]');
+        if container_at > 0 then
+            redacted := left(redacted, container_at - 1) || '"' || secret || '": "[redacted]"';
+        end if;
+    end loop;
+    return redacted;
+end
+$$;
+
+comment on function stepsync.redact_fragment(text) is
+'Redaction of the start of a JSON text (a value cut to fit a context): secret shapes, the '
+'scalar values of secret-looking keys, and everything from a secret-looking key''s '
+'object or array on. Linear in the text.';
+
+revoke all on function stepsync.redact_fragment(text) from public;
+grant execute on function stepsync.redact_fragment(text) to service_role;
+
+create or replace function stepsync.cut_json_text(
+    p_whole text, p_max_chars integer, p_redact boolean
+)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    kept integer := greatest(p_max_chars - 40, 0);
+    fragment text;
+    cut jsonb;
+    over integer;
+begin
+    -- The cut becomes a JSON string, whose quotes and escapes lengthen it (and the
+    -- redaction may): shorten the kept part until the string's JSON text fits.
+    for attempt in 1 .. 10 loop
+        fragment := left(p_whole, kept);
+        if p_redact then
+            fragment := stepsync.redact_fragment(fragment);
+        end if;
+        cut := to_jsonb(
+            fragment
+            || format(
+                '…[truncated %s bytes]',
+                octet_length(p_whole) - octet_length(left(p_whole, kept))
+            )
+        );
+        over := length(cut::text) - p_max_chars;
+        exit when over <= 0 or kept = 0;
+        kept := greatest(kept - over, 0);
+    end loop;
+    return cut;
+end
+$$;
+
+comment on function stepsync.cut_json_text(text, integer, boolean) is
+'The start of a JSON text as a string "…[truncated N bytes]" of at most p_max_chars '
+'characters of JSON text (p_max_chars of 64 or more), redacted (redact_fragment) when '
+'p_redact.';
+
+revoke all on function stepsync.cut_json_text(text, integer, boolean) from public;
+grant execute on function stepsync.cut_json_text(text, integer, boolean) to service_role;
+
 create or replace function stepsync.truncate_json(p_value jsonb, p_max_chars integer)
 returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    whole text;
+begin
+    if p_value is null then
+        return null;
+    end if;
+    whole := p_value::text;
+    if length(whole) <= p_max_chars then
+        return p_value;
+    end if;
+    return stepsync.cut_json_text(whole, p_max_chars, false);
+end
+$$;
+
+comment on function stepsync.truncate_json(jsonb, integer) is
+'A value whose JSON text is longer than p_max_chars becomes a string: its first '
+'characters and a marker "…[truncated N bytes]", at most p_max_chars characters of JSON '
+'text in all (p_max_chars of 64 or more).';
+
+revoke all on function stepsync.truncate_json(jsonb, integer) from public;
+grant execute on function stepsync.truncate_json(jsonb, integer) to service_role;
+
+create or replace function stepsync.fit_value(p_value jsonb, p_max_chars integer)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    whole text;
+    redacted jsonb;
+begin
+    if p_value is null then
+        return null;
+    end if;
+    -- What a step is shown, redacted and cut to its share: a value that fits is
+    -- redacted whole; a larger one is cut first and only what is kept is redacted, so
+    -- the work never grows with the run's data beyond reading it once.
+    whole := p_value::text;
+    if length(whole) <= p_max_chars then
+        redacted := stepsync.redact_secrets(p_value);
+        if length(redacted::text) <= p_max_chars then
+            return redacted;
+        end if;
+        return stepsync.cut_json_text(redacted::text, p_max_chars, false);
+    end if;
+    return stepsync.cut_json_text(whole, p_max_chars, true);
+end
+$$;
+
+comment on function stepsync.fit_value(jsonb, integer) is
+'A value as a step is shown it: redacted, and cut to at most p_max_chars characters of '
+'JSON text (see truncate_json) with only the kept part redacted.';
+
+revoke all on function stepsync.fit_value(jsonb, integer) from public;
+grant execute on function stepsync.fit_value(jsonb, integer) to service_role;
+
+create or replace function stepsync.jsonpath_names_secret(p_path jsonpath)
+returns boolean
 language sql
 immutable
 parallel safe
 set search_path = ''
 as $$
-    select case
-        when p_value is null or length(p_value::text) <= p_max_chars then p_value
-        else to_jsonb(
-            left(p_value::text, p_max_chars)
-            || format(
-                '…[truncated %s bytes]',
-                octet_length(p_value::text) - octet_length(left(p_value::text, p_max_chars))
-            )
-        )
-    end
+    -- A member a path names (."key"), anywhere in it, filters included.
+    select exists (
+        select
+        from regexp_matches(p_path::text, '\."((?:[^"\\]|\\.)*)"', 'g') as m (found)
+        where stepsync.is_secret_key(m.found[1])
+    )
 $$;
 
-comment on function stepsync.truncate_json(jsonb, integer) is
-'A value whose JSON text is longer than p_max_chars becomes a string: its first '
-'p_max_chars characters and a marker "…[truncated N bytes]".';
+comment on function stepsync.jsonpath_names_secret(jsonpath) is
+'Whether a path names a secret-looking key: what it selects is then shown as "[redacted]" '
+'(paths are evaluated before redaction; the subset has no .* to reach a key unnamed).';
 
-revoke all on function stepsync.truncate_json(jsonb, integer) from public;
-grant execute on function stepsync.truncate_json(jsonb, integer) to service_role;
+revoke all on function stepsync.jsonpath_names_secret(jsonpath) from public;
+grant execute on function stepsync.jsonpath_names_secret(jsonpath) to service_role;
+
+create or replace function stepsync.fit_text(p_text text, p_max_chars integer)
+returns text
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    kept integer := least(char_length(p_text), p_max_chars);
+    over integer;
+begin
+    for attempt in 1 .. 10 loop
+        over := length(to_jsonb(left(p_text, kept))::text) - p_max_chars;
+        exit when over <= 0 or kept = 0;
+        kept := greatest(kept - over, 0);
+    end loop;
+    return left(p_text, kept);
+end
+$$;
+
+comment on function stepsync.fit_text(text, integer) is
+'The longest start of p_text whose JSON string text is at most p_max_chars characters.';
+
+revoke all on function stepsync.fit_text(text, integer) from public;
+grant execute on function stepsync.fit_text(text, integer) to service_role;
+
+create or replace function stepsync.share_budget(
+    p_sizes integer[], p_budget integer, p_floor integer default 64
+)
+returns integer
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    remaining bigint := p_budget;
+    sharing integer := coalesce(cardinality(p_sizes), 0);
+    value_size integer;
+begin
+    -- Water-filling: values smaller than an equal share keep their size and leave the
+    -- rest to the larger ones, which are all cut to the same level.
+    for value_size in select s.size from unnest(p_sizes) as s (size) order by s.size loop
+        if value_size <= remaining / sharing then
+            remaining := remaining - value_size;
+            sharing := sharing - 1;
+        else
+            return greatest(p_floor, (remaining / sharing)::integer);
+        end if;
+    end loop;
+    return greatest(p_floor, p_budget);
+end
+$$;
+
+comment on function stepsync.share_budget(integer[], integer, integer) is
+'The size to cut values of sizes p_sizes to so that together they take at most p_budget '
+'(at least p_floor each): the small ones keep their size, the large share the rest.';
+
+revoke all on function stepsync.share_budget(integer[], integer, integer) from public;
+grant execute on function stepsync.share_budget(integer[], integer, integer) to service_role;
 
 create or replace view stepsync.run_context_heads
 with (security_invoker = true) as
@@ -3097,13 +4406,17 @@ select
     jsonb_build_object(
         'task', jsonb_build_object(
             'id', r.task_id,
-            -- The task's name as the run started, else looked up by key.
-            'name', coalesce(
-                r.metadata ->> 'task_name',
-                (
-                    select t.name from public.agent_tasks as t
-                    where t.id = r.task_id
-                )
+            -- The task's name as the run started, else looked up by key; a legacy task's
+            -- name has no limit, its context's does.
+            'name', left(
+                coalesce(
+                    r.metadata ->> 'task_name',
+                    (
+                        select t.name from public.agent_tasks as t
+                        where t.id = r.task_id
+                    )
+                ),
+                200
             )
         ),
         'run', jsonb_build_object(
@@ -3229,30 +4542,42 @@ grant execute on function stepsync.context_before(jsonb, integer) to service_rol
 
 create or replace function stepsync.should_skip(p_context jsonb, p_skip_if jsonpath)
 returns boolean
-language sql
+language plpgsql
 immutable
-parallel safe
 set search_path = ''
 as $$
+declare
+    items jsonb;
+begin
     -- A predicate (`$.previous.status == "failed"`) skips when true; a path or filter
     -- (`$.steps[0].output ? (@.done)`) skips when it selects anything other than a single
-    -- false or null. Evaluation errors count as "do not skip".
-    with result as (
-        select jsonb_path_query_array(p_context, p_skip_if, '{}'::jsonb, true) as items
-    )
-    select p_skip_if is not null
-        and jsonb_array_length(result.items) > 0
-        and result.items not in ('[false]'::jsonb, '[null]'::jsonb)
-    from result
+    -- false or null. Evaluation errors, and an evaluation the statement timeout cut
+    -- short, count as "do not skip": one step's skip_if never fails the statement that
+    -- moves a batch of runs on.
+    if p_skip_if is null then
+        return false;
+    end if;
+    items := jsonb_path_query_array(p_context, p_skip_if, '{}'::jsonb, true);
+    return jsonb_array_length(items) > 0 and items not in ('[false]'::jsonb, '[null]'::jsonb);
+exception
+    when query_canceled then
+        if sqlerrm like '%statement timeout%' then
+            return false;
+        end if;
+        raise;
+    when others then
+        return false;
+end
 $$;
 
 comment on function stepsync.should_skip(jsonb, jsonpath) is
-'Whether skip_if holds over a step''s context (see context_before).';
+'Whether skip_if holds over a step''s context (see context_before); errors and a timeout '
+'count as "do not skip".';
 
 revoke all on function stepsync.should_skip(jsonb, jsonpath) from public;
 grant execute on function stepsync.should_skip(jsonb, jsonpath) to service_role;
 
-create or replace function stepsync.render_template(p_template text, p_context jsonb)
+create or replace function stepsync.render_placeholder(p_expression text, p_context jsonb)
 returns text
 language plpgsql
 immutable
@@ -3260,46 +4585,56 @@ parallel safe
 set search_path = ''
 as $$
 declare
-    -- No template renders as nothing (an unfinished draft step may have none); a null
-    -- here would never reach the end of the loop below.
-    rest text := coalesce(p_template, '');
-    rendered text := '';
-    open_at integer;
-    close_at integer;
-    expression text;
-    path jsonpath;
+    path jsonpath := stepsync.placeholder_path(p_expression);
     items jsonb;
 begin
+    if path is null then
+        return format('[invalid placeholder: %s]', p_expression);
+    end if;
+    -- Held to the checked subset again, for a template written before the rule.
+    if stepsync.jsonpath_problem(path, stepsync.input_limit('jsonpath_chars')) is not null then
+        return format('[refused placeholder: %s]', stepsync.excerpt(p_expression, 60));
+    end if;
+    items := jsonb_path_query_array(p_context, path, '{}'::jsonb, true);
+    return case
+        when jsonb_array_length(items) = 0 then format('[missing: %s]', p_expression)
+        when jsonb_array_length(items) > 1 then items::text
+        when jsonb_typeof(items -> 0) = 'string' then items ->> 0
+        else (items -> 0)::text
+    end;
+end
+$$;
+
+comment on function stepsync.render_placeholder(text, jsonb) is
+'One {{expr}} of a template, rendered: strings as they are, other values as JSON, several '
+'as a JSON array; "[missing: expr]", "[invalid placeholder: expr]" or "[refused '
+'placeholder: expr]" (outside the jsonpath subset).';
+
+revoke all on function stepsync.render_placeholder(text, jsonb) from public;
+grant execute on function stepsync.render_placeholder(text, jsonb) to service_role;
+
+create or replace function stepsync.render_template(p_template text, p_context jsonb)
+returns text
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
     -- Grammar: {{ expr }} where expr is a jsonpath over the context without its leading
     -- "$." (steps[0].output.title, previous.output, task.name, context_data.key); a
-    -- leading "$" is accepted too. Strings are inserted as is, other values as JSON.
-    loop
-        open_at := strpos(rest, '{{');
-        exit when open_at = 0;
-        close_at := strpos(substr(rest, open_at + 2), '}}');
-        exit when close_at = 0;
-        expression := btrim(substr(rest, open_at + 2, close_at - 1));
-        rendered := rendered || left(rest, open_at - 1);
-        rest := substr(rest, open_at + close_at + 3);
-        begin
-            path := (
-                case when left(expression, 1) = '$' then expression else '$.' || expression end
-            )::jsonpath;
-        exception when others then
-            rendered := rendered || format('[invalid placeholder: %s]', expression);
-            continue;
-        end;
-        items := jsonb_path_query_array(p_context, path, '{}'::jsonb, true);
-        rendered := rendered || case
-            when jsonb_array_length(items) = 0
-                then format('[missing: %s]', expression)
-            when jsonb_array_length(items) > 1 then items::text
-            when jsonb_typeof(items -> 0) = 'string' then items ->> 0
-            else (items -> 0)::text
-        end;
-    end loop;
-    return rendered || rest;
-end
+    -- leading "$" is accepted too. One pass over the template (template_placeholders),
+    -- each placeholder evaluated once, the pieces joined once: linear in the template.
+    select coalesce(
+        string_agg(
+            t.literal_before || case
+                when t.expression is null then ''
+                else stepsync.render_placeholder(t.expression, p_context)
+            end,
+            '' order by t.placeholder
+        ),
+        ''
+    )
+    from stepsync.template_placeholders(p_template) as t
 $$;
 
 comment on function stepsync.render_template(text, jsonb) is
@@ -3308,6 +4643,75 @@ comment on function stepsync.render_template(text, jsonb) is
 
 revoke all on function stepsync.render_template(text, jsonb) from public;
 grant execute on function stepsync.render_template(text, jsonb) to service_role;
+
+create or replace function stepsync.assemble_step_context(
+    p_mode text, p_base jsonb, p_parts jsonb, p_shared jsonb
+)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+    earlier_count integer := case when p_mode = 'full' then jsonb_array_length(p_parts) end;
+begin
+    -- p_shared holds the values that share the size budget, in this order: the trigger
+    -- data, then per mode: previous (output, error), full (every output, then every
+    -- error), selective (every selection), custom (the rendered text). p_parts holds the
+    -- rest of the mode's part: the previous step's or every step's other fields, or the
+    -- selection keys.
+    return p_base
+        || jsonb_build_object(
+            'run', (p_base -> 'run') || jsonb_build_object('trigger_data', p_shared -> 0)
+        )
+        || case p_mode
+            when 'none' then '{}'::jsonb
+            when 'metadata' then jsonb_build_object('steps', p_parts)
+            when 'previous' then jsonb_build_object(
+                'previous', case
+                    when jsonb_typeof(p_parts) = 'object' then p_parts || jsonb_build_object(
+                        'output', p_shared -> 1, 'error', p_shared -> 2
+                    )
+                    else 'null'::jsonb
+                end
+            )
+            when 'full' then jsonb_build_object(
+                'steps', coalesce(
+                    (
+                        select jsonb_agg(
+                            e.entry || jsonb_build_object(
+                                'output', p_shared -> e.position::integer,
+                                'error', p_shared -> (e.position::integer + earlier_count)
+                            )
+                            order by e.position
+                        )
+                        from jsonb_array_elements(p_parts) with ordinality as e (entry, position)
+                    ),
+                    '[]'::jsonb
+                )
+            )
+            when 'selective' then jsonb_build_object(
+                'selected', coalesce(
+                    (
+                        select jsonb_object_agg(k.key, p_shared -> k.position::integer)
+                        from jsonb_array_elements_text(p_parts) with ordinality as k (key, position)
+                    ),
+                    '{}'::jsonb
+                )
+            )
+            else jsonb_build_object('rendered', p_shared -> 1)
+        end;
+end
+$$;
+
+comment on function stepsync.assemble_step_context(text, jsonb, jsonb, jsonb) is
+'Puts a step''s input together from its fixed part and the values that share the size '
+'budget (see build_step_context); called once with nulls to measure, once to build.';
+
+revoke all on function stepsync.assemble_step_context(text, jsonb, jsonb, jsonb) from public;
+grant execute on function stepsync.assemble_step_context(text, jsonb, jsonb, jsonb)
+to service_role;
 
 create or replace function stepsync.build_step_context(
     p_run_context jsonb,
@@ -3327,145 +4731,218 @@ set search_path = ''
 as $$
 declare
     earlier jsonb := stepsync.steps_before(p_run_context, p_step_order);
-    run jsonb := stepsync.redact_secrets(p_run_context -> 'run');
     mode text := case
         when p_include_previous_context then p_context_mode::text else 'none'
     end;
-    visible jsonb;
+    task jsonb := p_run_context -> 'task';
+    run jsonb := p_run_context -> 'run';
+    context_data jsonb;
     base jsonb;
-    steps jsonb;
-    last_step jsonb;
-    budget integer;
-    selected jsonb := '{}'::jsonb;
-    path jsonpath;
-    items jsonb;
+    parts jsonb;
+    shared jsonb;
+    sizes integer[];
+    nulls jsonb;
+    fixed_size integer;
+    level integer;
+    fitted jsonb;
+    built jsonb;
+    visible jsonb;
+    shown jsonb;
+    template_level integer;
 begin
-    -- Every value that can be large (outputs, trigger data, selections) shares the
-    -- budget equally, with a floor so that each keeps a readable head.
-    budget := greatest(256, p_max_bytes / greatest(1, jsonb_array_length(earlier) + 1));
+    -- The task name is the one fixed part a user writes without a limit (legacy tasks).
+    if char_length(task ->> 'name') > stepsync.input_limit('task_name_chars') then
+        task := task || jsonb_build_object(
+            'name', left(task ->> 'name', stepsync.input_limit('task_name_chars'))
+        );
+    end if;
+    context_data := coalesce(p_context_data, '{}'::jsonb);
+    -- Within its limit the static part takes a quarter of the budget at most; one
+    -- written before the limits fails the step instead of crowding out the rest.
+    if length(context_data::text) > p_max_bytes / 4 then
+        raise exception 'context_data is % characters of JSON, more than the % it may take',
+            length(context_data::text), p_max_bytes / 4
+            using errcode = '54000';
+    end if;
     base := jsonb_build_object(
         'mode', mode,
-        'task', stepsync.redact_secrets(p_run_context -> 'task'),
-        'run', case
-            when length((run -> 'trigger_data')::text) <= budget then run
-            else jsonb_set(
-                run, '{trigger_data}', stepsync.truncate_json(run -> 'trigger_data', budget)
-            )
-        end,
+        'task', task,
+        'run', run - 'trigger_data',
         'step', jsonb_build_object('order', p_step_order),
-        'context_data', case
-            when p_context_data is null or p_context_data = '{}'::jsonb then '{}'::jsonb
-            else stepsync.redact_secrets(p_context_data)
-        end
+        'context_data', context_data
     );
 
+    -- What the mode shows, split into small fixed parts (redacted here) and the values
+    -- that can be large (trigger data, outputs, errors, selections, the rendered
+    -- template): those share what the fixed parts leave of p_max_bytes, and each is
+    -- redacted as it is cut to its share (fit_value), so redaction never reads more than
+    -- the step is shown.
     case mode
         when 'none' then
-            return base;
-        when 'previous' then
-            last_step := stepsync.redact_secrets(earlier -> -1);
-            return base || jsonb_build_object(
-                'previous', case
-                    when last_step is null then 'null'::jsonb
-                    else jsonb_build_object(
-                        'order', last_step -> 'order',
-                        'name', last_step -> 'name',
-                        'status', last_step -> 'status',
-                        'output', case
-                            when length((last_step -> 'output')::text) <= budget
-                                then last_step -> 'output'
-                            else stepsync.truncate_json(last_step -> 'output', budget)
-                        end,
-                        'error', last_step -> 'error'
+            shared := jsonb_build_array(run -> 'trigger_data');
+        when 'metadata' then
+            parts := coalesce(
+                (
+                    select jsonb_agg(
+                        jsonb_build_object(
+                            'order', e.step -> 'order',
+                            'name', e.step -> 'name',
+                            'status', e.step -> 'status',
+                            'started_at', e.step -> 'started_at',
+                            'completed_at', e.step -> 'completed_at',
+                            'duration_ms', e.step -> 'duration_ms',
+                            'attempts', e.step -> 'attempts'
+                        )
+                        order by e.position
                     )
-                end
+                    from jsonb_array_elements(earlier) with ordinality as e (step, position)
+                ),
+                '[]'::jsonb
             );
+            shared := jsonb_build_array(run -> 'trigger_data');
+        when 'previous' then
+            parts := case
+                when earlier -> -1 is null then 'null'::jsonb
+                else jsonb_build_object(
+                    'order', earlier #> '{-1,order}',
+                    'name', earlier #> '{-1,name}',
+                    'status', earlier #> '{-1,status}'
+                )
+            end;
+            shared := jsonb_build_array(
+                run -> 'trigger_data', earlier #> '{-1,output}', earlier #> '{-1,error}'
+            );
+        when 'full' then
+            select
+                coalesce(
+                    jsonb_agg(
+                        jsonb_build_object(
+                            'order', e.step -> 'order',
+                            'name', e.step -> 'name',
+                            'status', e.step -> 'status'
+                        )
+                        order by e.position
+                    ),
+                    '[]'::jsonb
+                ),
+                jsonb_build_array(run -> 'trigger_data')
+                || coalesce(jsonb_agg(e.step -> 'output' order by e.position), '[]'::jsonb)
+                || coalesce(jsonb_agg(e.step -> 'error' order by e.position), '[]'::jsonb)
+            into parts, shared
+            from jsonb_array_elements(earlier) with ordinality as e (step, position);
         when 'selective' then
-            -- Each path is evaluated over the untruncated (redacted) context: no result
-            -- is null, one result is the value, several are an array.
-            visible := stepsync.redact_secrets(
-                stepsync.context_before(p_run_context, p_step_order)
-            ) || jsonb_build_object('context_data', base -> 'context_data');
-            budget := greatest(256, p_max_bytes / greatest(1, cardinality(p_context_paths)));
-            foreach path in array coalesce(p_context_paths, '{}'::jsonpath[]) loop
-                items := jsonb_path_query_array(visible, path, '{}'::jsonb, true);
-                selected := selected || jsonb_build_object(
-                    path::text,
-                    stepsync.truncate_json(
-                        case jsonb_array_length(items)
-                            when 0 then 'null'::jsonb
-                            when 1 then items -> 0
-                            else items
-                        end,
-                        budget
-                    )
-                );
-            end loop;
-            return base || jsonb_build_object('selected', selected);
-        else
-            null;
-    end case;
-
-    -- full, metadata, custom: every earlier step, redacted, outputs truncated, in one
-    -- pass that keeps the fields the mode shows (custom keeps them all).
-    steps := coalesce(
-        (
-            select jsonb_agg(
-                case mode
-                    when 'full' then jsonb_build_object(
-                        'order', e.step -> 'order',
-                        'name', e.step -> 'name',
-                        'status', e.step -> 'status',
-                        'output', e.output,
-                        'error', e.step -> 'error'
-                    )
-                    when 'metadata' then jsonb_build_object(
-                        'order', e.step -> 'order',
-                        'name', e.step -> 'name',
-                        'status', e.step -> 'status',
-                        'started_at', e.step -> 'started_at',
-                        'completed_at', e.step -> 'completed_at',
-                        'duration_ms', e.step -> 'duration_ms',
-                        'attempts', e.step -> 'attempts'
-                    )
-                    else e.step || jsonb_build_object('output', e.output)
-                end
-                order by e.position
-            )
+            -- Each path is evaluated once over the whole context as it is (the subset
+            -- keeps that linear): no result is null, one result is the value, several are
+            -- an array. A path that names a secret-looking key selects "[redacted]"; what
+            -- the others select is redacted as it is fitted.
+            visible := stepsync.context_before(p_run_context, p_step_order)
+                || jsonb_build_object('context_data', context_data);
+            select
+                coalesce(jsonb_agg(p.path::text order by p.position), '[]'::jsonb),
+                jsonb_build_array(run -> 'trigger_data') || coalesce(
+                    jsonb_agg(
+                        case
+                            when stepsync.jsonpath_names_secret(p.path) then '"[redacted]"'::jsonb
+                            when jsonb_array_length(p.items) = 0 then 'null'::jsonb
+                            when jsonb_array_length(p.items) = 1 then p.items -> 0
+                            else p.items
+                        end
+                        order by p.position
+                    ),
+                    '[]'::jsonb
+                )
+            into parts, shared
             from (
                 select
-                    s.step,
-                    s.position,
-                    case
-                        when length((s.step -> 'output')::text) <= budget then s.step -> 'output'
-                        else stepsync.truncate_json(s.step -> 'output', budget)
-                    end as output
-                from jsonb_array_elements(stepsync.redact_secrets(earlier))
-                    with ordinality as s (step, position)
-            ) as e
-        ),
-        '[]'::jsonb
-    );
-    case mode
-        when 'full', 'metadata' then
-            return base || jsonb_build_object('steps', steps);
+                    c.path,
+                    c.position,
+                    jsonb_path_query_array(visible, c.path, '{}'::jsonb, true) as items
+                from unnest(coalesce(p_context_paths, '{}'::jsonpath[]))
+                    with ordinality as c (path, position)
+            ) as p;
         else
-            return base || jsonb_build_object(
-                'rendered', left(
-                    stepsync.render_template(
-                        p_context_template,
-                        stepsync.redact_secrets(
-                            stepsync.context_before(p_run_context, p_step_order)
-                        ) || jsonb_build_object(
-                            'steps', steps,
-                            'previous', steps -> -1,
-                            'context_data', base -> 'context_data'
+            -- custom: the template sees the task, the run, context_data and every earlier
+            -- step, each output and error fitted to an equal share (at least 256
+            -- characters), all redacted.
+            template_level := greatest(
+                256, p_max_bytes / greatest(1, jsonb_array_length(earlier) + 1)
+            );
+            shown := coalesce(
+                (
+                    select jsonb_agg(
+                        stepsync.redact_secrets(e.step - 'output' - 'error')
+                        || jsonb_build_object(
+                            'output', stepsync.fit_value(e.step -> 'output', template_level),
+                            'error', stepsync.fit_value(e.step -> 'error', template_level)
                         )
-                    ),
-                    p_max_bytes
-                )
+                        order by e.position
+                    )
+                    from jsonb_array_elements(earlier) with ordinality as e (step, position)
+                ),
+                '[]'::jsonb
+            );
+            shared := jsonb_build_array(
+                run -> 'trigger_data',
+                to_jsonb(stepsync.render_template(
+                    p_context_template,
+                    jsonb_build_object(
+                        'task', stepsync.redact_secrets(task),
+                        'run', stepsync.redact_secrets(run),
+                        'steps', shown,
+                        'previous', shown -> -1,
+                        'context_data', stepsync.redact_secrets(context_data)
+                    )
+                ))
             );
     end case;
+
+    -- A small run context (its stored size, six times which its JSON text cannot
+    -- exceed, well within the budget) needs nothing cut: the input is built once and
+    -- redacted in one go (no key of its own structure looks secret, so that is the
+    -- redaction of each part), unless selections repeat it past the budget.
+    if (pg_catalog.pg_column_size(p_run_context) + pg_catalog.pg_column_size(context_data)) * 6
+        + 4096 <= p_max_bytes then
+        built := stepsync.redact_secrets(
+            stepsync.assemble_step_context(mode, base, parts, shared)
+        );
+        if length(built::text) <= p_max_bytes then
+            return built;
+        end if;
+    end if;
+    -- Otherwise the fixed parts are redacted here, and each shared value as it is cut.
+    base := stepsync.redact_secrets(base);
+    parts := stepsync.redact_secrets(parts);
+
+    -- Measure the fixed parts with every shared value null (4 characters each), share
+    -- what is left, then build.
+    select
+        array_agg(length(s.value::text) order by s.position),
+        jsonb_agg('null'::jsonb)
+    into sizes, nulls
+    from jsonb_array_elements(shared) with ordinality as s (value, position);
+    fixed_size := length(stepsync.assemble_step_context(mode, base, parts, nulls)::text)
+        - 4 * cardinality(sizes);
+    level := stepsync.share_budget(sizes, p_max_bytes - fixed_size);
+    select jsonb_agg(
+        case
+            -- The rendered template comes from redacted values: it is only cut.
+            when mode = 'custom' and s.position = 2 then case
+                when length(s.value::text) <= level then s.value
+                else to_jsonb(stepsync.fit_text(s.value #>> '{}', level))
+            end
+            else stepsync.fit_value(s.value, level)
+        end
+        order by s.position
+    )
+    into fitted
+    from jsonb_array_elements(shared) with ordinality as s (value, position);
+    built := stepsync.assemble_step_context(mode, base, parts, fitted);
+    if length(built::text) > p_max_bytes then
+        raise exception 'the input context is % characters of JSON, more than the limit of %',
+            length(built::text), p_max_bytes
+            using errcode = '54000';
+    end if;
+    return built;
 end
 $$;
 
@@ -3474,13 +4951,129 @@ comment on function stepsync.build_step_context(
 ) is
 'The input context of step p_step_order given its run context and definition: mode, task, '
 'run, step, context_data, plus steps (full, metadata), previous, selected (selective) or '
-'rendered (custom). Secrets redacted; large values truncated to share p_max_bytes.';
+'rendered (custom). Secrets redacted; at most p_max_bytes characters of JSON: the trigger '
+'data, outputs, errors, selections and rendered text share what the rest leaves.';
 
 revoke all on function stepsync.build_step_context(
     jsonb, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb, integer
 ) from public;
 grant execute on function stepsync.build_step_context(
     jsonb, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb, integer
+) to service_role;
+
+create or replace function stepsync.step_input(
+    p_run_context jsonb,
+    p_step_order integer,
+    p_include_previous_context boolean,
+    p_context_mode public.step_context_mode,
+    p_context_paths jsonpath[],
+    p_context_template text,
+    p_context_data jsonb
+)
+returns jsonb
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    return stepsync.build_step_context(
+        p_run_context, p_step_order, p_include_previous_context, p_context_mode,
+        p_context_paths, p_context_template, p_context_data,
+        stepsync.input_limit('context_chars')
+    );
+exception
+    -- A build the statement timeout cut short fails this step only: the timeout has
+    -- fired, and the statement goes on with the other steps. A cancel asked for by a
+    -- client or an operator is not caught.
+    when query_canceled then
+        if sqlerrm like '%statement timeout%' then
+            return jsonb_build_object(
+                'context_error', 'building it took longer than the statement timeout'
+            );
+        end if;
+        raise;
+    when others then
+        return jsonb_build_object('context_error', stepsync.excerpt(sqlerrm, 500));
+end
+$$;
+
+comment on function stepsync.step_input(
+    jsonb, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb
+) is
+'build_step_context at the context_chars limit, or {"context_error": why} when it cannot '
+'be built (the caller fails that step alone): one bad step never fails a batch.';
+
+revoke all on function stepsync.step_input(
+    jsonb, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb
+) from public;
+grant execute on function stepsync.step_input(
+    jsonb, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb
+) to service_role;
+
+create or replace function stepsync.run_step_input(
+    p_run_id uuid,
+    p_step_order integer,
+    p_include_previous_context boolean,
+    p_context_mode public.step_context_mode,
+    p_context_paths jsonpath[],
+    p_context_template text,
+    p_context_data jsonb
+)
+returns jsonb
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    run_context jsonb;
+begin
+    -- The run's context is read here, inside the guard: with large outputs, reading it
+    -- is part of what may take long. The head by the run's key, the earlier steps by
+    -- (run_id, step_order), through the views of the run context (planned under
+    -- lease_steps' enable_seqscan = off, its only caller).
+    select h.head || jsonb_build_object(
+        'steps', coalesce(
+            (
+                select jsonb_agg(e.entry order by e.step_order)
+                from stepsync.run_context_entries as e
+                where e.run_id = p_run_id and e.step_order < p_step_order
+            ),
+            '[]'::jsonb
+        )
+    )
+    into run_context
+    from stepsync.run_context_heads as h
+    where h.run_id = p_run_id;
+    return stepsync.build_step_context(
+        run_context, p_step_order, p_include_previous_context, p_context_mode,
+        p_context_paths, p_context_template, p_context_data,
+        stepsync.input_limit('context_chars')
+    );
+exception
+    when query_canceled then
+        if sqlerrm like '%statement timeout%' then
+            return jsonb_build_object(
+                'context_error', 'building it took longer than the statement timeout'
+            );
+        end if;
+        raise;
+    when others then
+        return jsonb_build_object('context_error', stepsync.excerpt(sqlerrm, 500));
+end
+$$;
+
+comment on function stepsync.run_step_input(
+    uuid, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb
+) is
+'The input of step p_step_order of run p_run_id (its run context read and built by '
+'build_step_context, at the context_chars limit), or {"context_error": why} when it cannot '
+'be built in time or at all: what lease_steps stores, failing that step alone.';
+
+revoke all on function stepsync.run_step_input(
+    uuid, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb
+) from public;
+grant execute on function stepsync.run_step_input(
+    uuid, integer, boolean, public.step_context_mode, jsonpath[], text, jsonb
 ) to service_role;
 
 -- Run progress: how a run moves forward between steps, the bookkeeping every step
@@ -3742,6 +5335,9 @@ declare
     ended_plainly uuid[];
     ended_compensated uuid[];
     ended_cancelled uuid[];
+    head_user uuid;
+    head_fair_at timestamptz;
+    unfair uuid[];
 begin
     -- Lock order: runs in id order, then their steps.
     select array_agg(open_run.id) into moving
@@ -3854,15 +5450,77 @@ begin
         end if;
         perform stepsync.finish_runs(ended_plainly, 'completed');
     end if;
-    if p_worker is null then
+    -- Fairness: a hand-off jumps the queue, so it is made only when the queue would give
+    -- the step to this user now anyway: nothing is due, the first due step is the same
+    -- user's, or this step's place (after the user's last queued step) comes before it.
+    -- Otherwise it is queued, and the worker's free slot claims in the fair order.
+    if p_worker is not null and cardinality(handing_off) > 0 then
+        select s.user_id, s.fair_at into head_user, head_fair_at
+        from public.task_step_executions as s
+        where s.status = 'queued' and s.run_after <= now()
+        order by s.fair_at, s.id
+        limit 1;
+        if found then
+            select
+                coalesce(array_agg(offered.id) filter (where offered.fair), '{}'),
+                coalesce(array_agg(offered.id) filter (where not offered.fair), '{}')
+            into handing_off, unfair
+            from (
+                select
+                    given.id,
+                    step.user_id = head_user or greatest(
+                        now(),
+                        (
+                            select last_queued.fair_at + (
+                                select make_interval(secs => setting.value / 1000.0)
+                                from stepsync.settings as setting
+                                where setting.name = 'user_step_spacing_ms'
+                            )
+                            from public.task_step_executions as last_queued
+                            where last_queued.user_id = step.user_id
+                                and last_queued.status = 'queued'
+                            order by last_queued.fair_at desc
+                            limit 1
+                        )
+                    ) <= head_fair_at as fair
+                from unnest(handing_off) as given (id)
+                cross join lateral (
+                    select s.user_id from public.task_step_executions as s
+                    where s.id = given.id
+                    limit 1
+                ) as step
+            ) as offered;
+            queueing := queueing || unfair;
+        end if;
+    else
         queueing := queueing || coalesce(handing_off, '{}');
+        handing_off := '{}';
     end if;
-    -- Only with steps to queue: most calls hand every step off or end the run.
+    -- Only with steps to queue: most calls hand every step off or end the run. Each
+    -- user's queued steps are spaced apart in the claim order (fair_at), after the last
+    -- one the user already has queued: a user with hundreds queued takes turns with one
+    -- who has a single step.
     if cardinality(queueing) > 0 then
         update public.task_step_executions as s
         set
             status = 'queued',
             run_after = now(),
+            fair_at = greatest(
+                now(),
+                (
+                    -- The setting is read once per statement, and only when a user has
+                    -- steps queued already.
+                    select last_queued.fair_at + (
+                        select make_interval(secs => setting.value / 1000.0)
+                        from stepsync.settings as setting
+                        where setting.name = 'user_step_spacing_ms'
+                    )
+                    from public.task_step_executions as last_queued
+                    where last_queued.user_id = s.user_id and last_queued.status = 'queued'
+                    order by last_queued.fair_at desc
+                    limit 1
+                )
+            ),
             queued_at = now(),
             updated_at = now()
         where s.id = any(queueing);
@@ -3876,7 +5534,8 @@ $$;
 
 comment on function stepsync.advance_runs(uuid[], text, integer) is
 'Moves the given running runs forward, set-based: each run''s next pending step is '
-'queued, or with p_worker, when it is plainly due (no skip_if), leased to that worker for '
+'queued (in its user''s fair place, fair_at), or with p_worker, when it is plainly due (no '
+'skip_if) and no other user''s step is waiting ahead of it, leased to that worker for '
 'p_lease_seconds (returned: the hand-off); steps whose skip_if holds are skipped on the '
 'way; a run with no step left is completed, or when it was compensating, failed (or '
 'cancelled) with its compensation outcome. A run with a step in flight is left alone. '
@@ -3931,6 +5590,12 @@ comment on trigger task_step_executions_status_change on public.task_step_execut
 -- stepsync.open_run makes the run and its snapshot; start_task_run and resume_task_run
 -- (0185_resume.sql) both open their runs through it, so a resumed run is checked and
 -- snapshotted exactly like a new one.
+--
+-- What a run is given is held to the limits (0015_limits.sql): trigger data has a size
+-- and a depth, the task's agent must be its owner's (as a step override must), and an
+-- API caller has a quota of open runs per user and per task (stepsync.settings), so one
+-- user cannot queue hundreds of runs ahead of everyone. The service (schedules, events it
+-- starts itself) is not held to the quotas.
 
 create or replace function stepsync.step_definitions(p_task_id uuid)
 returns table (
@@ -3988,6 +5653,73 @@ comment on function stepsync.step_definitions(uuid) is
 revoke all on function stepsync.step_definitions(uuid) from public;
 grant execute on function stepsync.step_definitions(uuid) to service_role;
 
+create or replace function stepsync.check_run_quota(p_task public.agent_tasks)
+returns void
+language plpgsql
+volatile
+set enable_seqscan = off
+set search_path = ''
+as $$
+declare
+    per_user integer := stepsync.setting('max_active_runs_per_user');
+    per_task integer := stepsync.setting('max_active_runs_per_task');
+    open_runs integer;
+begin
+    -- One start at a time per user (transaction lock: fine behind a transaction pooler),
+    -- so two starts cannot both see room for one more run.
+    perform pg_catalog.pg_advisory_xact_lock(
+        pg_catalog.hashtextextended('stepsync.start_task_run:' || p_task.user_id::text, 0)
+    );
+    if per_task > 0 then
+        -- Among the owner's open runs (agent_task_executions_open_by_user_idx): no task
+        -- index of its own on the hot table for it.
+        select count(*) into open_runs
+        from (
+            select from public.agent_task_executions as r
+            where
+                r.user_id = p_task.user_id
+                and r.status in ('pending', 'running')
+                and r.cancelled_at is null
+                and r.task_id = p_task.id
+            limit per_task
+        ) as open_run;
+        if open_runs >= per_task then
+            raise exception 'task % already has % open runs, the most allowed at once',
+                p_task.id, open_runs
+                using
+                    errcode = '53400',
+                    hint = 'Wait for a run to finish or cancel one (max_active_runs_per_task).';
+        end if;
+    end if;
+    if per_user > 0 then
+        select count(*) into open_runs
+        from (
+            select from public.agent_task_executions as r
+            where
+                r.user_id = p_task.user_id
+                and r.status in ('pending', 'running')
+                and r.cancelled_at is null
+            limit per_user
+        ) as open_run;
+        if open_runs >= per_user then
+            raise exception 'the owner of task % already has % open runs, the most allowed '
+            'at once', p_task.id, open_runs
+                using
+                    errcode = '53400',
+                    hint = 'Wait for a run to finish or cancel one (max_active_runs_per_user).';
+        end if;
+    end if;
+end
+$$;
+
+comment on function stepsync.check_run_quota(public.agent_tasks) is
+'Refuses (SQLSTATE 53400) a new run of the task when the task or its owner already has '
+'max_active_runs_per_task or max_active_runs_per_user open runs (stepsync.settings; 0 = '
+'no limit). Serialised per user with a transaction advisory lock.';
+
+revoke all on function stepsync.check_run_quota(public.agent_tasks) from public;
+grant execute on function stepsync.check_run_quota(public.agent_tasks) to service_role;
+
 create or replace function stepsync.open_run(
     p_task public.agent_tasks,
     p_trigger_type text,
@@ -4006,6 +5738,22 @@ declare
     problems jsonb;
     new_run_id uuid;
 begin
+    -- The task's own agent runs every step without an override: it must be its owner's,
+    -- as an override must.
+    if not exists (
+        select from public.agents as a
+        where a.id = task.agent_id and a.user_id = task.user_id
+    ) then
+        raise exception 'task % runs with agent %, which does not belong to the task''s owner',
+            task.id, task.agent_id
+            using errcode = '22023',
+            hint = 'Give the task one of its owner''s agents (agent_tasks.agent_id).';
+    end if;
+
+    if not stepsync.caller_is_service() then
+        perform stepsync.check_run_quota(task);
+    end if;
+
     if not stepsync.flag_enabled_for('multi_step_workflows', task.user_id) then
         raise exception 'multi-step workflows are not enabled for the owner of task %', task.id
             using errcode = '55000',
@@ -4059,7 +5807,10 @@ begin
         now(),
         task.conversation_id,
         greatest(live_steps, 1),
-        jsonb_build_object('engine', 'stepsync', 'task_name', task.name)
+        jsonb_build_object(
+            'engine', 'stepsync',
+            'task_name', left(task.name, stepsync.input_limit('task_name_chars'))
+        )
         || case
             when p_resumed_from_run_id is null then '{}'::jsonb
             else jsonb_build_object('resumed_from_run_id', p_resumed_from_run_id)
@@ -4082,16 +5833,20 @@ begin
         d.timeout_seconds, d.max_lost_leases, d.compensate_instructions
     from stepsync.step_definitions(task.id) as d;
 
-    -- What the run was asked to do, in the legacy column the app shows.
+    -- What the run was asked to do, in the legacy column the app shows: a summary of at
+    -- most one step's instructions in size (the steps' own rows hold them in full).
     update public.agent_task_executions as r
     set instructions_used = (
-        select case
-            when count(*) = 1 then min(s.instructions)
-            else string_agg(
-                format(E'Step %s: %s\n%s', s.step_order, s.step_name, s.instructions),
-                E'\n\n' order by s.step_order
-            )
-        end
+        select left(
+            case
+                when count(*) = 1 then min(s.instructions)
+                else string_agg(
+                    format(E'Step %s: %s\n%s', s.step_order, s.step_name, s.instructions),
+                    E'\n\n' order by s.step_order
+                )
+            end,
+            stepsync.input_limit('instructions_bytes')
+        )
         from public.task_step_executions as s
         where s.run_id = r.id
     )
@@ -4123,6 +5878,7 @@ set enable_seqscan = off
 set search_path = ''
 as $$
 declare
+    problem text;
     new_run_id uuid;
 begin
     if p_trigger_type is null or p_trigger_type not in ('manual', 'scheduled', 'event') then
@@ -4134,6 +5890,10 @@ begin
         raise exception 'trigger data must be a JSON object, not %', jsonb_typeof(p_trigger_data)
             using errcode = '22023';
     end if;
+    problem := stepsync.json_problem(p_trigger_data, stepsync.input_limit('trigger_data_bytes'));
+    if problem is not null then
+        raise exception 'trigger data %', problem using errcode = '22023';
+    end if;
 
     new_run_id := stepsync.open_run(
         stepsync.authorized_task(p_task_id), p_trigger_type, p_trigger_data
@@ -4144,9 +5904,10 @@ end
 $$;
 
 comment on function stepsync.start_task_run(uuid, text, jsonb) is
-'Starts a run of a task for its owner or the service: checks the multi_step_workflows '
-'flag and validate_task_steps, snapshots the live steps (or the legacy instructions as '
-'one step) and makes step 1 ready. Use public.start_task_run.';
+'Starts a run of a task for its owner or the service: checks the trigger data''s limits, '
+'the task''s agent, the open-run quotas (API callers), the multi_step_workflows flag and '
+'validate_task_steps, snapshots the live steps (or the legacy instructions as one step) '
+'and makes step 1 ready. Use public.start_task_run.';
 
 revoke all on function stepsync.start_task_run(uuid, text, jsonb) from public;
 grant execute on function stepsync.start_task_run(uuid, text, jsonb)
@@ -4168,8 +5929,10 @@ $$;
 
 comment on function public.start_task_run(uuid, text, jsonb) is
 'Starts a run of the task and returns its id (agent_task_executions.id). For the task''s '
-'owner and the service. Refuses when the multi_step_workflows flag is off for the owner '
-'or the steps are invalid (the error names the problems).';
+'owner and the service. Refuses when the multi_step_workflows flag is off for the owner, '
+'the steps are invalid (the error names the problems), the trigger data breaks its limits, '
+'the task''s agent is not its owner''s, or the owner already has as many open runs as the '
+'quotas allow (SQLSTATE 53400).';
 
 revoke all on function public.start_task_run(uuid, text, jsonb) from public, anon;
 grant execute on function public.start_task_run(uuid, text, jsonb)
@@ -4188,6 +5951,11 @@ to authenticated, service_role;
 -- advance_runs, called by complete_steps, leases a run's next step to the worker that
 -- completed the one before, without queueing it first. All three return the one record
 -- type of a leased step, stepsync.leased_step.
+--
+-- One step never fails a lease of several: a step whose context cannot be built
+-- (stepsync.run_step_input says why) fails alone, for good, with that reason, and the others
+-- are leased. The claim takes due steps in their fair order (fair_at: each user's queued
+-- steps spaced apart), so a user with many queued steps takes turns with the others.
 
 create or replace function stepsync.lease_steps(
     p_step_execution_ids uuid[],
@@ -4200,6 +5968,10 @@ volatile
 set enable_seqscan = off
 set search_path = ''
 as $$
+declare
+    leased_steps stepsync.leased_step[];
+    broken_ids uuid[];
+    broken record;
 begin
     if coalesce(btrim(p_worker), '') = '' then
         raise exception 'worker name must not be blank' using errcode = '22023';
@@ -4211,9 +5983,9 @@ begin
 
     -- The caller holds the steps: row locks from its claim, or the run lock under which
     -- a pending step cannot change. Only waiting steps (pending, queued) are leased. The
-    -- context a step sees is read from its own run's rows: the head by the run's key, the
-    -- earlier steps by (run_id, step_order).
-    return query
+    -- context a step sees is read from its own run's rows (run_step_input: the head by
+    -- the run's key, the earlier steps by (run_id, step_order)), inside a guard that
+    -- turns any failure of that step's build into its own failure.
     with leased as (
         update public.task_step_executions as s
         set
@@ -4225,18 +5997,8 @@ begin
             run_after = coalesce(s.run_after, now()),
             queued_at = coalesce(s.queued_at, now()),
             started_at = now(),
-            input_context = stepsync.build_step_context(
-                (select h.head from stepsync.run_context_heads as h where h.run_id = s.run_id)
-                || jsonb_build_object(
-                    'steps', coalesce(
-                        (
-                            select jsonb_agg(e.entry order by e.step_order)
-                            from stepsync.run_context_entries as e
-                            where e.run_id = s.run_id and e.step_order < s.step_order
-                        ),
-                        '[]'::jsonb
-                    )
-                ),
+            input_context = stepsync.run_step_input(
+                s.run_id,
                 s.step_order,
                 s.include_previous_context,
                 s.context_mode,
@@ -4250,36 +6012,84 @@ begin
     )
 
     select
-        l.id,
-        l.run_id,
-        l.lease_token,
-        l.task_id,
-        l.user_id,
-        l.agent_id,
-        l.step_order,
-        l.step_name,
-        l.instructions,
-        l.input_context,
-        l.attempt,
-        l.timeout_seconds,
-        l.idempotency_key,
-        run.conversation_id,
-        run.trigger_data
+        array_agg(
+            row(
+                l.id,
+                l.run_id,
+                l.lease_token,
+                l.task_id,
+                l.user_id,
+                l.agent_id,
+                l.step_order,
+                l.step_name,
+                l.instructions,
+                l.input_context,
+                l.attempt,
+                l.timeout_seconds,
+                l.idempotency_key,
+                run.conversation_id,
+                run.trigger_data
+            )::stepsync.leased_step
+            order by l.fair_at, l.id
+        ) filter (where not l.input_context ? 'context_error'),
+        array_agg(l.id) filter (where l.input_context ? 'context_error')
+    into leased_steps, broken_ids
     from leased as l
     cross join lateral (
         select r.conversation_id, r.trigger_data
         from public.agent_task_executions as r
         where r.id = l.run_id
         limit 1
-    ) as run
-    order by l.run_after, l.id;
+    ) as run;
+
+    return query select * from unnest(leased_steps);
+
+    -- The steps whose context could not be built fail, alone and for good (building it
+    -- again would fail again). Failing one moves its run on, which locks the run: the
+    -- hand-off holds it already, a claim (which holds only the step) takes it only if it
+    -- is free, and otherwise hands the step back to be taken again shortly, so that it
+    -- never waits on a lock in the wrong order (run, then step).
+    if broken_ids is null then
+        return;
+    end if;
+    for broken in
+        select s.id, s.lease_token, s.run_id, s.input_context ->> 'context_error' as reason
+        from public.task_step_executions as s
+        where s.id = any(broken_ids)
+    loop
+        perform from public.agent_task_executions as r
+        where r.id = broken.run_id
+        for no key update skip locked;
+        if found then
+            perform stepsync.record_step_failure(
+                broken.id,
+                broken.lease_token,
+                format('the step''s input context could not be built: %s', broken.reason),
+                false,
+                false
+            );
+        else
+            update public.task_step_executions as s
+            set
+                status = 'queued',
+                attempt = greatest(s.attempt - 1, 0),
+                run_after = now() + interval '1 second',
+                fair_at = coalesce(s.fair_at, now()),
+                lease_owner = null,
+                lease_expires_at = null,
+                input_context = null,
+                updated_at = now()
+            where s.id = broken.id;
+        end if;
+    end loop;
 end
 $$;
 
 comment on function stepsync.lease_steps(uuid[], text, integer) is
 'Leases the given waiting steps (pending or queued) to p_worker for p_lease_seconds: '
-'running, attempt + 1, a new fencing token, the input context built and stored. The '
-'caller must hold the steps (row locks or the run lock). Service only.';
+'running, attempt + 1, a new fencing token, the input context built and stored. A step '
+'whose context cannot be built fails instead (its error says why) and is not returned. '
+'The caller must hold the steps (row locks or the run lock). Service only.';
 
 revoke all on function stepsync.lease_steps(uuid[], text, integer)
 from public, anon, authenticated;
@@ -4308,9 +6118,10 @@ begin
             using errcode = '22023';
     end if;
 
-    -- Due queued steps in (run_after, id) order, skipping rows another worker holds. A
-    -- run stops having queued steps when it ends; the run's status is still checked, by
-    -- key, for each step taken.
+    -- Due queued steps in their fair order (fair_at, id), skipping rows another worker
+    -- holds and steps not yet due (a retry's backoff; its fair_at is never before its
+    -- run_after, so few are passed over). A run stops having queued steps when it ends;
+    -- the run's status is still checked, by key, for each step taken.
     select array_agg(due.id) into picked
     from (
         select s.id
@@ -4321,7 +6132,7 @@ begin
             and (
                 select r.status from public.agent_task_executions as r where r.id = s.run_id
             ) = 'running'
-        order by s.run_after, s.id
+        order by s.fair_at, s.id
         limit p_batch
         for update skip locked
     ) as due;
@@ -4332,9 +6143,10 @@ end
 $$;
 
 comment on function stepsync.claim_steps(text, integer, integer) is
-'Claims up to p_batch due queued steps of running runs for worker p_worker (FOR UPDATE '
-'SKIP LOCKED): leases them for p_lease_seconds with a new fencing token, counts an '
-'attempt and stores the built context in input_context. Service only.';
+'Claims up to p_batch due queued steps of running runs for worker p_worker in their fair '
+'order (fair_at; FOR UPDATE SKIP LOCKED): leases them for p_lease_seconds with a new '
+'fencing token, counts an attempt and stores the built context in input_context; a step '
+'whose context cannot be built fails instead. Service only.';
 
 revoke all on function stepsync.claim_steps(text, integer, integer)
 from public, anon, authenticated;
@@ -4435,6 +6247,7 @@ begin
         status = 'queued',
         attempt = greatest(s.attempt - 1, 0),
         run_after = now(),
+        fair_at = coalesce(s.fair_at, now()),
         queued_at = now(),
         lease_owner = null,
         lease_expires_at = null,
@@ -4488,6 +6301,9 @@ grant execute on function stepsync.queue_depth() to service_role;
 -- transaction that completes its step. complete_step is complete_steps for one step, so
 -- both follow one code path.
 --
+-- An output over the limits (output_bytes, json_levels: 0015_limits.sql) is not recorded:
+-- its step fails for good with the reason, alone, and the rest of the batch completes.
+--
 -- Hand-off: the worker that completed step N has a free slot and is the one most likely
 -- to want step N + 1. With p_worker given, a next step that is plainly due (pending, no
 -- skip_if) is leased to that worker at once (advance_runs) instead of being queued,
@@ -4501,7 +6317,12 @@ create or replace function stepsync.complete_steps(
     p_worker text default null,
     p_lease_seconds integer default null
 )
-returns table (step_execution_id uuid, completed boolean, next_step stepsync.leased_step)
+returns table (
+    step_execution_id uuid,
+    completed boolean,
+    next_step stepsync.leased_step,
+    refused text
+)
 language plpgsql
 volatile
 set enable_seqscan = off
@@ -4512,12 +6333,31 @@ declare
     completed_keys text[];
     completed_runs uuid[];
     handed_off stepsync.leased_step[];
+    refused_positions integer[];
+    refused_reasons text[];
+    refused_keys text[];
+    failed_positions integer[] := '{}';
+    i integer;
 begin
     if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens)
         or cardinality(p_step_execution_ids) is distinct from cardinality(p_outputs) then
         raise exception 'step ids, lease tokens and outputs must be arrays of the same length'
             using errcode = '22023';
     end if;
+
+    -- Outputs the limits refuse, by their position in the arrays.
+    select array_agg(checked.position), array_agg(checked.problem)
+    into refused_positions, refused_reasons
+    from (
+        select
+            given.position::integer as position,
+            stepsync.json_problem(given.output, stepsync.input_limit('output_bytes')) as problem
+        from unnest(p_outputs) with ordinality as given (output, position)
+    ) as checked
+    where checked.problem is not null;
+    refused_keys := array(
+        select held[refused.position] from unnest(refused_positions) as refused (position)
+    );
 
     -- Lock order: the runs first (in id order, so that two batches sharing runs wait
     -- instead of deadlocking), then their steps. Stale tokens take no lock. A step's
@@ -4552,12 +6392,27 @@ begin
             s.id = any(p_step_execution_ids)
             and s.status = 'running'
             and s.id::text || ':' || s.lease_token::text = any(held)
+            and s.id::text || ':' || s.lease_token::text <> all(refused_keys)
         returning s.id::text || ':' || s.lease_token::text as lease_key, s.run_id
     )
 
     select array_agg(done.lease_key), array_agg(distinct done.run_id)
     into completed_keys, completed_runs
     from done;
+
+    -- Each refused output fails its step (its run is locked already): not retried, the
+    -- same output would be refused again.
+    for i in 1 .. coalesce(cardinality(refused_positions), 0) loop
+        if stepsync.record_step_failure(
+            p_step_execution_ids[refused_positions[i]],
+            p_lease_tokens[refused_positions[i]],
+            format('output refused: it %s', refused_reasons[i]),
+            false,
+            false
+        ) = 'failed' then
+            failed_positions := failed_positions || refused_positions[i];
+        end if;
+    end loop;
 
     -- As statements of their own, after the UPDATE, so that they see the completed steps.
     select array_agg(handed) into handed_off
@@ -4576,11 +6431,15 @@ begin
                     select s.run_id from public.task_step_executions as s where s.id = given.id
                 )
             limit 1
-        )
+        ),
+        case
+            when given.position = any(failed_positions)
+                then refused_reasons[array_position(refused_positions, given.position)]
+        end
     from (
         select
             step.id,
-            step.position,
+            step.position::integer as position,
             held[step.position] = any(coalesce(completed_keys, '{}')) as completed
         from unnest(p_step_execution_ids) with ordinality as step (id, position)
     ) as given
@@ -4593,8 +6452,9 @@ comment on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, int
 'token is current, and moves each affected run on in the same transaction (advance_runs). '
 'With p_worker, a run''s next step is leased to p_worker for p_lease_seconds instead of '
 'queued. One row per given step, in the given order: completed = false means a stale token '
-'or a step no longer running (nothing changed for it); next_step is the step handed off, '
-'or null. Service only.';
+'or a step no longer running (nothing changed for it), unless refused says why its output '
+'broke the limits (the step failed instead); next_step is the step handed off, or null. '
+'Service only.';
 
 revoke all on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, integer)
 from public, anon, authenticated;
@@ -4643,7 +6503,9 @@ as $$
 declare
     step public.task_step_executions;
     delay_seconds double precision;
-    reason text := left(coalesce(nullif(btrim(p_error), ''), 'step failed'), 10000);
+    reason text := left(
+        coalesce(nullif(btrim(p_error), ''), 'step failed'), stepsync.input_limit('error_chars')
+    );
 begin
     select s.* into step
     from public.task_step_executions as s
@@ -4680,6 +6542,7 @@ begin
             attempt = greatest(s.attempt - 1, 0),
             lost_leases = s.lost_leases + 1,
             run_after = now(),
+            fair_at = coalesce(s.fair_at, now()),
             queued_at = now(),
             error_message = reason,
             last_error_at = now(),
@@ -4701,10 +6564,23 @@ begin
             step.retry_backoff_max_seconds,
             step.retry_backoff_seconds * power(2, step.attempt - 1)
         ) * (1 + 0.2 * random());
+        -- A retry goes to the back of its user's queue, and never before it is due.
         update public.task_step_executions as s
         set
             status = 'queued',
             run_after = now() + make_interval(secs => delay_seconds),
+            fair_at = greatest(
+                now() + make_interval(secs => delay_seconds),
+                (
+                    select last_queued.fair_at + make_interval(
+                        secs => stepsync.setting('user_step_spacing_ms') / 1000.0
+                    )
+                    from public.task_step_executions as last_queued
+                    where last_queued.user_id = s.user_id and last_queued.status = 'queued'
+                    order by last_queued.fair_at desc
+                    limit 1
+                )
+            ),
             queued_at = now(),
             error_message = reason,
             last_error_at = now(),
@@ -4908,16 +6784,21 @@ as $$
 declare
     run public.agent_task_executions;
 begin
+    -- Ownership first, then the lock: waiting on another user's run would tell that the
+    -- id exists.
     select r.* into run
     from public.agent_task_executions as r
-    where r.id = p_run_id
-    for no key update;
+    where r.id = p_run_id;
     if not found
         or (not stepsync.caller_is_service() and run.user_id is distinct from auth.uid()) then
         raise exception 'run % not found', p_run_id
             using errcode = 'P0002',
             hint = 'Check the run id; only the run''s owner and the service may cancel it.';
     end if;
+    select r.* into run
+    from public.agent_task_executions as r
+    where r.id = p_run_id
+    for no key update;
     if run.status not in ('pending', 'running') then
         return false;
     end if;
@@ -5277,8 +7158,9 @@ to authenticated, service_role;
 -- unfinished steps shown as they are). The run context is hypothetical: each earlier
 -- step contributes its result from the task's last run (matched by step id), or, where
 -- it has none (a new step has no id yet), a marked placeholder
--- "<output of step N: not run yet>". The input itself comes from build_step_context,
--- the function that leasing a step uses.
+-- "<output of step N: not run yet>". The input itself comes from step_input, the
+-- function that leasing a step uses: a step whose input cannot be built shows
+-- {"context_error": why}, as a run would fail it, and the other steps still show theirs.
 
 create or replace function stepsync.preview_task_run(
     p_task_id uuid, p_steps jsonb default null, p_use_draft boolean default false
@@ -5359,7 +7241,7 @@ begin
                     stepsync.context_before(run_context, definition.step_order),
                     definition.skip_if
                 ),
-                'input', stepsync.build_step_context(
+                'input', stepsync.step_input(
                     run_context,
                     definition.step_order,
                     definition.include_previous_context,
@@ -5666,6 +7548,7 @@ create table if not exists stepsync.backfill_runs (
     marker_with_steps bigint not null default 0,
     marker_without_steps bigint not null default 0,
     blank_instructions bigint not null default 0,
+    oversized_instructions bigint not null default 0,
     long_instructions bigint not null default 0,
     unnamed bigint not null default 0,
     status_paused bigint not null default 0,
@@ -5698,7 +7581,7 @@ create table if not exists stepsync.backfill_exceptions (
     backfill_run_id uuid not null references stepsync.backfill_runs (id),
     task_id uuid not null,
     category text not null check (
-        category in ('blank_instructions', 'marker_without_steps')
+        category in ('blank_instructions', 'oversized_instructions', 'marker_without_steps')
     ),
     detail text not null,
     primary key (backfill_run_id, task_id)
@@ -5741,6 +7624,9 @@ comment on column stepsync.backfill_runs.marker_without_steps is
 'Tasks with the earlier multi-step marker text and no live step: cannot be restored.';
 comment on column stepsync.backfill_runs.blank_instructions is
 'Tasks with empty or whitespace-only instructions and no step: left without one.';
+comment on column stepsync.backfill_runs.oversized_instructions is
+'Tasks whose instructions exceed a step''s instructions_bytes limit and no step: left '
+'without one.';
 comment on column stepsync.backfill_runs.long_instructions is
 'Created steps whose instructions exceed 10,000 characters (migrated all the same).';
 comment on column stepsync.backfill_runs.unnamed is
@@ -5775,7 +7661,7 @@ comment on table stepsync.backfill_exceptions is
 comment on column stepsync.backfill_exceptions.backfill_run_id is 'The run that found it.';
 comment on column stepsync.backfill_exceptions.task_id is 'The task left without a step.';
 comment on column stepsync.backfill_exceptions.category is
-'blank_instructions or marker_without_steps.';
+'blank_instructions, oversized_instructions or marker_without_steps.';
 comment on column stepsync.backfill_exceptions.detail is 'Why no step could be made.';
 
 -- Backfill of legacy single-instruction tasks into single-step workflows.
@@ -5788,7 +7674,8 @@ comment on column stepsync.backfill_exceptions.detail is 'Why no step could be m
 -- The classification of a task is spelled out inline in each function (no function call
 -- per row: a function with a fixed search_path cannot be inlined, and at a million rows
 -- the calls would cost more than the inserts). The rules, identical everywhere:
---   blank:    instructions !~ '\S'                        (empty or whitespace only)
+--   blank:    no character but Unicode whitespace            (stepsync.is_blank, spelt out)
+--   oversized: octet_length(instructions) > the instructions_bytes limit
 --   marker:   instructions ~ '^\s*Multi-step task with [0-9]+ step'  (earlier variant)
 --   long:     char_length(instructions) > 10000
 --   unnamed:  btrim(name, E' \t\r\n\f\v') = ''
@@ -5900,7 +7787,12 @@ begin
             t.name,
             t.instructions,
             t.status,
-            t.instructions !~ '\S' as is_blank,
+            t.instructions !~ (
+                '[^[:space:]\u0085\u00a0\u1680\u180e\u2000-\u200f\u2028\u2029\u202f\u205f'
+                || '\u2060-\u2064\u3000\ufeff]'
+            ) as is_blank,
+            octet_length(t.instructions) > stepsync.input_limit('instructions_bytes')
+                as is_oversized,
             t.instructions ~ '^\s*Multi-step task with [0-9]+ step' as is_marker,
             live.task_id is not null as has_steps
         from public.agent_tasks as t
@@ -5915,7 +7807,7 @@ begin
     eligible as (
         select b.*
         from batch as b
-        where not b.has_steps and not b.is_blank and not b.is_marker
+        where not b.has_steps and not b.is_blank and not b.is_oversized and not b.is_marker
     ),
 
     inserted as (
@@ -5956,14 +7848,22 @@ begin
         select
             p_run_id,
             b.id,
-            case when b.is_blank then 'blank_instructions' else 'marker_without_steps' end,
+            case
+                when b.is_blank then 'blank_instructions'
+                when b.is_oversized then 'oversized_instructions'
+                else 'marker_without_steps'
+            end,
             case
                 when b.is_blank then 'instructions are empty or whitespace: no valid step'
+                when b.is_oversized then format(
+                    'instructions are %s bytes, more than a step''s limit of %s: no valid step',
+                    octet_length(b.instructions), stepsync.input_limit('instructions_bytes')
+                )
                 else 'multi-step marker text but no live steps: the steps cannot be '
                     || 'restored from the marker'
             end
         from batch as b
-        where not b.has_steps and (b.is_blank or b.is_marker)
+        where not b.has_steps and (b.is_blank or b.is_oversized or b.is_marker)
         on conflict do nothing
     ),
 
@@ -5972,9 +7872,12 @@ begin
             count(*) filter (where b.has_steps and not b.is_marker) as already_has_steps,
             count(*) filter (where b.has_steps and b.is_marker) as marker_with_steps,
             count(*) filter (
-                where not b.has_steps and b.is_marker and not b.is_blank
+                where not b.has_steps and b.is_marker and not b.is_blank and not b.is_oversized
             ) as marker_without_steps,
-            count(*) filter (where not b.has_steps and b.is_blank) as blank_instructions
+            count(*) filter (where not b.has_steps and b.is_blank) as blank_instructions,
+            count(*) filter (
+                where not b.has_steps and b.is_oversized and not b.is_blank
+            ) as oversized_instructions
         from batch as b
     ),
 
@@ -6000,6 +7903,7 @@ begin
         marker_with_steps = r.marker_with_steps + c.marker_with_steps,
         marker_without_steps = r.marker_without_steps + c.marker_without_steps,
         blank_instructions = r.blank_instructions + c.blank_instructions,
+        oversized_instructions = r.oversized_instructions + c.oversized_instructions,
         long_instructions = r.long_instructions + f.long_instructions,
         unnamed = r.unnamed + f.unnamed,
         status_paused = r.status_paused + f.status_paused,
@@ -6042,7 +7946,12 @@ as $$
         select
             t.id,
             t.status,
-            t.instructions !~ '\S' as is_blank,
+            t.instructions !~ (
+                '[^[:space:]\u0085\u00a0\u1680\u180e\u2000-\u200f\u2028\u2029\u202f\u205f'
+                || '\u2060-\u2064\u3000\ufeff]'
+            ) as is_blank,
+            octet_length(t.instructions) > stepsync.input_limit('instructions_bytes')
+                as is_oversized,
             t.instructions ~ '^\s*Multi-step task with [0-9]+ step' as is_marker,
             char_length(t.instructions) > 10000 as is_long,
             btrim(t.name, e' \t\r\n\f\v') = '' as is_unnamed,
@@ -6065,6 +7974,7 @@ as $$
                 when b.has_steps and b.is_marker then 'marker_with_steps'
                 when b.has_steps then 'already_has_steps'
                 when b.is_blank then 'blank_instructions'
+                when b.is_oversized then 'oversized_instructions'
                 when b.is_marker then 'marker_without_steps'
                 else 'to_create'
             end as category
@@ -6116,7 +8026,8 @@ $$;
 
 comment on function stepsync.backfill_plan_batch(uuid, integer, integer) is
 'Dry run of one batch: counts by category (to_create, already_has_steps, marker_with_steps, '
-'marker_without_steps, blank_instructions, and among to_create long_instructions, unnamed, '
+'marker_without_steps, blank_instructions, oversized_instructions, and among to_create '
+'long_instructions, unnamed, '
 'status_*) and up to p_samples task ids each, for the next p_batch_size tasks after p_after.';
 
 revoke all on function stepsync.backfill_plan_batch(uuid, integer, integer) from public;
@@ -6163,7 +8074,11 @@ as $$
             from public.task_steps as s
             where s.task_id = b.id and s.deleted_at is null
         ) as live
-        where b.instructions ~ '\S'
+        where b.instructions ~ (
+            '[^[:space:]\u0085\u00a0\u1680\u180e\u2000-\u200f\u2028\u2029\u202f\u205f'
+            || '\u2060-\u2064\u3000\ufeff]'
+        )
+            and octet_length(b.instructions) <= stepsync.input_limit('instructions_bytes')
             and b.instructions !~ '^\s*Multi-step task with [0-9]+ step'
     ),
 
@@ -6354,8 +8269,11 @@ to service_role;
 --
 -- Recursion guard: while one side writes the other, the transaction-local setting
 -- stepsync.compat_sync is 'off' and every trigger here returns at once. The backfill sets
--- it too, since it writes both sides consistently itself. The flag legacy_task_compat
--- switches all of this off (for a full rollback to the legacy behaviour).
+-- it too, since it writes both sides consistently itself. Any session can set a setting,
+-- so 'off' counts only where one of these writers set it: for the service (the backfill)
+-- and inside a trigger (the writes these triggers make); an API user who sets it still
+-- gets the rules. The flag legacy_task_compat switches all of this off (for a full
+-- rollback to the legacy behaviour).
 --
 -- The trigger functions are SECURITY DEFINER (owner rights) because a legacy writer, an
 -- API user, can neither read the flag nor always see every step; PostgreSQL refuses to
@@ -6379,7 +8297,10 @@ language sql
 stable
 set search_path = ''
 as $$
-    select coalesce(current_setting('stepsync.compat_sync', true), '') <> 'off'
+    select (
+        coalesce(current_setting('stepsync.compat_sync', true), '') <> 'off'
+        or (pg_catalog.pg_trigger_depth() <= 1 and not stepsync.caller_is_service())
+    )
         and coalesce(
             (select f.enabled from stepsync.feature_flags as f
                 where f.name = 'legacy_task_compat'),
@@ -6389,7 +8310,8 @@ $$;
 
 comment on function stepsync.legacy_compat_active() is
 'Whether the compatibility triggers act now: the flag legacy_task_compat is on and this '
-'transaction is not already inside a compatibility write (stepsync.compat_sync = off).';
+'transaction is not already inside a compatibility write (stepsync.compat_sync = off, '
+'honoured for the service and inside triggers only).';
 
 revoke all on function stepsync.legacy_compat_active() from public;
 
@@ -6444,7 +8366,8 @@ set search_path = ''
 as $$
 begin
     if not stepsync.legacy_compat_active()
-        or new.instructions !~ '\S'
+        or stepsync.is_blank(new.instructions)
+        or octet_length(new.instructions) > stepsync.input_limit('instructions_bytes')
         or new.instructions ~ '^\s*Multi-step task with [0-9]+ step'
         or exists (
             select from public.task_steps as s
@@ -6459,7 +8382,8 @@ $$;
 
 comment on function stepsync.compat_task_inserted() is
 'After a legacy insert into agent_tasks: the task gets step 1 when its instructions make '
-'a valid step (blank and multi-step marker texts are left to the backfill report).';
+'a valid step (blank, over-long and multi-step marker texts are left to the backfill '
+'report).';
 
 revoke all on function stepsync.compat_task_inserted() from public;
 
@@ -6481,16 +8405,23 @@ begin
     where s.task_id = new.id and s.deleted_at is null;
 
     if live_steps = 0 then
-        if new.instructions ~ '\S'
+        if not stepsync.is_blank(new.instructions)
+            and octet_length(new.instructions) <= stepsync.input_limit('instructions_bytes')
             and new.instructions !~ '^\s*Multi-step task with [0-9]+ step' then
             perform stepsync.create_legacy_step(new);
         end if;
     elsif live_steps = 1 then
-        if new.instructions !~ '\S' then
+        if stepsync.is_blank(new.instructions) then
             raise exception 'instructions of task % cannot be blank: they are its step 1',
                 new.id
                 using errcode = '23514',
                 hint = 'Give the task instructions, or delete its step first.';
+        end if;
+        if octet_length(new.instructions) > stepsync.input_limit('instructions_bytes') then
+            raise exception 'instructions of task % are % bytes, more than a step''s limit '
+            'of %: they are its step 1', new.id, octet_length(new.instructions),
+                stepsync.input_limit('instructions_bytes')
+                using errcode = '23514';
         end if;
         perform set_config('stepsync.compat_sync', 'off', true);
         update public.task_steps as s

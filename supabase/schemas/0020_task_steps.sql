@@ -43,15 +43,27 @@ add column if not exists deleted_by uuid;
 alter table public.task_steps
 add constraint task_steps_step_order_range check (step_order between 1 and 50),
 add constraint task_steps_step_name_length check (
-    char_length(btrim(step_name)) between 1 and 200
+    char_length(step_name) <= stepsync.input_limit('step_name_chars')
+    and not stepsync.is_blank(step_name)
 ),
-add constraint task_steps_instructions_not_blank check (btrim(instructions) <> ''),
+add constraint task_steps_instructions_not_blank check (
+    not stepsync.is_blank(instructions)
+),
+add constraint task_steps_instructions_size check (
+    octet_length(instructions) <= stepsync.input_limit('instructions_bytes')
+),
 add constraint task_steps_context_data_object check (jsonb_typeof(context_data) = 'object'),
 add constraint task_steps_custom_needs_template check (
-    context_mode <> 'custom' or coalesce(btrim(context_template), '') <> ''
+    context_mode <> 'custom' or not coalesce(stepsync.is_blank(context_template), true)
+),
+add constraint task_steps_context_template_size check (
+    octet_length(context_template) <= stepsync.input_limit('context_template_bytes')
 ),
 add constraint task_steps_selective_needs_paths check (
     context_mode <> 'selective' or cardinality(context_paths) > 0
+),
+add constraint task_steps_context_paths_count check (
+    cardinality(context_paths) <= stepsync.input_limit('context_paths')
 ),
 add constraint task_steps_max_attempts_range check (max_attempts between 1 and 20),
 add constraint task_steps_max_lost_leases_range check (max_lost_leases between 0 and 20),
@@ -82,11 +94,13 @@ comment on column public.task_steps.step_order is
 '1-based position among the task''s live steps; unique among live rows (deferrable).';
 comment on column public.task_steps.step_name is 'Short label shown in the UI.';
 comment on column public.task_steps.instructions is
-'What the agent is asked to do in this step. Unbounded, like agent_tasks.instructions.';
+'What the agent is asked to do in this step: not blank, at most instructions_bytes '
+'(stepsync.input_limits()).';
 comment on column public.task_steps.include_previous_context is
 'Whether the step receives context from earlier steps (shaped by context_mode).';
 comment on column public.task_steps.context_data is
-'Static JSON object always given to the step with its instructions.';
+'Static JSON object always given to the step with its instructions (at most '
+'context_data_bytes of JSON, json_levels deep: checked by stepsync.check_task_step).';
 comment on column public.task_steps.status is
 'Status of this step in the task''s latest run (a snapshot for the UI).';
 comment on column public.task_steps.execution_result is
@@ -94,11 +108,14 @@ comment on column public.task_steps.execution_result is
 comment on column public.task_steps.context_mode is
 'How earlier steps are summarised when include_previous_context is true.';
 comment on column public.task_steps.context_paths is
-'jsonpath expressions over the run context, for context_mode = selective.';
+'jsonpath expressions over the run context, for context_mode = selective; each inside '
+'the checked subset (stepsync.jsonpath_problem).';
 comment on column public.task_steps.context_template is
-'Template with {{…}} placeholders over the run context, for context_mode = custom.';
+'Template with {{…}} placeholders over the run context, for context_mode = custom; '
+'placeholders inside the checked jsonpath subset (stepsync.template_problem).';
 comment on column public.task_steps.skip_if is
-'jsonpath predicate over the run context; when true the step is skipped.';
+'jsonpath predicate over the run context, inside the checked subset; when true the step '
+'is skipped.';
 comment on column public.task_steps.on_failure is
 'What a failure (attempts exhausted) does to the run: stop or continue.';
 comment on column public.task_steps.max_attempts is
@@ -135,13 +152,20 @@ comment on column public.task_steps.task_id is 'The agent task this step belongs
 comment on constraint task_steps_step_order_range on public.task_steps is
 'Positions run 1..50: with unique live positions, at most 50 live steps per task.';
 comment on constraint task_steps_step_name_length on public.task_steps is
-'A step name has 1 to 200 characters (trimmed).';
+'A step name has at most step_name_chars (200) characters and is not blank (Unicode '
+'whitespace and invisible characters count as blank).';
 comment on constraint task_steps_instructions_not_blank on public.task_steps is
-'Every step says what to do.';
+'Every step says what to do (Unicode whitespace and invisible characters are blank).';
+comment on constraint task_steps_instructions_size on public.task_steps is
+'Instructions hold at most instructions_bytes (stepsync.input_limits()).';
+comment on constraint task_steps_context_template_size on public.task_steps is
+'A custom template holds at most context_template_bytes (stepsync.input_limits()).';
+comment on constraint task_steps_context_paths_count on public.task_steps is
+'A selective step names at most context_paths jsonpaths (stepsync.input_limits()).';
 comment on constraint task_steps_context_data_object on public.task_steps is
 'Static context is a JSON object.';
 comment on constraint task_steps_custom_needs_template on public.task_steps is
-'context_mode custom needs a template.';
+'context_mode custom needs a template that is not blank.';
 comment on constraint task_steps_selective_needs_paths on public.task_steps is
 'context_mode selective needs at least one jsonpath.';
 comment on constraint task_steps_max_attempts_range on public.task_steps is

@@ -4,9 +4,20 @@
 -- so a bulk write (a backfill batch) costs one extra statement, not one per row. Each row
 -- records who (auth.uid() and the database role), when, the operation, the old and new row,
 -- the task it belongs to and its owner, and an optional tag from the setting
--- stepsync.audit_tag (a backfill sets it to its run id). Owners read the rows of their own
--- tasks through the API; nobody updates or deletes them, not even the table owner without
--- first dropping the guard trigger.
+-- stepsync.audit_tag (a backfill sets it to its run id; only the service's tag counts, an
+-- API caller's is ignored). Owners read the rows of their own tasks through the API;
+-- nobody updates or deletes them, not even the table owner without first dropping the
+-- guard trigger.
+--
+-- The history is complete without repeating itself: an INSERT records the whole new row
+-- and a DELETE the whole old one, an UPDATE of a small row (both versions within 4 KB)
+-- the whole old and new row, and of a larger one every changed column (old and new
+-- value) and, for readability, the unchanged columns of up to 256 bytes; a large
+-- unchanged value (instructions, context_data) is already in the row's earlier history.
+-- Columns that copy data kept elsewhere (task_steps.execution_result, the latest run's
+-- result, which task_step_executions holds) are recorded with their members over 256
+-- bytes replaced by a digest {"md5", "bytes"}, so a finished run does not copy its
+-- outputs into the audit.
 --
 -- Any table with a uuid id and a task_id (or run_id) column joins with one call:
 --     select stepsync.attach_audit('public.task_step_executions');
@@ -62,6 +73,9 @@ comment on index public.audit_log_task_id_idx is 'History of one task, in order.
 alter table public.audit_log enable row level security;
 revoke all on public.audit_log from public, anon, authenticated, service_role;
 grant select on public.audit_log to authenticated, service_role;
+-- Its identity sequence too: setval by an API role would make every later audited write
+-- collide with an existing id, and with it every write of the workflow tables fail.
+revoke all on sequence public.audit_log_id_seq from public, anon, authenticated, service_role;
 
 create policy "Owners read the audit rows of their tasks" on public.audit_log
 for select to authenticated
@@ -105,6 +119,39 @@ comment on trigger audit_log_append_only on public.audit_log is
 comment on trigger audit_log_no_truncate on public.audit_log is
 'The audit log is never emptied.';
 
+create or replace function stepsync.audit_digest(p_value jsonb)
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+    -- Members (or the value itself) over 256 bytes become {"md5", "bytes"} of their JSON
+    -- text: the audit row says what changed and proves what it was, without the copy.
+    select case
+        when p_value is null or pg_catalog.pg_column_size(p_value) <= 256 then p_value
+        when jsonb_typeof(p_value) = 'object' then (
+            select jsonb_object_agg(
+                e.key,
+                case
+                    when pg_catalog.pg_column_size(e.value) <= 256 then e.value
+                    else jsonb_build_object(
+                        'md5', md5(e.value::text), 'bytes', octet_length(e.value::text)
+                    )
+                end
+            )
+            from jsonb_each(p_value) as e
+        )
+        else jsonb_build_object('md5', md5(p_value::text), 'bytes', octet_length(p_value::text))
+    end
+$$;
+
+revoke all on function stepsync.audit_digest(jsonb) from public;
+
+comment on function stepsync.audit_digest(jsonb) is
+'A copied value as the audit records it: members over 256 bytes (or the whole value) '
+'replaced by {"md5", "bytes"} of their JSON text.';
+
 -- SECURITY DEFINER so that the caller needs no privilege on audit_log (a trigger function
 -- cannot be called directly, and execute is revoked anyway). The database role comes
 -- from the role setting, which SET ROLE changes and a definer does not. TG_ARGV[0] names
@@ -138,7 +185,13 @@ declare
     actor_role text := coalesce(
         nullif(current_setting('role', true), 'none'), session_user::text
     );
-    tag text := nullif(current_setting('stepsync.audit_tag', true), '');
+    -- Only the service's tag is recorded: an API caller can set any setting in its
+    -- own transaction, and must not be able to make its changes look like a backfill's.
+    tag text := case
+        when stepsync.caller_is_service()
+            then nullif(current_setting('stepsync.audit_tag', true), '')
+    end;
+    digest_columns text[] := string_to_array(coalesce(tg_argv[1], ''), ',');
 begin
     if tg_op = 'INSERT' then
         insert into public.audit_log (
@@ -211,8 +264,8 @@ begin
             actor_id,
             actor_role,
             tag,
-            owned.old_record,
-            owned.new_record
+            kept.old_part,
+            kept.new_part
         from (
             select
                 changed.old_record,
@@ -235,7 +288,59 @@ begin
             ) as changed
             where changed.old_record is distinct from changed.new_record
             offset 0
-        ) as owned;
+        ) as owned
+        cross join lateral (
+            -- A small row (both versions within 4 KB of storage) is recorded whole; a
+            -- larger one by what changed, with its small unchanged columns.
+            select
+                case
+                    when pg_catalog.pg_column_size(owned.old_record)
+                        + pg_catalog.pg_column_size(owned.new_record) <= 4096
+                        then owned.old_record
+                    else (
+                        select jsonb_object_agg(
+                            field.key,
+                            case
+                                when field.key = any(digest_columns) and field.changed
+                                    then stepsync.audit_digest(field.old_value)
+                                else field.old_value
+                            end
+                        )
+                        from (
+                            select
+                                n.key,
+                                owned.old_record -> n.key as old_value,
+                                n.value is distinct from owned.old_record -> n.key as changed,
+                                n.value as new_value
+                            from jsonb_each(owned.new_record) as n (key, value)
+                        ) as field
+                        where field.changed or pg_catalog.pg_column_size(field.new_value) <= 256
+                    )
+                end as old_part,
+                case
+                    when pg_catalog.pg_column_size(owned.old_record)
+                        + pg_catalog.pg_column_size(owned.new_record) <= 4096
+                        then owned.new_record
+                    else (
+                        select jsonb_object_agg(
+                            field.key,
+                            case
+                                when field.key = any(digest_columns) and field.changed
+                                    then stepsync.audit_digest(field.new_value)
+                                else field.new_value
+                            end
+                        )
+                        from (
+                            select
+                                n.key,
+                                n.value is distinct from owned.old_record -> n.key as changed,
+                                n.value as new_value
+                            from jsonb_each(owned.new_record) as n (key, value)
+                        ) as field
+                        where field.changed or pg_catalog.pg_column_size(field.new_value) <= 256
+                    )
+                end as new_part
+        ) as kept;
     else
         insert into public.audit_log (
             table_schema, table_name, operation, record_id, task_id, owner_id,
@@ -292,10 +397,15 @@ revoke all on function stepsync.audit_statement() from public;
 
 comment on function stepsync.audit_statement() is
 'Statement trigger: writes one audit_log row per changed row with one static INSERT … SELECT '
-'from the transition table. TG_ARGV[0] = column holding the task id (default task_id).';
+'from the transition table (UPDATE of a row over 4 KB: changed columns, and unchanged ones '
+'up to 256 bytes). '
+'TG_ARGV[0] = column holding the task id (default task_id); TG_ARGV[1] = comma-separated '
+'columns recorded as digests of their large members (stepsync.audit_digest).';
 
 create or replace function stepsync.attach_audit(
-    p_table regclass, p_task_column text default 'task_id'
+    p_table regclass,
+    p_task_column text default 'task_id',
+    p_digest_columns text[] default '{}'
 )
 returns void
 language plpgsql
@@ -308,7 +418,7 @@ begin
     foreach operation in array array['insert', 'update', 'delete'] loop
         execute format(
             'create or replace trigger %I after %s on %s referencing %s'
-            ' for each statement execute function stepsync.audit_statement(%L)',
+            ' for each statement execute function stepsync.audit_statement(%L, %L)',
             table_name || '_audit_' || operation,
             operation,
             p_table,
@@ -317,7 +427,8 @@ begin
                 when 'update' then 'old table as old_rows new table as new_rows'
                 else 'old table as old_rows'
             end,
-            p_task_column
+            p_task_column,
+            array_to_string(coalesce(p_digest_columns, '{}'), ',')
         );
         execute format(
             'comment on trigger %I on %s is %L',
@@ -329,11 +440,12 @@ begin
 end
 $$;
 
-revoke all on function stepsync.attach_audit(regclass, text) from public;
+revoke all on function stepsync.attach_audit(regclass, text, text[]) from public;
 
-comment on function stepsync.attach_audit(regclass, text) is
+comment on function stepsync.attach_audit(regclass, text, text[]) is
 'Audits a table: three statement triggers (insert, update, delete) into audit_log. '
-'For migrations; the table needs a uuid id column and a task id (or run_id) column.';
+'For migrations; the table needs a uuid id column and a task id (or run_id) column. '
+'p_digest_columns: columns that copy data kept elsewhere, recorded by digest on UPDATE.';
 
-select stepsync.attach_audit('public.task_steps');
+select stepsync.attach_audit('public.task_steps', 'task_id', array['execution_result']);
 select stepsync.attach_audit('public.agent_tasks', 'id');

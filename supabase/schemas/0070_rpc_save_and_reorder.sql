@@ -1,7 +1,8 @@
 -- RPCs the UI calls through PostgREST to edit a task's steps. All are SECURITY INVOKER in
 -- public: row level security decides what the caller may touch. Errors name the
--- offending item and field, and any error leaves nothing written (one statement, one
--- transaction).
+-- offending item and field (and the limit it breaks, 0015_limits.sql), quote at most a
+-- short excerpt of what was sent, and any error leaves nothing written (one statement,
+-- one transaction).
 
 -- A task_steps row holding the column defaults, read from the catalog so the defaults
 -- are defined only once, on the table.
@@ -41,6 +42,51 @@ grant execute on function stepsync.task_step_defaults() to authenticated, servic
 comment on function stepsync.task_step_defaults() is
 'A new task_steps row with every column default applied (id, timestamps, settings).';
 
+create or replace function stepsync.user_jsonpath(
+    p_text text, p_field text, p_max_chars integer
+)
+returns jsonpath
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+    parsed jsonpath;
+    problem text;
+begin
+    -- Its printed form may be longer than what was sent (keys get quoted), but never
+    -- many times longer: a text far over the limit is refused before it is parsed.
+    if char_length(p_text) > 4 * p_max_chars then
+        raise exception '%: % characters, more than the limit of %',
+            p_field, char_length(p_text), p_max_chars
+            using errcode = '22023';
+    end if;
+    begin
+        parsed := p_text::jsonpath;
+    exception when others then
+        raise exception '%: not a valid jsonpath: %', p_field, stepsync.excerpt(sqlerrm, 200)
+            using errcode = '22023';
+    end;
+    problem := stepsync.jsonpath_problem(parsed, p_max_chars);
+    if problem is not null then
+        raise exception '%: %', p_field, problem
+            using
+                errcode = '22023',
+                hint = 'Paths select with .key, [n], [last], [*], .* and filters ?(@… == '
+                || 'literal); see docs/schema.md, "Limits".';
+    end if;
+    return parsed;
+end
+$$;
+
+revoke all on function stepsync.user_jsonpath(text, text, integer) from public;
+grant execute on function stepsync.user_jsonpath(text, text, integer)
+to authenticated, service_role;
+
+comment on function stepsync.user_jsonpath(text, text, integer) is
+'A jsonpath a user wrote, parsed and held to the checked subset '
+'(stepsync.jsonpath_problem); errors (22023) name p_field.';
+
 -- Applies one JSON step object onto a row, checking every field; errors are
 -- 22023 "steps[<index>].<field>: <problem>". Not strict (p_strict false), a field of the
 -- right type is taken even when its content would keep the task from running (blank
@@ -66,6 +112,7 @@ declare
     paths jsonpath[];
     lowest integer;
     highest integer;
+    problem text;
 begin
     if jsonb_typeof(p_item) is distinct from 'object' then
         raise exception '%: must be a JSON object', item_name using errcode = '22023';
@@ -87,12 +134,26 @@ begin
                 elsif jsonb_typeof(value) <> 'string' then
                     raise exception '%.%: must be a string', item_name, field
                         using errcode = '22023';
-                elsif p_strict and field = 'step_name'
-                    and char_length(btrim(text_value)) not between 1 and 200 then
-                    raise exception '%.step_name: must have 1 to 200 characters', item_name
+                elsif p_strict and field = 'step_name' and (
+                    char_length(text_value) > stepsync.input_limit('step_name_chars')
+                    or stepsync.is_blank(text_value)
+                ) then
+                    raise exception '%.step_name: must have 1 to % characters and not be blank',
+                        item_name, stepsync.input_limit('step_name_chars')
                         using errcode = '22023';
-                elsif p_strict and field = 'instructions' and btrim(text_value) = '' then
+                elsif p_strict and field = 'instructions' and stepsync.is_blank(text_value) then
                     raise exception '%.instructions: must not be blank', item_name
+                        using errcode = '22023';
+                elsif field in ('instructions', 'compensate_instructions')
+                    and octet_length(text_value) > stepsync.input_limit('instructions_bytes') then
+                    raise exception '%.%: % bytes, more than the limit of %',
+                        item_name, field, octet_length(text_value),
+                        stepsync.input_limit('instructions_bytes')
+                        using errcode = '22023';
+                elsif field = 'context_template'
+                    and stepsync.template_problem(text_value) is not null then
+                    raise exception '%.context_template: %',
+                        item_name, stepsync.template_problem(text_value)
                         using errcode = '22023';
                 end if;
                 case field
@@ -112,6 +173,13 @@ begin
             when field = 'context_data' then
                 if jsonb_typeof(value) <> 'object' then
                     raise exception '%.context_data: must be a JSON object', item_name
+                        using errcode = '22023';
+                end if;
+                problem := stepsync.json_problem(
+                    value, stepsync.input_limit('context_data_bytes')
+                );
+                if problem is not null then
+                    raise exception '%.context_data: %', item_name, problem
                         using errcode = '22023';
                 end if;
                 step.context_data := value;
@@ -138,18 +206,20 @@ begin
                     raise exception '%.skip_if: must be a jsonpath string', item_name
                         using errcode = '22023';
                 else
-                    begin
-                        path_value := text_value::jsonpath;
-                    exception when others then
-                        raise exception '%.skip_if: not a valid jsonpath: %', item_name, sqlerrm
-                            using errcode = '22023';
-                    end;
+                    path_value := stepsync.user_jsonpath(
+                        text_value, item_name || '.skip_if', stepsync.input_limit('skip_if_chars')
+                    );
                     step.skip_if := path_value;
                 end if;
             when field = 'context_paths' then
                 if jsonb_typeof(value) <> 'array' then
                     raise exception '%.context_paths: must be an array of jsonpath strings',
                         item_name
+                        using errcode = '22023';
+                end if;
+                if jsonb_array_length(value) > stepsync.input_limit('context_paths') then
+                    raise exception '%.context_paths: % paths, more than the limit of %',
+                        item_name, jsonb_array_length(value), stepsync.input_limit('context_paths')
                         using errcode = '22023';
                 end if;
                 paths := '{}';
@@ -162,13 +232,11 @@ begin
                             item_name, number_value
                             using errcode = '22023';
                     end if;
-                    begin
-                        path_value := text_value::jsonpath;
-                    exception when others then
-                        raise exception '%.context_paths[%]: not a valid jsonpath: %',
-                            item_name, number_value, sqlerrm
-                            using errcode = '22023';
-                    end;
+                    path_value := stepsync.user_jsonpath(
+                        text_value,
+                        format('%s.context_paths[%s]', item_name, number_value),
+                        stepsync.input_limit('jsonpath_chars')
+                    );
                     paths := paths || path_value;
                 end loop;
                 step.context_paths := paths;
@@ -210,7 +278,7 @@ begin
                     step.agent_id := text_value::uuid;
                 end if;
             else
-                raise exception '%.%: unknown field', item_name, field
+                raise exception '%.%: unknown field', item_name, stepsync.excerpt(field, 40)
                     using errcode = '22023',
                     hint = 'Fields: step_name, instructions, include_previous_context, '
                     'context_data, context_mode, context_paths, context_template, skip_if, '
@@ -232,7 +300,8 @@ begin
         raise exception '%.instructions: required for a new step', item_name
             using errcode = '22023';
     end if;
-    if step.context_mode = 'custom' and coalesce(btrim(step.context_template), '') = '' then
+    if step.context_mode = 'custom'
+        and coalesce(stepsync.is_blank(step.context_template), true) then
         raise exception '%.context_template: required when context_mode is custom', item_name
             using errcode = '22023';
     end if;
@@ -257,9 +326,9 @@ grant execute on function stepsync.task_step_from_json(
 ) to authenticated, service_role;
 
 comment on function stepsync.task_step_from_json(public.task_steps, jsonb, integer, boolean) is
-'Applies a JSON step object to a row, checking each field; errors name '
-'steps[index].field. Not strict, content that validate_steps reports as a problem is '
-'taken as given.';
+'Applies a JSON step object to a row, checking each field and its limits '
+'(stepsync.input_limits()); errors name steps[index].field. Not strict, content that '
+'validate_steps reports as a problem is taken as given (the byte limits still hold).';
 
 -- A step list as save_task_steps receives it, read into task_steps rows in list order
 -- (step_order = position): items with an id start from that live step of the task,
@@ -319,7 +388,8 @@ begin
             begin
                 step_id := (item ->> 'id')::uuid;
             exception when invalid_text_representation then
-                raise exception 'steps[%].id: not a step id (uuid): %', item_index, item -> 'id'
+                raise exception 'steps[%].id: not a step id (uuid): %',
+                    item_index, stepsync.excerpt((item -> 'id')::text, 60)
                     using errcode = '22023';
             end;
             if p_strict and step_id = any(listed) then
@@ -498,6 +568,11 @@ begin
         raise exception 'p_step_ids: must be an array of step ids without nulls'
             using errcode = '22023';
     end if;
+    if cardinality(p_step_ids) > stepsync.input_limit('step_ids') then
+        raise exception 'p_step_ids: % ids, more than a task''s % steps',
+            cardinality(p_step_ids), stepsync.input_limit('step_ids')
+            using errcode = '22023';
+    end if;
     select x.id into repeated
     from unnest(p_step_ids) as x (id)
     group by x.id
@@ -521,8 +596,10 @@ begin
                 errcode = '22023',
                 detail = concat_ws(
                     '; ',
-                    'missing: ' || array_to_string(missing, ', '),
-                    'not live steps of this task: ' || array_to_string(unknown, ', ')
+                    'missing: ' || array_to_string(missing[1:10], ', ')
+                    || case when cardinality(missing) > 10 then ', …' else '' end,
+                    'not live steps of this task: ' || array_to_string(unknown[1:10], ', ')
+                    || case when cardinality(unknown) > 10 then ', …' else '' end
                 );
     end if;
 

@@ -14,9 +14,16 @@ stable
 set search_path = ''
 as $$
 declare
-    task_owner uuid := (select t.user_id from public.agent_tasks as t where t.id = p_task_id);
+    task_owner uuid;
+    task_agent uuid;
     problems jsonb;
 begin
+    select t.user_id, t.agent_id into task_owner, task_agent
+    from public.agent_tasks as t where t.id = p_task_id;
+    if not found then
+        raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+
     with steps as (
         select
             s.*,
@@ -35,6 +42,19 @@ begin
             null::integer as step_order,
             null::text as field
         where not exists (select from steps)
+        union all
+        -- The task's own agent runs every step without an override: it is held to the
+        -- rule of an override.
+        select
+            'foreign_task_agent',
+            format('the task''s agent %s does not belong to the task owner', task_agent),
+            null::uuid,
+            null::integer,
+            'agent_id'
+        where not exists (
+            select from public.agents as a
+            where a.id = task_agent and a.user_id = task_owner
+        )
         union all
         select distinct
             'too_many_steps',
@@ -82,7 +102,7 @@ begin
             steps.step_order,
             'step_name'
         from steps
-        where btrim(steps.step_name) = ''
+        where stepsync.is_blank(steps.step_name)
         union all
         select
             'step_name_too_long',
@@ -91,7 +111,7 @@ begin
             steps.step_order,
             'step_name'
         from steps
-        where char_length(btrim(steps.step_name)) > 200
+        where char_length(steps.step_name) > 200
         union all
         select
             'blank_instructions',
@@ -100,7 +120,7 @@ begin
             steps.step_order,
             'instructions'
         from steps
-        where btrim(steps.instructions) = ''
+        where stepsync.is_blank(steps.instructions)
         union all
         select
             'custom_without_template',
@@ -109,7 +129,9 @@ begin
             steps.step_order,
             'context_template'
         from steps
-        where steps.context_mode = 'custom' and coalesce(btrim(steps.context_template), '') = ''
+        where
+            steps.context_mode = 'custom'
+            and coalesce(stepsync.is_blank(steps.context_template), true)
         union all
         select
             'selective_without_paths',
@@ -236,7 +258,8 @@ $$;
 
 comment on function public.validate_task_steps(uuid) is
 'Every problem that keeps the task from running, as a JSON array of {code, message, '
-'step_id, step_order, field}; [] when the task is valid. Codes: no_steps, too_many_steps, '
+'step_id, step_order, field}; [] when the task is valid. Codes: no_steps, '
+'foreign_task_agent, too_many_steps, '
 'duplicate_step_order, step_order_gap, step_order_out_of_range, blank_step_name, '
 'step_name_too_long, blank_instructions, custom_without_template, '
 'selective_without_paths, foreign_agent, inactive_agent, invalid_retry_backoff.';

@@ -50,14 +50,17 @@ declare
     in ('anon', 'authenticated')
     or coalesce(auth.role(), '') in ('anon', 'authenticated');
 begin
+    -- Ownership first, then the lock: waiting on another user's task would tell that
+    -- the id exists.
     select s.* into step from public.task_steps as s where s.id = p_step_id;
     select t.user_id into task_owner
     from public.agent_tasks as t
-    where t.id = step.task_id
-    for update;
+    where t.id = step.task_id;
     if step.id is null or (api_caller and task_owner is distinct from auth.uid()) then
         raise exception 'step % not found', p_step_id using errcode = 'P0002';
     end if;
+    perform from public.agent_tasks as t where t.id = step.task_id for update;
+    select s.* into step from public.task_steps as s where s.id = p_step_id;
     if step.deleted_at is null then
         raise exception 'step % is not deleted', p_step_id using errcode = '22023';
     end if;

@@ -115,9 +115,20 @@ create index if not exists agent_task_executions_user_id_idx
 on public.agent_task_executions (user_id);
 create index if not exists agent_task_executions_task_created_idx
 on public.agent_task_executions (task_id, created_at desc);
+-- The open-run quotas (start_task_run) count a user's open runs without reading their
+-- history. An open run is never cancelled, so `cancelled_at is null` changes nothing in
+-- what the index holds; it keeps the index out of the engine's statements that look runs
+-- up by id and status (status = 'running' alone does not imply this predicate), which a
+-- planner without statistics would otherwise send through every open run. For the same
+-- reason the status is not an index column (PostgreSQL 18 skip-scans a leading user_id).
+create index if not exists agent_task_executions_open_by_user_idx
+on public.agent_task_executions (user_id)
+where status in ('pending', 'running') and cancelled_at is null;
 
 comment on index public.agent_task_executions_user_id_idx is
 'Serves the cascade from auth.users and listings of a user''s runs.';
+comment on index public.agent_task_executions_open_by_user_idx is
+'Open runs of a user: the max_active_runs_per_user and max_active_runs_per_task quotas.';
 comment on index public.agent_task_executions_task_created_idx is
 'Latest run of a task (preview, definition snapshot).';
 
@@ -171,6 +182,7 @@ create table if not exists public.task_step_executions (
     attempt integer not null default 0 check (attempt >= 0),
     lost_leases integer not null default 0 check (lost_leases >= 0),
     run_after timestamptz,
+    fair_at timestamptz,
     queued_at timestamptz,
     lease_owner text,
     lease_expires_at timestamptz,
@@ -190,7 +202,7 @@ create table if not exists public.task_step_executions (
     updated_at timestamptz not null default now(),
     constraint task_step_executions_run_order_unique unique (run_id, step_order),
     constraint task_step_executions_queued_has_run_after check (
-        status <> 'queued' or run_after is not null
+        status <> 'queued' or (run_after is not null and fair_at is not null)
     ),
     constraint task_step_executions_running_has_lease check (
         status <> 'running'
@@ -202,9 +214,14 @@ create table if not exists public.task_step_executions (
     )
 );
 
--- The claim query: queued steps in due order.
+-- The claim query: queued steps in their fair order (fair_at: each user's queued steps
+-- spaced apart, so users take turns), the due ones taken as the walk meets them.
 create index if not exists task_step_executions_claim_idx
-on public.task_step_executions (run_after, id)
+on public.task_step_executions (fair_at, id)
+where status = 'queued';
+-- Where a user's next queued step goes: after the last one they already have queued.
+create index if not exists task_step_executions_user_queue_idx
+on public.task_step_executions (user_id, fair_at)
 where status = 'queued';
 -- The reaper: running steps by lease expiry.
 create index if not exists task_step_executions_lease_idx
@@ -227,7 +244,8 @@ comment on policy "Service role manages step runs" on public.task_step_execution
 'The service claims, completes and fails steps.';
 
 revoke all on public.task_step_executions from anon;
-revoke insert, update, delete, truncate on public.task_step_executions from authenticated;
+revoke insert, update, delete, truncate, references, trigger
+on public.task_step_executions from public, authenticated;
 
 comment on table public.task_step_executions is
 'One row per step of a run: the step definition as it was at run start, and the '
@@ -293,6 +311,10 @@ comment on column public.task_step_executions.lost_leases is
 'database); reaped and queued again without using an attempt, up to max_lost_leases.';
 comment on column public.task_step_executions.run_after is
 'A queued step is claimable from this time on (retry backoff).';
+comment on column public.task_step_executions.fair_at is
+'Place of a queued step in the claim order: when it was queued, or, when its user '
+'already had steps queued, user_step_spacing_ms after the last of them (never before '
+'run_after). Users with many queued steps take turns with the others.';
 comment on column public.task_step_executions.queued_at is
 'When the step last became queued.';
 comment on column public.task_step_executions.lease_owner is
@@ -325,14 +347,17 @@ comment on index public.task_step_executions_run_order_unique is
 comment on constraint task_step_executions_run_order_unique
 on public.task_step_executions is 'A run has one row per position.';
 comment on constraint task_step_executions_queued_has_run_after
-on public.task_step_executions is 'A queued step always says when it is due.';
+on public.task_step_executions is
+'A queued step always says when it is due and where it stands in the claim order.';
 comment on constraint task_step_executions_running_has_lease
 on public.task_step_executions is 'A running step always has a lease and a fencing token.';
 comment on constraint task_step_executions_kind_shape
 on public.task_step_executions is
 'Steps take positions 1..50; a compensation names the step it undoes.';
 comment on index public.task_step_executions_claim_idx is
-'claim_steps and queue_depth: queued steps by due time.';
+'claim_steps: queued steps in their fair order (fair_at, id).';
+comment on index public.task_step_executions_user_queue_idx is
+'The last queued step of a user (stepsync.fair_at), and queue_depth.';
 comment on index public.task_step_executions_lease_idx is
 'reap_expired_leases: running steps by lease expiry.';
 

@@ -257,6 +257,9 @@ declare
     ended_plainly uuid[];
     ended_compensated uuid[];
     ended_cancelled uuid[];
+    head_user uuid;
+    head_fair_at timestamptz;
+    unfair uuid[];
 begin
     -- Lock order: runs in id order, then their steps.
     select array_agg(open_run.id) into moving
@@ -369,15 +372,77 @@ begin
         end if;
         perform stepsync.finish_runs(ended_plainly, 'completed');
     end if;
-    if p_worker is null then
+    -- Fairness: a hand-off jumps the queue, so it is made only when the queue would give
+    -- the step to this user now anyway: nothing is due, the first due step is the same
+    -- user's, or this step's place (after the user's last queued step) comes before it.
+    -- Otherwise it is queued, and the worker's free slot claims in the fair order.
+    if p_worker is not null and cardinality(handing_off) > 0 then
+        select s.user_id, s.fair_at into head_user, head_fair_at
+        from public.task_step_executions as s
+        where s.status = 'queued' and s.run_after <= now()
+        order by s.fair_at, s.id
+        limit 1;
+        if found then
+            select
+                coalesce(array_agg(offered.id) filter (where offered.fair), '{}'),
+                coalesce(array_agg(offered.id) filter (where not offered.fair), '{}')
+            into handing_off, unfair
+            from (
+                select
+                    given.id,
+                    step.user_id = head_user or greatest(
+                        now(),
+                        (
+                            select last_queued.fair_at + (
+                                select make_interval(secs => setting.value / 1000.0)
+                                from stepsync.settings as setting
+                                where setting.name = 'user_step_spacing_ms'
+                            )
+                            from public.task_step_executions as last_queued
+                            where last_queued.user_id = step.user_id
+                                and last_queued.status = 'queued'
+                            order by last_queued.fair_at desc
+                            limit 1
+                        )
+                    ) <= head_fair_at as fair
+                from unnest(handing_off) as given (id)
+                cross join lateral (
+                    select s.user_id from public.task_step_executions as s
+                    where s.id = given.id
+                    limit 1
+                ) as step
+            ) as offered;
+            queueing := queueing || unfair;
+        end if;
+    else
         queueing := queueing || coalesce(handing_off, '{}');
+        handing_off := '{}';
     end if;
-    -- Only with steps to queue: most calls hand every step off or end the run.
+    -- Only with steps to queue: most calls hand every step off or end the run. Each
+    -- user's queued steps are spaced apart in the claim order (fair_at), after the last
+    -- one the user already has queued: a user with hundreds queued takes turns with one
+    -- who has a single step.
     if cardinality(queueing) > 0 then
         update public.task_step_executions as s
         set
             status = 'queued',
             run_after = now(),
+            fair_at = greatest(
+                now(),
+                (
+                    -- The setting is read once per statement, and only when a user has
+                    -- steps queued already.
+                    select last_queued.fair_at + (
+                        select make_interval(secs => setting.value / 1000.0)
+                        from stepsync.settings as setting
+                        where setting.name = 'user_step_spacing_ms'
+                    )
+                    from public.task_step_executions as last_queued
+                    where last_queued.user_id = s.user_id and last_queued.status = 'queued'
+                    order by last_queued.fair_at desc
+                    limit 1
+                )
+            ),
             queued_at = now(),
             updated_at = now()
         where s.id = any(queueing);
@@ -391,7 +456,8 @@ $$;
 
 comment on function stepsync.advance_runs(uuid[], text, integer) is
 'Moves the given running runs forward, set-based: each run''s next pending step is '
-'queued, or with p_worker, when it is plainly due (no skip_if), leased to that worker for '
+'queued (in its user''s fair place, fair_at), or with p_worker, when it is plainly due (no '
+'skip_if) and no other user''s step is waiting ahead of it, leased to that worker for '
 'p_lease_seconds (returned: the hand-off); steps whose skip_if holds are skipped on the '
 'way; a run with no step left is completed, or when it was compensating, failed (or '
 'cancelled) with its compensation outcome. A run with a step in flight is left alone. '

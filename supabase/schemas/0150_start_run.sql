@@ -3,6 +3,12 @@
 -- stepsync.open_run makes the run and its snapshot; start_task_run and resume_task_run
 -- (0185_resume.sql) both open their runs through it, so a resumed run is checked and
 -- snapshotted exactly like a new one.
+--
+-- What a run is given is held to the limits (0015_limits.sql): trigger data has a size
+-- and a depth, the task's agent must be its owner's (as a step override must), and an
+-- API caller has a quota of open runs per user and per task (stepsync.settings), so one
+-- user cannot queue hundreds of runs ahead of everyone. The service (schedules, events it
+-- starts itself) is not held to the quotas.
 
 create or replace function stepsync.step_definitions(p_task_id uuid)
 returns table (
@@ -60,6 +66,73 @@ comment on function stepsync.step_definitions(uuid) is
 revoke all on function stepsync.step_definitions(uuid) from public;
 grant execute on function stepsync.step_definitions(uuid) to service_role;
 
+create or replace function stepsync.check_run_quota(p_task public.agent_tasks)
+returns void
+language plpgsql
+volatile
+set enable_seqscan = off
+set search_path = ''
+as $$
+declare
+    per_user integer := stepsync.setting('max_active_runs_per_user');
+    per_task integer := stepsync.setting('max_active_runs_per_task');
+    open_runs integer;
+begin
+    -- One start at a time per user (transaction lock: fine behind a transaction pooler),
+    -- so two starts cannot both see room for one more run.
+    perform pg_catalog.pg_advisory_xact_lock(
+        pg_catalog.hashtextextended('stepsync.start_task_run:' || p_task.user_id::text, 0)
+    );
+    if per_task > 0 then
+        -- Among the owner's open runs (agent_task_executions_open_by_user_idx): no task
+        -- index of its own on the hot table for it.
+        select count(*) into open_runs
+        from (
+            select from public.agent_task_executions as r
+            where
+                r.user_id = p_task.user_id
+                and r.status in ('pending', 'running')
+                and r.cancelled_at is null
+                and r.task_id = p_task.id
+            limit per_task
+        ) as open_run;
+        if open_runs >= per_task then
+            raise exception 'task % already has % open runs, the most allowed at once',
+                p_task.id, open_runs
+                using
+                    errcode = '53400',
+                    hint = 'Wait for a run to finish or cancel one (max_active_runs_per_task).';
+        end if;
+    end if;
+    if per_user > 0 then
+        select count(*) into open_runs
+        from (
+            select from public.agent_task_executions as r
+            where
+                r.user_id = p_task.user_id
+                and r.status in ('pending', 'running')
+                and r.cancelled_at is null
+            limit per_user
+        ) as open_run;
+        if open_runs >= per_user then
+            raise exception 'the owner of task % already has % open runs, the most allowed '
+            'at once', p_task.id, open_runs
+                using
+                    errcode = '53400',
+                    hint = 'Wait for a run to finish or cancel one (max_active_runs_per_user).';
+        end if;
+    end if;
+end
+$$;
+
+comment on function stepsync.check_run_quota(public.agent_tasks) is
+'Refuses (SQLSTATE 53400) a new run of the task when the task or its owner already has '
+'max_active_runs_per_task or max_active_runs_per_user open runs (stepsync.settings; 0 = '
+'no limit). Serialised per user with a transaction advisory lock.';
+
+revoke all on function stepsync.check_run_quota(public.agent_tasks) from public;
+grant execute on function stepsync.check_run_quota(public.agent_tasks) to service_role;
+
 create or replace function stepsync.open_run(
     p_task public.agent_tasks,
     p_trigger_type text,
@@ -78,6 +151,22 @@ declare
     problems jsonb;
     new_run_id uuid;
 begin
+    -- The task's own agent runs every step without an override: it must be its owner's,
+    -- as an override must.
+    if not exists (
+        select from public.agents as a
+        where a.id = task.agent_id and a.user_id = task.user_id
+    ) then
+        raise exception 'task % runs with agent %, which does not belong to the task''s owner',
+            task.id, task.agent_id
+            using errcode = '22023',
+            hint = 'Give the task one of its owner''s agents (agent_tasks.agent_id).';
+    end if;
+
+    if not stepsync.caller_is_service() then
+        perform stepsync.check_run_quota(task);
+    end if;
+
     if not stepsync.flag_enabled_for('multi_step_workflows', task.user_id) then
         raise exception 'multi-step workflows are not enabled for the owner of task %', task.id
             using errcode = '55000',
@@ -131,7 +220,10 @@ begin
         now(),
         task.conversation_id,
         greatest(live_steps, 1),
-        jsonb_build_object('engine', 'stepsync', 'task_name', task.name)
+        jsonb_build_object(
+            'engine', 'stepsync',
+            'task_name', left(task.name, stepsync.input_limit('task_name_chars'))
+        )
         || case
             when p_resumed_from_run_id is null then '{}'::jsonb
             else jsonb_build_object('resumed_from_run_id', p_resumed_from_run_id)
@@ -154,16 +246,20 @@ begin
         d.timeout_seconds, d.max_lost_leases, d.compensate_instructions
     from stepsync.step_definitions(task.id) as d;
 
-    -- What the run was asked to do, in the legacy column the app shows.
+    -- What the run was asked to do, in the legacy column the app shows: a summary of at
+    -- most one step's instructions in size (the steps' own rows hold them in full).
     update public.agent_task_executions as r
     set instructions_used = (
-        select case
-            when count(*) = 1 then min(s.instructions)
-            else string_agg(
-                format(E'Step %s: %s\n%s', s.step_order, s.step_name, s.instructions),
-                E'\n\n' order by s.step_order
-            )
-        end
+        select left(
+            case
+                when count(*) = 1 then min(s.instructions)
+                else string_agg(
+                    format(E'Step %s: %s\n%s', s.step_order, s.step_name, s.instructions),
+                    E'\n\n' order by s.step_order
+                )
+            end,
+            stepsync.input_limit('instructions_bytes')
+        )
         from public.task_step_executions as s
         where s.run_id = r.id
     )
@@ -195,6 +291,7 @@ set enable_seqscan = off
 set search_path = ''
 as $$
 declare
+    problem text;
     new_run_id uuid;
 begin
     if p_trigger_type is null or p_trigger_type not in ('manual', 'scheduled', 'event') then
@@ -206,6 +303,10 @@ begin
         raise exception 'trigger data must be a JSON object, not %', jsonb_typeof(p_trigger_data)
             using errcode = '22023';
     end if;
+    problem := stepsync.json_problem(p_trigger_data, stepsync.input_limit('trigger_data_bytes'));
+    if problem is not null then
+        raise exception 'trigger data %', problem using errcode = '22023';
+    end if;
 
     new_run_id := stepsync.open_run(
         stepsync.authorized_task(p_task_id), p_trigger_type, p_trigger_data
@@ -216,9 +317,10 @@ end
 $$;
 
 comment on function stepsync.start_task_run(uuid, text, jsonb) is
-'Starts a run of a task for its owner or the service: checks the multi_step_workflows '
-'flag and validate_task_steps, snapshots the live steps (or the legacy instructions as '
-'one step) and makes step 1 ready. Use public.start_task_run.';
+'Starts a run of a task for its owner or the service: checks the trigger data''s limits, '
+'the task''s agent, the open-run quotas (API callers), the multi_step_workflows flag and '
+'validate_task_steps, snapshots the live steps (or the legacy instructions as one step) '
+'and makes step 1 ready. Use public.start_task_run.';
 
 revoke all on function stepsync.start_task_run(uuid, text, jsonb) from public;
 grant execute on function stepsync.start_task_run(uuid, text, jsonb)
@@ -240,8 +342,10 @@ $$;
 
 comment on function public.start_task_run(uuid, text, jsonb) is
 'Starts a run of the task and returns its id (agent_task_executions.id). For the task''s '
-'owner and the service. Refuses when the multi_step_workflows flag is off for the owner '
-'or the steps are invalid (the error names the problems).';
+'owner and the service. Refuses when the multi_step_workflows flag is off for the owner, '
+'the steps are invalid (the error names the problems), the trigger data breaks its limits, '
+'the task''s agent is not its owner''s, or the owner already has as many open runs as the '
+'quotas allow (SQLSTATE 53400).';
 
 revoke all on function public.start_task_run(uuid, text, jsonb) from public, anon;
 grant execute on function public.start_task_run(uuid, text, jsonb)

@@ -11,6 +11,11 @@
 -- advance_runs, called by complete_steps, leases a run's next step to the worker that
 -- completed the one before, without queueing it first. All three return the one record
 -- type of a leased step, stepsync.leased_step.
+--
+-- One step never fails a lease of several: a step whose context cannot be built
+-- (stepsync.run_step_input says why) fails alone, for good, with that reason, and the others
+-- are leased. The claim takes due steps in their fair order (fair_at: each user's queued
+-- steps spaced apart), so a user with many queued steps takes turns with the others.
 
 create or replace function stepsync.lease_steps(
     p_step_execution_ids uuid[],
@@ -23,6 +28,10 @@ volatile
 set enable_seqscan = off
 set search_path = ''
 as $$
+declare
+    leased_steps stepsync.leased_step[];
+    broken_ids uuid[];
+    broken record;
 begin
     if coalesce(btrim(p_worker), '') = '' then
         raise exception 'worker name must not be blank' using errcode = '22023';
@@ -34,9 +43,9 @@ begin
 
     -- The caller holds the steps: row locks from its claim, or the run lock under which
     -- a pending step cannot change. Only waiting steps (pending, queued) are leased. The
-    -- context a step sees is read from its own run's rows: the head by the run's key, the
-    -- earlier steps by (run_id, step_order).
-    return query
+    -- context a step sees is read from its own run's rows (run_step_input: the head by
+    -- the run's key, the earlier steps by (run_id, step_order)), inside a guard that
+    -- turns any failure of that step's build into its own failure.
     with leased as (
         update public.task_step_executions as s
         set
@@ -48,18 +57,8 @@ begin
             run_after = coalesce(s.run_after, now()),
             queued_at = coalesce(s.queued_at, now()),
             started_at = now(),
-            input_context = stepsync.build_step_context(
-                (select h.head from stepsync.run_context_heads as h where h.run_id = s.run_id)
-                || jsonb_build_object(
-                    'steps', coalesce(
-                        (
-                            select jsonb_agg(e.entry order by e.step_order)
-                            from stepsync.run_context_entries as e
-                            where e.run_id = s.run_id and e.step_order < s.step_order
-                        ),
-                        '[]'::jsonb
-                    )
-                ),
+            input_context = stepsync.run_step_input(
+                s.run_id,
                 s.step_order,
                 s.include_previous_context,
                 s.context_mode,
@@ -73,36 +72,84 @@ begin
     )
 
     select
-        l.id,
-        l.run_id,
-        l.lease_token,
-        l.task_id,
-        l.user_id,
-        l.agent_id,
-        l.step_order,
-        l.step_name,
-        l.instructions,
-        l.input_context,
-        l.attempt,
-        l.timeout_seconds,
-        l.idempotency_key,
-        run.conversation_id,
-        run.trigger_data
+        array_agg(
+            row(
+                l.id,
+                l.run_id,
+                l.lease_token,
+                l.task_id,
+                l.user_id,
+                l.agent_id,
+                l.step_order,
+                l.step_name,
+                l.instructions,
+                l.input_context,
+                l.attempt,
+                l.timeout_seconds,
+                l.idempotency_key,
+                run.conversation_id,
+                run.trigger_data
+            )::stepsync.leased_step
+            order by l.fair_at, l.id
+        ) filter (where not l.input_context ? 'context_error'),
+        array_agg(l.id) filter (where l.input_context ? 'context_error')
+    into leased_steps, broken_ids
     from leased as l
     cross join lateral (
         select r.conversation_id, r.trigger_data
         from public.agent_task_executions as r
         where r.id = l.run_id
         limit 1
-    ) as run
-    order by l.run_after, l.id;
+    ) as run;
+
+    return query select * from unnest(leased_steps);
+
+    -- The steps whose context could not be built fail, alone and for good (building it
+    -- again would fail again). Failing one moves its run on, which locks the run: the
+    -- hand-off holds it already, a claim (which holds only the step) takes it only if it
+    -- is free, and otherwise hands the step back to be taken again shortly, so that it
+    -- never waits on a lock in the wrong order (run, then step).
+    if broken_ids is null then
+        return;
+    end if;
+    for broken in
+        select s.id, s.lease_token, s.run_id, s.input_context ->> 'context_error' as reason
+        from public.task_step_executions as s
+        where s.id = any(broken_ids)
+    loop
+        perform from public.agent_task_executions as r
+        where r.id = broken.run_id
+        for no key update skip locked;
+        if found then
+            perform stepsync.record_step_failure(
+                broken.id,
+                broken.lease_token,
+                format('the step''s input context could not be built: %s', broken.reason),
+                false,
+                false
+            );
+        else
+            update public.task_step_executions as s
+            set
+                status = 'queued',
+                attempt = greatest(s.attempt - 1, 0),
+                run_after = now() + interval '1 second',
+                fair_at = coalesce(s.fair_at, now()),
+                lease_owner = null,
+                lease_expires_at = null,
+                input_context = null,
+                updated_at = now()
+            where s.id = broken.id;
+        end if;
+    end loop;
 end
 $$;
 
 comment on function stepsync.lease_steps(uuid[], text, integer) is
 'Leases the given waiting steps (pending or queued) to p_worker for p_lease_seconds: '
-'running, attempt + 1, a new fencing token, the input context built and stored. The '
-'caller must hold the steps (row locks or the run lock). Service only.';
+'running, attempt + 1, a new fencing token, the input context built and stored. A step '
+'whose context cannot be built fails instead (its error says why) and is not returned. '
+'The caller must hold the steps (row locks or the run lock). Service only.';
 
 revoke all on function stepsync.lease_steps(uuid[], text, integer)
 from public, anon, authenticated;
@@ -131,9 +178,10 @@ begin
             using errcode = '22023';
     end if;
 
-    -- Due queued steps in (run_after, id) order, skipping rows another worker holds. A
-    -- run stops having queued steps when it ends; the run's status is still checked, by
-    -- key, for each step taken.
+    -- Due queued steps in their fair order (fair_at, id), skipping rows another worker
+    -- holds and steps not yet due (a retry's backoff; its fair_at is never before its
+    -- run_after, so few are passed over). A run stops having queued steps when it ends;
+    -- the run's status is still checked, by key, for each step taken.
     select array_agg(due.id) into picked
     from (
         select s.id
@@ -144,7 +192,7 @@ begin
             and (
                 select r.status from public.agent_task_executions as r where r.id = s.run_id
             ) = 'running'
-        order by s.run_after, s.id
+        order by s.fair_at, s.id
         limit p_batch
         for update skip locked
     ) as due;
@@ -155,9 +203,10 @@ end
 $$;
 
 comment on function stepsync.claim_steps(text, integer, integer) is
-'Claims up to p_batch due queued steps of running runs for worker p_worker (FOR UPDATE '
-'SKIP LOCKED): leases them for p_lease_seconds with a new fencing token, counts an '
-'attempt and stores the built context in input_context. Service only.';
+'Claims up to p_batch due queued steps of running runs for worker p_worker in their fair '
+'order (fair_at; FOR UPDATE SKIP LOCKED): leases them for p_lease_seconds with a new '
+'fencing token, counts an attempt and stores the built context in input_context; a step '
+'whose context cannot be built fails instead. Service only.';
 
 revoke all on function stepsync.claim_steps(text, integer, integer)
 from public, anon, authenticated;
@@ -258,6 +307,7 @@ begin
         status = 'queued',
         attempt = greatest(s.attempt - 1, 0),
         run_after = now(),
+        fair_at = coalesce(s.fair_at, now()),
         queued_at = now(),
         lease_owner = null,
         lease_expires_at = null,

@@ -11,6 +11,9 @@
 -- transaction that completes its step. complete_step is complete_steps for one step, so
 -- both follow one code path.
 --
+-- An output over the limits (output_bytes, json_levels: 0015_limits.sql) is not recorded:
+-- its step fails for good with the reason, alone, and the rest of the batch completes.
+--
 -- Hand-off: the worker that completed step N has a free slot and is the one most likely
 -- to want step N + 1. With p_worker given, a next step that is plainly due (pending, no
 -- skip_if) is leased to that worker at once (advance_runs) instead of being queued,
@@ -24,7 +27,12 @@ create or replace function stepsync.complete_steps(
     p_worker text default null,
     p_lease_seconds integer default null
 )
-returns table (step_execution_id uuid, completed boolean, next_step stepsync.leased_step)
+returns table (
+    step_execution_id uuid,
+    completed boolean,
+    next_step stepsync.leased_step,
+    refused text
+)
 language plpgsql
 volatile
 set enable_seqscan = off
@@ -35,12 +43,31 @@ declare
     completed_keys text[];
     completed_runs uuid[];
     handed_off stepsync.leased_step[];
+    refused_positions integer[];
+    refused_reasons text[];
+    refused_keys text[];
+    failed_positions integer[] := '{}';
+    i integer;
 begin
     if cardinality(p_step_execution_ids) is distinct from cardinality(p_lease_tokens)
         or cardinality(p_step_execution_ids) is distinct from cardinality(p_outputs) then
         raise exception 'step ids, lease tokens and outputs must be arrays of the same length'
             using errcode = '22023';
     end if;
+
+    -- Outputs the limits refuse, by their position in the arrays.
+    select array_agg(checked.position), array_agg(checked.problem)
+    into refused_positions, refused_reasons
+    from (
+        select
+            given.position::integer as position,
+            stepsync.json_problem(given.output, stepsync.input_limit('output_bytes')) as problem
+        from unnest(p_outputs) with ordinality as given (output, position)
+    ) as checked
+    where checked.problem is not null;
+    refused_keys := array(
+        select held[refused.position] from unnest(refused_positions) as refused (position)
+    );
 
     -- Lock order: the runs first (in id order, so that two batches sharing runs wait
     -- instead of deadlocking), then their steps. Stale tokens take no lock. A step's
@@ -75,12 +102,27 @@ begin
             s.id = any(p_step_execution_ids)
             and s.status = 'running'
             and s.id::text || ':' || s.lease_token::text = any(held)
+            and s.id::text || ':' || s.lease_token::text <> all(refused_keys)
         returning s.id::text || ':' || s.lease_token::text as lease_key, s.run_id
     )
 
     select array_agg(done.lease_key), array_agg(distinct done.run_id)
     into completed_keys, completed_runs
     from done;
+
+    -- Each refused output fails its step (its run is locked already): not retried, the
+    -- same output would be refused again.
+    for i in 1 .. coalesce(cardinality(refused_positions), 0) loop
+        if stepsync.record_step_failure(
+            p_step_execution_ids[refused_positions[i]],
+            p_lease_tokens[refused_positions[i]],
+            format('output refused: it %s', refused_reasons[i]),
+            false,
+            false
+        ) = 'failed' then
+            failed_positions := failed_positions || refused_positions[i];
+        end if;
+    end loop;
 
     -- As statements of their own, after the UPDATE, so that they see the completed steps.
     select array_agg(handed) into handed_off
@@ -99,11 +141,15 @@ begin
                     select s.run_id from public.task_step_executions as s where s.id = given.id
                 )
             limit 1
-        )
+        ),
+        case
+            when given.position = any(failed_positions)
+                then refused_reasons[array_position(refused_positions, given.position)]
+        end
     from (
         select
             step.id,
-            step.position,
+            step.position::integer as position,
             held[step.position] = any(coalesce(completed_keys, '{}')) as completed
         from unnest(p_step_execution_ids) with ordinality as step (id, position)
     ) as given
@@ -116,8 +162,9 @@ comment on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, int
 'token is current, and moves each affected run on in the same transaction (advance_runs). '
 'With p_worker, a run''s next step is leased to p_worker for p_lease_seconds instead of '
 'queued. One row per given step, in the given order: completed = false means a stale token '
-'or a step no longer running (nothing changed for it); next_step is the step handed off, '
-'or null. Service only.';
+'or a step no longer running (nothing changed for it), unless refused says why its output '
+'broke the limits (the step failed instead); next_step is the step handed off, or null. '
+'Service only.';
 
 revoke all on function stepsync.complete_steps(uuid[], bigint[], jsonb[], text, integer)
 from public, anon, authenticated;
@@ -166,7 +213,9 @@ as $$
 declare
     step public.task_step_executions;
     delay_seconds double precision;
-    reason text := left(coalesce(nullif(btrim(p_error), ''), 'step failed'), 10000);
+    reason text := left(
+        coalesce(nullif(btrim(p_error), ''), 'step failed'), stepsync.input_limit('error_chars')
+    );
 begin
     select s.* into step
     from public.task_step_executions as s
@@ -203,6 +252,7 @@ begin
             attempt = greatest(s.attempt - 1, 0),
             lost_leases = s.lost_leases + 1,
             run_after = now(),
+            fair_at = coalesce(s.fair_at, now()),
             queued_at = now(),
             error_message = reason,
             last_error_at = now(),
@@ -224,10 +274,23 @@ begin
             step.retry_backoff_max_seconds,
             step.retry_backoff_seconds * power(2, step.attempt - 1)
         ) * (1 + 0.2 * random());
+        -- A retry goes to the back of its user's queue, and never before it is due.
         update public.task_step_executions as s
         set
             status = 'queued',
             run_after = now() + make_interval(secs => delay_seconds),
+            fair_at = greatest(
+                now() + make_interval(secs => delay_seconds),
+                (
+                    select last_queued.fair_at + make_interval(
+                        secs => stepsync.setting('user_step_spacing_ms') / 1000.0
+                    )
+                    from public.task_step_executions as last_queued
+                    where last_queued.user_id = s.user_id and last_queued.status = 'queued'
+                    order by last_queued.fair_at desc
+                    limit 1
+                )
+            ),
             queued_at = now(),
             error_message = reason,
             last_error_at = now(),

@@ -15,16 +15,21 @@ as $$
 declare
     run public.agent_task_executions;
 begin
+    -- Ownership first, then the lock: waiting on another user's run would tell that the
+    -- id exists.
     select r.* into run
     from public.agent_task_executions as r
-    where r.id = p_run_id
-    for no key update;
+    where r.id = p_run_id;
     if not found
         or (not stepsync.caller_is_service() and run.user_id is distinct from auth.uid()) then
         raise exception 'run % not found', p_run_id
             using errcode = 'P0002',
             hint = 'Check the run id; only the run''s owner and the service may cancel it.';
     end if;
+    select r.* into run
+    from public.agent_task_executions as r
+    where r.id = p_run_id
+    for no key update;
     if run.status not in ('pending', 'running') then
         return false;
     end if;

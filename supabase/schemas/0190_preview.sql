@@ -5,8 +5,9 @@
 -- unfinished steps shown as they are). The run context is hypothetical: each earlier
 -- step contributes its result from the task's last run (matched by step id), or, where
 -- it has none (a new step has no id yet), a marked placeholder
--- "<output of step N: not run yet>". The input itself comes from build_step_context,
--- the function that leasing a step uses.
+-- "<output of step N: not run yet>". The input itself comes from step_input, the
+-- function that leasing a step uses: a step whose input cannot be built shows
+-- {"context_error": why}, as a run would fail it, and the other steps still show theirs.
 
 create or replace function stepsync.preview_task_run(
     p_task_id uuid, p_steps jsonb default null, p_use_draft boolean default false
@@ -87,7 +88,7 @@ begin
                     stepsync.context_before(run_context, definition.step_order),
                     definition.skip_if
                 ),
-                'input', stepsync.build_step_context(
+                'input', stepsync.step_input(
                     run_context,
                     definition.step_order,
                     definition.include_previous_context,

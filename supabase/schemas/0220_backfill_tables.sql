@@ -18,6 +18,7 @@ create table if not exists stepsync.backfill_runs (
     marker_with_steps bigint not null default 0,
     marker_without_steps bigint not null default 0,
     blank_instructions bigint not null default 0,
+    oversized_instructions bigint not null default 0,
     long_instructions bigint not null default 0,
     unnamed bigint not null default 0,
     status_paused bigint not null default 0,
@@ -50,7 +51,7 @@ create table if not exists stepsync.backfill_exceptions (
     backfill_run_id uuid not null references stepsync.backfill_runs (id),
     task_id uuid not null,
     category text not null check (
-        category in ('blank_instructions', 'marker_without_steps')
+        category in ('blank_instructions', 'oversized_instructions', 'marker_without_steps')
     ),
     detail text not null,
     primary key (backfill_run_id, task_id)
@@ -93,6 +94,9 @@ comment on column stepsync.backfill_runs.marker_without_steps is
 'Tasks with the earlier multi-step marker text and no live step: cannot be restored.';
 comment on column stepsync.backfill_runs.blank_instructions is
 'Tasks with empty or whitespace-only instructions and no step: left without one.';
+comment on column stepsync.backfill_runs.oversized_instructions is
+'Tasks whose instructions exceed a step''s instructions_bytes limit and no step: left '
+'without one.';
 comment on column stepsync.backfill_runs.long_instructions is
 'Created steps whose instructions exceed 10,000 characters (migrated all the same).';
 comment on column stepsync.backfill_runs.unnamed is
@@ -127,5 +131,5 @@ comment on table stepsync.backfill_exceptions is
 comment on column stepsync.backfill_exceptions.backfill_run_id is 'The run that found it.';
 comment on column stepsync.backfill_exceptions.task_id is 'The task left without a step.';
 comment on column stepsync.backfill_exceptions.category is
-'blank_instructions or marker_without_steps.';
+'blank_instructions, oversized_instructions or marker_without_steps.';
 comment on column stepsync.backfill_exceptions.detail is 'Why no step could be made.';

@@ -8,7 +8,8 @@
 -- The classification of a task is spelled out inline in each function (no function call
 -- per row: a function with a fixed search_path cannot be inlined, and at a million rows
 -- the calls would cost more than the inserts). The rules, identical everywhere:
---   blank:    instructions !~ '\S'                        (empty or whitespace only)
+--   blank:    no character but Unicode whitespace            (stepsync.is_blank, spelt out)
+--   oversized: octet_length(instructions) > the instructions_bytes limit
 --   marker:   instructions ~ '^\s*Multi-step task with [0-9]+ step'  (earlier variant)
 --   long:     char_length(instructions) > 10000
 --   unnamed:  btrim(name, E' \t\r\n\f\v') = ''
@@ -120,7 +121,12 @@ begin
             t.name,
             t.instructions,
             t.status,
-            t.instructions !~ '\S' as is_blank,
+            t.instructions !~ (
+                '[^[:space:]\u0085\u00a0\u1680\u180e\u2000-\u200f\u2028\u2029\u202f\u205f'
+                || '\u2060-\u2064\u3000\ufeff]'
+            ) as is_blank,
+            octet_length(t.instructions) > stepsync.input_limit('instructions_bytes')
+                as is_oversized,
             t.instructions ~ '^\s*Multi-step task with [0-9]+ step' as is_marker,
             live.task_id is not null as has_steps
         from public.agent_tasks as t
@@ -135,7 +141,7 @@ begin
     eligible as (
         select b.*
         from batch as b
-        where not b.has_steps and not b.is_blank and not b.is_marker
+        where not b.has_steps and not b.is_blank and not b.is_oversized and not b.is_marker
     ),
 
     inserted as (
@@ -176,14 +182,22 @@ begin
         select
             p_run_id,
             b.id,
-            case when b.is_blank then 'blank_instructions' else 'marker_without_steps' end,
+            case
+                when b.is_blank then 'blank_instructions'
+                when b.is_oversized then 'oversized_instructions'
+                else 'marker_without_steps'
+            end,
             case
                 when b.is_blank then 'instructions are empty or whitespace: no valid step'
+                when b.is_oversized then format(
+                    'instructions are %s bytes, more than a step''s limit of %s: no valid step',
+                    octet_length(b.instructions), stepsync.input_limit('instructions_bytes')
+                )
                 else 'multi-step marker text but no live steps: the steps cannot be '
                     || 'restored from the marker'
             end
         from batch as b
-        where not b.has_steps and (b.is_blank or b.is_marker)
+        where not b.has_steps and (b.is_blank or b.is_oversized or b.is_marker)
         on conflict do nothing
     ),
 
@@ -192,9 +206,12 @@ begin
             count(*) filter (where b.has_steps and not b.is_marker) as already_has_steps,
             count(*) filter (where b.has_steps and b.is_marker) as marker_with_steps,
             count(*) filter (
-                where not b.has_steps and b.is_marker and not b.is_blank
+                where not b.has_steps and b.is_marker and not b.is_blank and not b.is_oversized
             ) as marker_without_steps,
-            count(*) filter (where not b.has_steps and b.is_blank) as blank_instructions
+            count(*) filter (where not b.has_steps and b.is_blank) as blank_instructions,
+            count(*) filter (
+                where not b.has_steps and b.is_oversized and not b.is_blank
+            ) as oversized_instructions
         from batch as b
     ),
 
@@ -220,6 +237,7 @@ begin
         marker_with_steps = r.marker_with_steps + c.marker_with_steps,
         marker_without_steps = r.marker_without_steps + c.marker_without_steps,
         blank_instructions = r.blank_instructions + c.blank_instructions,
+        oversized_instructions = r.oversized_instructions + c.oversized_instructions,
         long_instructions = r.long_instructions + f.long_instructions,
         unnamed = r.unnamed + f.unnamed,
         status_paused = r.status_paused + f.status_paused,
@@ -262,7 +280,12 @@ as $$
         select
             t.id,
             t.status,
-            t.instructions !~ '\S' as is_blank,
+            t.instructions !~ (
+                '[^[:space:]\u0085\u00a0\u1680\u180e\u2000-\u200f\u2028\u2029\u202f\u205f'
+                || '\u2060-\u2064\u3000\ufeff]'
+            ) as is_blank,
+            octet_length(t.instructions) > stepsync.input_limit('instructions_bytes')
+                as is_oversized,
             t.instructions ~ '^\s*Multi-step task with [0-9]+ step' as is_marker,
             char_length(t.instructions) > 10000 as is_long,
             btrim(t.name, e' \t\r\n\f\v') = '' as is_unnamed,
@@ -285,6 +308,7 @@ as $$
                 when b.has_steps and b.is_marker then 'marker_with_steps'
                 when b.has_steps then 'already_has_steps'
                 when b.is_blank then 'blank_instructions'
+                when b.is_oversized then 'oversized_instructions'
                 when b.is_marker then 'marker_without_steps'
                 else 'to_create'
             end as category
@@ -336,7 +360,8 @@ $$;
 
 comment on function stepsync.backfill_plan_batch(uuid, integer, integer) is
 'Dry run of one batch: counts by category (to_create, already_has_steps, marker_with_steps, '
-'marker_without_steps, blank_instructions, and among to_create long_instructions, unnamed, '
+'marker_without_steps, blank_instructions, oversized_instructions, and among to_create '
+'long_instructions, unnamed, '
 'status_*) and up to p_samples task ids each, for the next p_batch_size tasks after p_after.';
 
 revoke all on function stepsync.backfill_plan_batch(uuid, integer, integer) from public;
@@ -383,7 +408,11 @@ as $$
             from public.task_steps as s
             where s.task_id = b.id and s.deleted_at is null
         ) as live
-        where b.instructions ~ '\S'
+        where b.instructions ~ (
+            '[^[:space:]\u0085\u00a0\u1680\u180e\u2000-\u200f\u2028\u2029\u202f\u205f'
+            || '\u2060-\u2064\u3000\ufeff]'
+        )
+            and octet_length(b.instructions) <= stepsync.input_limit('instructions_bytes')
             and b.instructions !~ '^\s*Multi-step task with [0-9]+ step'
     ),
 

@@ -8,8 +8,11 @@
 --
 -- Recursion guard: while one side writes the other, the transaction-local setting
 -- stepsync.compat_sync is 'off' and every trigger here returns at once. The backfill sets
--- it too, since it writes both sides consistently itself. The flag legacy_task_compat
--- switches all of this off (for a full rollback to the legacy behaviour).
+-- it too, since it writes both sides consistently itself. Any session can set a setting,
+-- so 'off' counts only where one of these writers set it: for the service (the backfill)
+-- and inside a trigger (the writes these triggers make); an API user who sets it still
+-- gets the rules. The flag legacy_task_compat switches all of this off (for a full
+-- rollback to the legacy behaviour).
 --
 -- The trigger functions are SECURITY DEFINER (owner rights) because a legacy writer, an
 -- API user, can neither read the flag nor always see every step; PostgreSQL refuses to
@@ -33,7 +36,10 @@ language sql
 stable
 set search_path = ''
 as $$
-    select coalesce(current_setting('stepsync.compat_sync', true), '') <> 'off'
+    select (
+        coalesce(current_setting('stepsync.compat_sync', true), '') <> 'off'
+        or (pg_catalog.pg_trigger_depth() <= 1 and not stepsync.caller_is_service())
+    )
         and coalesce(
             (select f.enabled from stepsync.feature_flags as f
                 where f.name = 'legacy_task_compat'),
@@ -43,7 +49,8 @@ $$;
 
 comment on function stepsync.legacy_compat_active() is
 'Whether the compatibility triggers act now: the flag legacy_task_compat is on and this '
-'transaction is not already inside a compatibility write (stepsync.compat_sync = off).';
+'transaction is not already inside a compatibility write (stepsync.compat_sync = off, '
+'honoured for the service and inside triggers only).';
 
 revoke all on function stepsync.legacy_compat_active() from public;
 
@@ -98,7 +105,8 @@ set search_path = ''
 as $$
 begin
     if not stepsync.legacy_compat_active()
-        or new.instructions !~ '\S'
+        or stepsync.is_blank(new.instructions)
+        or octet_length(new.instructions) > stepsync.input_limit('instructions_bytes')
         or new.instructions ~ '^\s*Multi-step task with [0-9]+ step'
         or exists (
             select from public.task_steps as s
@@ -113,7 +121,8 @@ $$;
 
 comment on function stepsync.compat_task_inserted() is
 'After a legacy insert into agent_tasks: the task gets step 1 when its instructions make '
-'a valid step (blank and multi-step marker texts are left to the backfill report).';
+'a valid step (blank, over-long and multi-step marker texts are left to the backfill '
+'report).';
 
 revoke all on function stepsync.compat_task_inserted() from public;
 
@@ -135,16 +144,23 @@ begin
     where s.task_id = new.id and s.deleted_at is null;
 
     if live_steps = 0 then
-        if new.instructions ~ '\S'
+        if not stepsync.is_blank(new.instructions)
+            and octet_length(new.instructions) <= stepsync.input_limit('instructions_bytes')
             and new.instructions !~ '^\s*Multi-step task with [0-9]+ step' then
             perform stepsync.create_legacy_step(new);
         end if;
     elsif live_steps = 1 then
-        if new.instructions !~ '\S' then
+        if stepsync.is_blank(new.instructions) then
             raise exception 'instructions of task % cannot be blank: they are its step 1',
                 new.id
                 using errcode = '23514',
                 hint = 'Give the task instructions, or delete its step first.';
+        end if;
+        if octet_length(new.instructions) > stepsync.input_limit('instructions_bytes') then
+            raise exception 'instructions of task % are % bytes, more than a step''s limit '
+            'of %: they are its step 1', new.id, octet_length(new.instructions),
+                stepsync.input_limit('instructions_bytes')
+                using errcode = '23514';
         end if;
         perform set_config('stepsync.compat_sync', 'off', true);
         update public.task_steps as s

@@ -4,6 +4,7 @@ package)."""
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from sync import migrations
@@ -18,7 +19,9 @@ def push(database_url_option: str | None = DatabaseUrlOption) -> None:
     with user_errors():
         database = connector(database_url_option, application_name="stepsync migrations")
         applied = migrations.push(
-            database, on_apply=lambda m: console.print(f"applying {m.file_name} ...")
+            database,
+            on_apply=lambda m: console.print(f"applying {m.file_name} ..."),
+            on_warning=lambda text: console.print(f"[yellow]warning:[/yellow] {escape(text)}"),
         )
     console.print(f"{len(applied)} migration(s) applied." if applied else "Database is up to date.")
 
