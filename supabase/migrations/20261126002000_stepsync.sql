@@ -8890,7 +8890,8 @@ on public.task_schedule_fires (user_id);
 alter table public.task_schedule_fires enable row level security;
 
 revoke all on public.task_schedule_fires from anon;
-revoke insert, update, delete, truncate on public.task_schedule_fires from authenticated;
+revoke insert, update, delete, truncate, references, trigger on public.task_schedule_fires
+from authenticated;
 grant select on public.task_schedule_fires to authenticated;
 grant all on public.task_schedule_fires to service_role;
 
@@ -9427,7 +9428,7 @@ create index if not exists task_events_user_id_idx on public.task_events (user_i
 alter table public.task_events enable row level security;
 
 revoke all on public.task_events from anon;
-revoke update, delete, truncate on public.task_events from authenticated;
+revoke update, delete, truncate, references, trigger on public.task_events from authenticated;
 grant select, insert on public.task_events to authenticated;
 grant all on public.task_events to service_role;
 

@@ -321,7 +321,8 @@ on public.task_schedule_fires (user_id);
 alter table public.task_schedule_fires enable row level security;
 
 revoke all on public.task_schedule_fires from anon;
-revoke insert, update, delete, truncate on public.task_schedule_fires from authenticated;
+revoke insert, update, delete, truncate, references, trigger on public.task_schedule_fires
+from authenticated;
 grant select on public.task_schedule_fires to authenticated;
 grant all on public.task_schedule_fires to service_role;
 
